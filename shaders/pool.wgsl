@@ -1,0 +1,85 @@
+// pool: windowed max and average pooling over NHWC tensors, TensorFlow's rules.
+//
+// max_pool: padding cells count as −∞ (the network only uses VALID max pools).
+// avg_pool: the divisor is the number of window cells inside the input, so
+//           SAME padding is left out of the mean (TensorFlow's AvgPool).
+//
+// Bindings:
+//   0 params (uniform)  struct Params
+//   1 input  (storage)  NHWC f32 [batch, in_h, in_w, in_stride], channels in_offset..+channels
+//   2 output (storage)  NHWC f32 [batch, out_h, out_w, out_stride], channels out_offset..+channels
+//
+// One invocation per output element; the 1-D index is spread over a 2-D grid
+// of 256-wide workgroups (x + y·groups_x) to stay under the per-dimension limit.
+
+struct Params {
+    batch: u32, in_h: u32, in_w: u32, channels: u32,
+    out_h: u32, out_w: u32, window_h: u32, window_w: u32,
+    stride_h: u32, stride_w: u32, pad_top: u32, pad_left: u32,
+    in_stride: u32, in_offset: u32, out_stride: u32, out_offset: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> input: array<f32>;
+@group(0) @binding(2) var<storage, read_write> output: array<f32>;
+
+struct Window { img: u32, y0: i32, x0: i32, c: u32, out_pixel: u32 }
+
+fn window_of(index: u32) -> Window {
+    let c = index % p.channels;
+    let pixel = index / p.channels;
+    let ox = pixel % p.out_w;
+    let oy = (pixel / p.out_w) % p.out_h;
+    let img = pixel / (p.out_w * p.out_h);
+    return Window(img, i32(oy * p.stride_h) - i32(p.pad_top), i32(ox * p.stride_w) - i32(p.pad_left), c, pixel);
+}
+
+fn input_at(w: Window, y: i32, x: i32) -> f32 {
+    return input[((w.img * p.in_h + u32(y)) * p.in_w + u32(x)) * p.in_stride + p.in_offset + w.c];
+}
+
+fn element_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return gid.x + gid.y * groups.x * 256u;
+}
+
+@compute @workgroup_size(256)
+fn max_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let index = element_index(gid, groups);
+    if (index >= p.batch * p.out_h * p.out_w * p.channels) {
+        return;
+    }
+    let w = window_of(index);
+    var best = -3.0e38;
+    for (var dy = 0u; dy < p.window_h; dy++) {
+        let y = w.y0 + i32(dy);
+        if (y < 0 || y >= i32(p.in_h)) { continue; }
+        for (var dx = 0u; dx < p.window_w; dx++) {
+            let x = w.x0 + i32(dx);
+            if (x < 0 || x >= i32(p.in_w)) { continue; }
+            best = max(best, input_at(w, y, x));
+        }
+    }
+    output[w.out_pixel * p.out_stride + p.out_offset + w.c] = best;
+}
+
+@compute @workgroup_size(256)
+fn avg_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let index = element_index(gid, groups);
+    if (index >= p.batch * p.out_h * p.out_w * p.channels) {
+        return;
+    }
+    let w = window_of(index);
+    var sum = 0.0;
+    var count = 0u;
+    for (var dy = 0u; dy < p.window_h; dy++) {
+        let y = w.y0 + i32(dy);
+        if (y < 0 || y >= i32(p.in_h)) { continue; }
+        for (var dx = 0u; dx < p.window_w; dx++) {
+            let x = w.x0 + i32(dx);
+            if (x < 0 || x >= i32(p.in_w)) { continue; }
+            sum += input_at(w, y, x);
+            count += 1u;
+        }
+    }
+    output[w.out_pixel * p.out_stride + p.out_offset + w.c] = sum / f32(count);
+}

@@ -1,0 +1,154 @@
+//! Device and queue set-up: a headless wgpu device on the best adapter there is.
+
+use anyhow::{anyhow, Context, Result};
+
+/// The device the engine runs on, with what was learned about it at start-up.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+}
+
+/// Preference among adapter kinds: real GPUs first, a CPU driver (lavapipe) last.
+fn rank(kind: wgpu::DeviceType) -> u8 {
+    match kind {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+impl Gpu {
+    /// Opens the best adapter (honouring `WGPU_BACKEND`), printing a one-line
+    /// notice when only a CPU adapter is available.
+    pub fn new() -> Result<Self> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        let adapter = adapters
+            .into_iter()
+            .min_by_key(|a| rank(a.get_info().device_type))
+            .ok_or_else(|| {
+                anyhow!(
+                    "no GPU adapter found (not even a CPU one). Install a Vulkan driver; \
+                     on Debian/Ubuntu `apt-get install mesa-vulkan-drivers` provides lavapipe"
+                )
+            })?;
+        let info = adapter.get_info();
+        if info.device_type == wgpu::DeviceType::Cpu {
+            eprintln!(
+                "note: no GPU found, running on the CPU adapter \"{}\" (correct but slow)",
+                info.name
+            );
+        }
+        // The engine binds whole activation buffers, so ask for all the adapter allows.
+        let limits = adapter.limits();
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("retrain"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .with_context(|| format!("could not open the adapter \"{}\"", info.name))?;
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+        })
+    }
+
+    /// Largest storage buffer the engine may bind at once, in bytes.
+    pub fn max_binding_bytes(&self) -> u64 {
+        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+    }
+
+    /// A storage buffer of `bytes` (at least 4) that kernels read and write.
+    pub fn storage_buffer(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A storage buffer holding `data`, padded to a multiple of four bytes.
+    pub fn storage_buffer_with(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
+        let buffer = self.storage_buffer(label, data.len() as u64);
+        self.write_padded(&buffer, 0, data);
+        buffer
+    }
+
+    /// A uniform buffer holding one parameter block.
+    pub fn uniform_buffer<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: std::mem::size_of::<T>() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.queue
+            .write_buffer(&buffer, 0, bytemuck::bytes_of(value));
+        buffer
+    }
+
+    /// Writes bytes at `offset`, padding the tail to the 4-byte multiple wgpu requires.
+    pub fn write_padded(&self, buffer: &wgpu::Buffer, offset: u64, data: &[u8]) {
+        let whole = data.len() / 4 * 4;
+        if whole > 0 {
+            self.queue.write_buffer(buffer, offset, &data[..whole]);
+        }
+        if whole < data.len() {
+            let mut tail = [0u8; 4];
+            tail[..data.len() - whole].copy_from_slice(&data[whole..]);
+            self.queue
+                .write_buffer(buffer, offset + whole as u64, &tail);
+        }
+    }
+
+    /// Copies `bytes` bytes from the start of `buffer` back to the CPU (blocking).
+    pub fn read_buffer(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
+        self.queue.submit([encoder.finish()]);
+        self.map_and_read(&staging)
+    }
+
+    /// Maps a MAP_READ buffer whose copy has been submitted and returns its contents.
+    pub fn map_and_read(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = sender.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .context("the GPU stopped responding")?;
+        receiver
+            .recv()
+            .context("the GPU dropped a read-back")?
+            .context("could not read results back from the GPU")?;
+        let data = staging
+            .get_mapped_range(..)
+            .context("could not read results back from the GPU")?
+            .to_vec();
+        staging.unmap();
+        Ok(data)
+    }
+}

@@ -1,0 +1,273 @@
+//! The compute pipelines, their parameter blocks, and how each is dispatched.
+
+use super::context::Gpu;
+use bytemuck::{Pod, Zeroable};
+
+/// Parameters of `shaders/conv2d.wgsl` (field order matches the WGSL struct).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct ConvParams {
+    pub batch: u32,
+    pub in_h: u32,
+    pub in_w: u32,
+    pub in_c: u32,
+    pub out_h: u32,
+    pub out_w: u32,
+    pub out_c: u32,
+    pub m: u32,
+    pub kernel_h: u32,
+    pub kernel_w: u32,
+    pub stride_h: u32,
+    pub stride_w: u32,
+    pub pad_top: u32,
+    pub pad_left: u32,
+    pub in_stride: u32,
+    pub in_offset: u32,
+    pub out_stride: u32,
+    pub out_offset: u32,
+    pub relu: u32,
+    pub _unused: u32,
+}
+
+/// Parameters of `shaders/pool.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct PoolParams {
+    pub batch: u32,
+    pub in_h: u32,
+    pub in_w: u32,
+    pub channels: u32,
+    pub out_h: u32,
+    pub out_w: u32,
+    pub window_h: u32,
+    pub window_w: u32,
+    pub stride_h: u32,
+    pub stride_w: u32,
+    pub pad_top: u32,
+    pub pad_left: u32,
+    pub in_stride: u32,
+    pub in_offset: u32,
+    pub out_stride: u32,
+    pub out_offset: u32,
+}
+
+/// Parameters of `shaders/global_avg_pool.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct GlobalPoolParams {
+    pub batch: u32,
+    pub height: u32,
+    pub width: u32,
+    pub channels: u32,
+}
+
+/// Parameters of `shaders/preprocess.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct PreprocessParams {
+    pub src_offset: u32,
+    pub src_h: u32,
+    pub src_w: u32,
+    pub slot: u32,
+    pub out_h: u32,
+    pub out_w: u32,
+    pub _unused: [u32; 2],
+    pub scale: [f32; 4],
+    pub offset: [f32; 4],
+}
+
+/// The pool kernel's two entry points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolKind {
+    Max,
+    Average,
+}
+
+/// One recorded kernel launch: pipeline, bound resources, grid size.
+pub struct Dispatch {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    groups: [u32; 3],
+}
+
+impl Dispatch {
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(self.groups[0], self.groups[1], self.groups[2]);
+    }
+}
+
+/// Every pipeline the engine uses, compiled once per device.
+pub struct Kernels {
+    conv2d: wgpu::ComputePipeline,
+    max_pool: wgpu::ComputePipeline,
+    avg_pool: wgpu::ComputePipeline,
+    global_avg_pool: wgpu::ComputePipeline,
+    preprocess: wgpu::ComputePipeline,
+    max_groups: u32,
+}
+
+fn pipeline(gpu: &Gpu, name: &str, source: &str, entry: &str) -> wgpu::ComputePipeline {
+    let module = gpu
+        .device
+        .create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(name),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+    gpu.device
+        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(name),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        })
+}
+
+const CONV_TILE: u32 = 64;
+const POOL_GROUP: u32 = 256;
+
+impl Kernels {
+    pub fn new(gpu: &Gpu) -> Self {
+        let pool_src = include_str!("../../shaders/pool.wgsl");
+        Kernels {
+            conv2d: pipeline(
+                gpu,
+                "conv2d",
+                include_str!("../../shaders/conv2d.wgsl"),
+                "main",
+            ),
+            max_pool: pipeline(gpu, "max_pool", pool_src, "max_pool"),
+            avg_pool: pipeline(gpu, "avg_pool", pool_src, "avg_pool"),
+            global_avg_pool: pipeline(
+                gpu,
+                "global_avg_pool",
+                include_str!("../../shaders/global_avg_pool.wgsl"),
+                "main",
+            ),
+            preprocess: pipeline(
+                gpu,
+                "preprocess",
+                include_str!("../../shaders/preprocess.wgsl"),
+                "main",
+            ),
+            max_groups: gpu.limits.max_compute_workgroups_per_dimension,
+        }
+    }
+
+    /// Largest number of GEMM rows (batch·out_h·out_w) one conv dispatch can cover.
+    pub fn max_conv_rows(&self) -> u64 {
+        self.max_groups as u64 * CONV_TILE as u64
+    }
+
+    fn dispatch<P: Pod>(
+        gpu: &Gpu,
+        pipeline: &wgpu::ComputePipeline,
+        params: &P,
+        buffers: &[&wgpu::Buffer],
+        groups: [u32; 3],
+    ) -> Dispatch {
+        let uniform = gpu.uniform_buffer("kernel params", params);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        entries.extend(
+            buffers
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupEntry {
+                    binding: i as u32 + 1,
+                    resource: b.as_entire_binding(),
+                }),
+        );
+        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        Dispatch {
+            pipeline: pipeline.clone(),
+            bind_group,
+            groups,
+        }
+    }
+
+    /// A 1-D grid of `count` invocations in 256-wide groups, folded into 2-D when too long.
+    fn linear_grid(&self, count: u64) -> [u32; 3] {
+        let groups = count.div_ceil(POOL_GROUP as u64).max(1);
+        let x = groups.min(self.max_groups as u64);
+        [x as u32, groups.div_ceil(x) as u32, 1]
+    }
+
+    pub fn conv2d(
+        &self,
+        gpu: &Gpu,
+        p: &ConvParams,
+        input: &wgpu::Buffer,
+        weights: &wgpu::Buffer,
+        bias: &wgpu::Buffer,
+        output: &wgpu::Buffer,
+    ) -> Dispatch {
+        let groups = [p.m.div_ceil(CONV_TILE), p.out_c.div_ceil(CONV_TILE), 1];
+        Self::dispatch(
+            gpu,
+            &self.conv2d,
+            p,
+            &[input, weights, bias, output],
+            groups,
+        )
+    }
+
+    pub fn pool(
+        &self,
+        gpu: &Gpu,
+        kind: PoolKind,
+        p: &PoolParams,
+        input: &wgpu::Buffer,
+        output: &wgpu::Buffer,
+    ) -> Dispatch {
+        let pipeline = match kind {
+            PoolKind::Max => &self.max_pool,
+            PoolKind::Average => &self.avg_pool,
+        };
+        let count = p.batch as u64 * p.out_h as u64 * p.out_w as u64 * p.channels as u64;
+        Self::dispatch(gpu, pipeline, p, &[input, output], self.linear_grid(count))
+    }
+
+    pub fn global_avg_pool(
+        &self,
+        gpu: &Gpu,
+        p: &GlobalPoolParams,
+        input: &wgpu::Buffer,
+        output: &wgpu::Buffer,
+    ) -> Dispatch {
+        let groups = [(p.batch * p.channels).div_ceil(POOL_GROUP), 1, 1];
+        Self::dispatch(gpu, &self.global_avg_pool, p, &[input, output], groups)
+    }
+
+    pub fn preprocess(
+        &self,
+        gpu: &Gpu,
+        p: &PreprocessParams,
+        pixels: &wgpu::Buffer,
+        output: &wgpu::Buffer,
+    ) -> Dispatch {
+        let groups = [p.out_w.div_ceil(16), p.out_h.div_ceil(16), 1];
+        Self::dispatch(gpu, &self.preprocess, p, &[pixels, output], groups)
+    }
+}
+
+/// Records `dispatches` into one compute pass and submits them.
+pub fn submit(gpu: &Gpu, dispatches: &[&Dispatch]) -> wgpu::SubmissionIndex {
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        for d in dispatches {
+            d.record(&mut pass);
+        }
+    }
+    gpu.queue.submit([encoder.finish()])
+}

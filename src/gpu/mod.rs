@@ -1,0 +1,7 @@
+//! Everything that talks to wgpu: the device, the kernels, and the scheduler
+//! that turns the network graph into a static plan of dispatches.
+
+pub mod context;
+pub mod kernels;
+
+pub use context::Gpu;

@@ -1,0 +1,5 @@
+//! retrain: transfer learning with a pretrained Inception V3 whose every tensor
+//! operation is a WGSL compute shader run through wgpu.
+
+pub mod cpu_reference;
+pub mod gpu;

@@ -1,0 +1,77 @@
+//! Shared helpers for the integration tests: one GPU per test binary,
+//! random data, buffer round trips and error measures.
+#![allow(dead_code)]
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use retrain::gpu::{kernels::Kernels, Gpu};
+use std::sync::OnceLock;
+
+/// A NaN with a recognisable payload: any element a kernel forgot to write keeps it.
+pub const POISON: f32 = f32::from_bits(0x7fc0_dead);
+
+pub fn gpu() -> &'static (Gpu, Kernels) {
+    static GPU: OnceLock<(Gpu, Kernels)> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let gpu = Gpu::new().expect("a Vulkan adapter (install mesa-vulkan-drivers)");
+        let kernels = Kernels::new(&gpu);
+        (gpu, kernels)
+    })
+}
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// Uniform values in [-1, 1), never all zero.
+pub fn random_vec(rng: &mut StdRng, len: usize) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+pub fn upload(gpu: &Gpu, data: &[f32]) -> wgpu::Buffer {
+    gpu.storage_buffer_with("test input", bytemuck::cast_slice(data))
+}
+
+pub fn poisoned(gpu: &Gpu, len: usize) -> wgpu::Buffer {
+    upload(gpu, &vec![POISON; len])
+}
+
+pub fn download(gpu: &Gpu, buffer: &wgpu::Buffer, len: usize) -> Vec<f32> {
+    let bytes = gpu.read_buffer(buffer, (len * 4) as u64).unwrap();
+    bytemuck::pod_collect_to_vec(&bytes)
+}
+
+/// ||a - b|| / ||reference||.
+pub fn rel_l2(actual: &[f32], reference: &[f32]) -> f64 {
+    assert_eq!(actual.len(), reference.len());
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (&a, &r) in actual.iter().zip(reference) {
+        diff += (a as f64 - r as f64).powi(2);
+        norm += (r as f64).powi(2);
+    }
+    (diff / norm).sqrt()
+}
+
+/// Every element matches: poison where the reference left poison, otherwise
+/// within `tol` of it (relative to the reference's largest magnitude).
+pub fn assert_close(actual: &[f32], reference: &[f32], tol: f32, what: &str) {
+    assert_eq!(actual.len(), reference.len(), "{what}: length");
+    let scale = reference
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(1e-6f32, |m, v| m.max(v.abs()));
+    for (i, (&a, &r)) in actual.iter().zip(reference).enumerate() {
+        if r.to_bits() == POISON.to_bits() {
+            assert_eq!(
+                a.to_bits(),
+                POISON.to_bits(),
+                "{what}: element {i} written outside its slice"
+            );
+        } else {
+            assert!(
+                (a - r).abs() <= tol * scale,
+                "{what}: element {i} is {a}, expected {r} (tolerance {})",
+                tol * scale
+            );
+        }
+    }
+}

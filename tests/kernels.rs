@@ -1,0 +1,326 @@
+//! Each kernel against its CPU reference on random shapes and random data,
+//! with the output buffer poisoned first so that an unwritten element fails.
+
+mod common;
+
+use common::*;
+use rand::Rng;
+use retrain::cpu_reference;
+use retrain::gpu::kernels::{
+    submit, ConvParams, GlobalPoolParams, PoolKind, PoolParams, PreprocessParams,
+};
+
+/// Output size along one axis for a window of `k` with `stride` and total padding `pad`.
+fn out_size(input: u32, k: u32, stride: u32, pad: u32) -> u32 {
+    (input + pad - k) / stride + 1
+}
+
+fn run_conv(seed: u64, kernel: (u32, u32), stride: u32, same: bool, slices: bool) {
+    let (gpu, kernels) = gpu();
+    let mut rng = rng(seed);
+    let (kh, kw) = kernel;
+    let batch = rng.random_range(1..=3);
+    let in_h = rng.random_range(kh.max(3)..20);
+    let in_w = rng.random_range(kw.max(3)..20);
+    let in_c = rng.random_range(1..40);
+    let out_c = rng.random_range(1..80);
+    let (pad_top, pad_left) = if same {
+        ((kh - 1) / 2, (kw - 1) / 2)
+    } else {
+        (0, 0)
+    };
+    let out_h = out_size(in_h, kh, stride, 2 * pad_top);
+    let out_w = out_size(in_w, kw, stride, 2 * pad_left);
+    let (in_offset, in_extra) = if slices {
+        (rng.random_range(0..5), rng.random_range(0..5))
+    } else {
+        (0, 0)
+    };
+    let (out_offset, out_extra) = if slices {
+        (rng.random_range(1..7), rng.random_range(0..7))
+    } else {
+        (0, 0)
+    };
+    let p = ConvParams {
+        batch,
+        in_h,
+        in_w,
+        in_c,
+        out_h,
+        out_w,
+        out_c,
+        m: batch * out_h * out_w,
+        kernel_h: kh,
+        kernel_w: kw,
+        stride_h: stride,
+        stride_w: stride,
+        pad_top,
+        pad_left,
+        in_stride: in_offset + in_c + in_extra,
+        in_offset,
+        out_stride: out_offset + out_c + out_extra,
+        out_offset,
+        relu: rng.random_range(0..2),
+        _unused: 0,
+    };
+    let input = random_vec(&mut rng, (batch * in_h * in_w * p.in_stride) as usize);
+    let weights = random_vec(&mut rng, (kh * kw * in_c * out_c) as usize);
+    let bias = random_vec(&mut rng, out_c as usize);
+    let out_len = (p.m * p.out_stride) as usize;
+
+    let mut expected = vec![POISON; out_len];
+    cpu_reference::conv2d(&p, &input, &weights, &bias, &mut expected);
+
+    let output = poisoned(gpu, out_len);
+    let (bi, bw, bb) = (
+        upload(gpu, &input),
+        upload(gpu, &weights),
+        upload(gpu, &bias),
+    );
+    let d = kernels.conv2d(gpu, &p, &bi, &bw, &bb, &output);
+    submit(gpu, &[&d]);
+    let actual = download(gpu, &output, out_len);
+    assert_close(&actual, &expected, 1e-5, &format!("conv {p:?}"));
+}
+
+#[test]
+fn conv_every_inception_shape() {
+    let shapes = [(1, 1), (3, 3), (5, 5), (1, 3), (3, 1), (1, 7), (7, 1)];
+    for (i, &k) in shapes.iter().enumerate() {
+        run_conv(100 + i as u64, k, 1, true, false);
+        run_conv(200 + i as u64, k, 1, false, false);
+    }
+}
+
+#[test]
+fn conv_stride_two_valid() {
+    for (i, &k) in [(3, 3), (1, 1), (5, 5)].iter().enumerate() {
+        run_conv(300 + i as u64, k, 2, false, false);
+    }
+}
+
+#[test]
+fn conv_reads_and_writes_channel_slices() {
+    for (i, &k) in [(1, 1), (3, 3), (1, 7), (7, 1)].iter().enumerate() {
+        run_conv(400 + i as u64, k, 1, true, true);
+        run_conv(500 + i as u64, k, 2, false, true);
+    }
+}
+
+#[test]
+fn conv_larger_than_one_tile() {
+    // Several 64×64 tiles in both directions and a K that spans many slices.
+    let (gpu, kernels) = gpu();
+    let mut rng = rng(7);
+    let p = ConvParams {
+        batch: 2,
+        in_h: 17,
+        in_w: 13,
+        in_c: 70,
+        out_h: 17,
+        out_w: 13,
+        out_c: 150,
+        m: 2 * 17 * 13,
+        kernel_h: 3,
+        kernel_w: 3,
+        stride_h: 1,
+        stride_w: 1,
+        pad_top: 1,
+        pad_left: 1,
+        in_stride: 70,
+        in_offset: 0,
+        out_stride: 160,
+        out_offset: 5,
+        relu: 1,
+        _unused: 0,
+    };
+    let input = random_vec(&mut rng, 2 * 17 * 13 * 70);
+    let weights = random_vec(&mut rng, 9 * 70 * 150);
+    let bias = random_vec(&mut rng, 150);
+    let out_len = (p.m * p.out_stride) as usize;
+    let mut expected = vec![POISON; out_len];
+    cpu_reference::conv2d(&p, &input, &weights, &bias, &mut expected);
+    let output = poisoned(gpu, out_len);
+    let (bi, bw, bb) = (
+        upload(gpu, &input),
+        upload(gpu, &weights),
+        upload(gpu, &bias),
+    );
+    submit(gpu, &[&kernels.conv2d(gpu, &p, &bi, &bw, &bb, &output)]);
+    assert_close(
+        &download(gpu, &output, out_len),
+        &expected,
+        1e-5,
+        "large conv",
+    );
+}
+
+fn run_pool(seed: u64, kind: PoolKind, window: u32, stride: u32, same: bool) {
+    let (gpu, kernels) = gpu();
+    let mut rng = rng(seed);
+    let batch = rng.random_range(1..=3);
+    let in_h = rng.random_range(window..16);
+    let in_w = rng.random_range(window..16);
+    let channels = rng.random_range(1..50);
+    let pad = if same { (window - 1) / 2 } else { 0 };
+    let (in_offset, out_offset) = (rng.random_range(0..4), rng.random_range(0..4));
+    let p = PoolParams {
+        batch,
+        in_h,
+        in_w,
+        channels,
+        out_h: out_size(in_h, window, stride, 2 * pad),
+        out_w: out_size(in_w, window, stride, 2 * pad),
+        window_h: window,
+        window_w: window,
+        stride_h: stride,
+        stride_w: stride,
+        pad_top: pad,
+        pad_left: pad,
+        in_stride: in_offset + channels + rng.random_range(0..4),
+        in_offset,
+        out_stride: out_offset + channels + rng.random_range(0..4),
+        out_offset,
+    };
+    let input = random_vec(&mut rng, (batch * in_h * in_w * p.in_stride) as usize);
+    let out_len = (batch * p.out_h * p.out_w * p.out_stride) as usize;
+    let mut expected = vec![POISON; out_len];
+    cpu_reference::pool(kind, &p, &input, &mut expected);
+    let output = poisoned(gpu, out_len);
+    let bi = upload(gpu, &input);
+    submit(gpu, &[&kernels.pool(gpu, kind, &p, &bi, &output)]);
+    assert_close(
+        &download(gpu, &output, out_len),
+        &expected,
+        1e-6,
+        &format!("{kind:?} pool {p:?}"),
+    );
+}
+
+#[test]
+fn max_pool_3x3_stride_2_valid() {
+    for seed in 0..4 {
+        run_pool(600 + seed, PoolKind::Max, 3, 2, false);
+    }
+}
+
+#[test]
+fn avg_pool_3x3_same_excludes_padding() {
+    for seed in 0..4 {
+        run_pool(700 + seed, PoolKind::Average, 3, 1, true);
+    }
+}
+
+#[test]
+fn avg_pool_corner_divides_by_four() {
+    // A hand-checked case: 2×2 input of ones and a 10 in one corner.
+    let (gpu, kernels) = gpu();
+    let input = [10.0f32, 1.0, 1.0, 1.0];
+    let p = PoolParams {
+        batch: 1,
+        in_h: 2,
+        in_w: 2,
+        channels: 1,
+        out_h: 2,
+        out_w: 2,
+        window_h: 3,
+        window_w: 3,
+        stride_h: 1,
+        stride_w: 1,
+        pad_top: 1,
+        pad_left: 1,
+        in_stride: 1,
+        in_offset: 0,
+        out_stride: 1,
+        out_offset: 0,
+    };
+    let output = poisoned(gpu, 4);
+    let bi = upload(gpu, &input);
+    submit(
+        gpu,
+        &[&kernels.pool(gpu, PoolKind::Average, &p, &bi, &output)],
+    );
+    assert_eq!(download(gpu, &output, 4), vec![13.0 / 4.0; 4]);
+}
+
+#[test]
+fn global_avg_pool_matches_reference() {
+    let (gpu, kernels) = gpu();
+    let mut rng = rng(800);
+    for _ in 0..3 {
+        let p = GlobalPoolParams {
+            batch: rng.random_range(1..5),
+            height: rng.random_range(1..10),
+            width: rng.random_range(1..10),
+            channels: rng.random_range(1..600),
+        };
+        let input = random_vec(
+            &mut rng,
+            (p.batch * p.height * p.width * p.channels) as usize,
+        );
+        let expected = cpu_reference::global_avg_pool(&p, &input);
+        let output = poisoned(gpu, expected.len());
+        let bi = upload(gpu, &input);
+        submit(gpu, &[&kernels.global_avg_pool(gpu, &p, &bi, &output)]);
+        assert_close(
+            &download(gpu, &output, expected.len()),
+            &expected,
+            1e-6,
+            "global avg pool",
+        );
+    }
+}
+
+fn run_preprocess(seed: u64, src: (u32, u32), out: (u32, u32)) {
+    let (gpu, kernels) = gpu();
+    let mut rng = rng(seed);
+    let src_offset = rng.random_range(0..7);
+    let pixels: Vec<u8> = (0..src_offset + src.0 * src.1 * 3)
+        .map(|_| rng.random())
+        .collect();
+    let slots = 2;
+    let p = PreprocessParams {
+        src_offset,
+        src_h: src.0,
+        src_w: src.1,
+        slot: 1,
+        out_h: out.0,
+        out_w: out.1,
+        _unused: [0; 2],
+        scale: [1.0 / 127.5, 1.0 / 255.0, 0.017, 0.0],
+        offset: [-1.0, 0.0, -2.1, 0.0],
+    };
+    let out_len = (slots * out.0 * out.1 * 3) as usize;
+    let mut expected = vec![POISON; out_len];
+    cpu_reference::preprocess(&p, &pixels, &mut expected);
+    let output = poisoned(gpu, out_len);
+    let bp = gpu.storage_buffer_with("pixels", &pixels);
+    submit(gpu, &[&kernels.preprocess(gpu, &p, &bp, &output)]);
+    let actual = download(gpu, &output, out_len);
+    for (i, (a, e)) in actual.iter().zip(&expected).enumerate() {
+        if e.to_bits() == POISON.to_bits() {
+            assert_eq!(
+                a.to_bits(),
+                POISON.to_bits(),
+                "slot 0 element {i} was written"
+            );
+        } else {
+            assert!(
+                (a - e).abs() <= 1e-4,
+                "element {i}: {a} vs {e} ({src:?} -> {out:?})"
+            );
+        }
+    }
+}
+
+#[test]
+fn preprocess_resizes_like_tensorflow() {
+    run_preprocess(900, (37, 53), (20, 17)); // downscale
+    run_preprocess(901, (11, 9), (30, 41)); // upscale
+    run_preprocess(902, (64, 10), (31, 31)); // mixed
+}
+
+#[test]
+fn preprocess_passes_same_size_through() {
+    run_preprocess(903, (23, 29), (23, 29));
+}
