@@ -3,5 +3,6 @@
 
 pub mod context;
 pub mod kernels;
+pub mod scheduler;
 
 pub use context::Gpu;

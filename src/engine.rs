@@ -1,0 +1,210 @@
+//! The engine: Inception V3 for one input size on one device, with its
+//! weights uploaded, turning decoded images into bottleneck vectors.
+
+use crate::gpu::kernels::{Dispatch, Kernels, PreprocessParams};
+use crate::gpu::scheduler::{assign_slots, GpuWeights, Plan};
+use crate::gpu::Gpu;
+use crate::model::graph::Graph;
+use crate::model::inception_v3::{self, INPUT, OUTPUT};
+use crate::model::weights::{ModelInfo, WeightFile};
+use anyhow::{bail, Result};
+use image::RgbImage;
+
+/// Activation memory one batch may use; batches are split to stay under it.
+const ACTIVATION_BUDGET: u64 = 1 << 30;
+const MAX_BATCH: u32 = 64;
+
+pub struct Engine {
+    pub gpu: Gpu,
+    pub info: ModelInfo,
+    kernels: Kernels,
+    graph: Graph,
+    weights: GpuWeights,
+    plan: Option<Plan>,
+    /// Decoded pixels of the batch being run (grown when a batch needs more).
+    pixels: Option<wgpu::Buffer>,
+    max_batch: u32,
+}
+
+impl Engine {
+    /// Builds the network for `input` (height, width; default: the weights' own
+    /// size), checks the weight file against it and uploads the weights.
+    pub fn new(gpu: Gpu, file: &WeightFile, input: Option<(u32, u32)>) -> Result<Self> {
+        let (h, w) = input.unwrap_or((file.info.input_height, file.info.input_width));
+        let graph = inception_v3::inception_v3(h, w)?;
+        file.check(&graph)?;
+        let kernels = Kernels::new(&gpu);
+        let weights = GpuWeights::upload(&gpu, file, &graph)?;
+        let max_batch = max_batch(&gpu, &kernels, &graph)?;
+        Ok(Engine {
+            gpu,
+            info: file.info.clone(),
+            kernels,
+            graph,
+            weights,
+            plan: None,
+            pixels: None,
+            max_batch,
+        })
+    }
+
+    pub fn input_size(&self) -> (u32, u32) {
+        let s = self.graph.shape(self.graph.named(INPUT).expect("input"));
+        (s.height, s.width)
+    }
+
+    /// Most images one submission can hold on this device at this input size.
+    pub fn max_batch(&self) -> u32 {
+        self.max_batch
+    }
+
+    pub fn bottleneck_size(&self) -> usize {
+        self.graph
+            .shape(self.graph.named(OUTPUT).expect("output"))
+            .channels as usize
+    }
+
+    fn plan(&mut self, batch: u32, outputs: &[&str]) -> Result<&Plan> {
+        let stale = self
+            .plan
+            .as_ref()
+            .is_none_or(|p| p.batch != batch || p.outputs != outputs);
+        if stale {
+            self.plan = None; // free the old plan's memory before allocating the new one
+            self.plan = Some(Plan::new(
+                &self.gpu,
+                &self.kernels,
+                &self.graph,
+                &self.weights,
+                batch,
+                outputs,
+            )?);
+        }
+        Ok(self.plan.as_ref().expect("plan"))
+    }
+
+    /// Runs already-normalised input tensors (NHWC f32, `batch` images) and
+    /// returns the named tensors (e.g. "stem", "mixed5", "bottleneck").
+    pub fn run_tensors(
+        &mut self,
+        input: &[f32],
+        batch: u32,
+        outputs: &[&str],
+    ) -> Result<Vec<Vec<f32>>> {
+        let (h, w) = self.input_size();
+        if input.len() != (batch * h * w * 3) as usize {
+            bail!(
+                "input holds {} values, expected {batch}×{h}×{w}×3",
+                input.len()
+            );
+        }
+        if batch > self.max_batch {
+            bail!(
+                "batch {batch} exceeds this device's maximum of {}",
+                self.max_batch
+            );
+        }
+        self.plan(batch, outputs)?;
+        let plan = self.plan.as_ref().expect("plan");
+        self.gpu
+            .queue
+            .write_buffer(plan.input(), 0, bytemuck::cast_slice(input));
+        plan.run(&self.gpu, &[])
+    }
+
+    /// Bottlenecks ([images.len(), 2048] row-major) of decoded RGB images:
+    /// resized and normalised on the GPU, run in batches the device can hold.
+    pub fn bottlenecks(&mut self, images: &[RgbImage]) -> Result<Vec<f32>> {
+        let limit = self.gpu.max_binding_bytes();
+        let mut out = Vec::with_capacity(images.len() * self.bottleneck_size());
+        let mut start = 0;
+        while start < images.len() {
+            let mut end = start;
+            let mut bytes = 0u64;
+            while end < images.len() && end - start < self.max_batch as usize {
+                let b = images[end].as_raw().len() as u64;
+                if b > limit {
+                    bail!(
+                        "an image of {}×{} pixels is too large for this device",
+                        images[end].width(),
+                        images[end].height()
+                    );
+                }
+                if bytes + b > limit {
+                    break;
+                }
+                bytes += b;
+                end += 1;
+            }
+            out.extend(self.run_images(&images[start..end])?);
+            start = end;
+        }
+        Ok(out)
+    }
+
+    fn run_images(&mut self, images: &[RgbImage]) -> Result<Vec<f32>> {
+        let mut packed = Vec::new();
+        let mut offsets = Vec::with_capacity(images.len());
+        for img in images {
+            offsets.push(packed.len() as u32);
+            packed.extend_from_slice(img.as_raw());
+        }
+        let needed = (packed.len() as u64).next_multiple_of(4).max(4);
+        if self.pixels.as_ref().is_none_or(|b| b.size() < needed) {
+            self.pixels = Some(self.gpu.storage_buffer("decoded pixels", needed));
+        }
+        self.plan(images.len() as u32, &[OUTPUT])?;
+        let pixels = self.pixels.as_ref().expect("pixels");
+        self.gpu.write_padded(pixels, 0, &packed);
+        let (out_h, out_w) = self.input_size();
+        let n = &self.info.normalization;
+        let plan = self.plan.as_ref().expect("plan");
+        let preprocess: Vec<Dispatch> = images
+            .iter()
+            .zip(&offsets)
+            .enumerate()
+            .map(|(slot, (img, &src_offset))| {
+                let p = PreprocessParams {
+                    src_offset,
+                    src_h: img.height(),
+                    src_w: img.width(),
+                    slot: slot as u32,
+                    out_h,
+                    out_w,
+                    _unused: [0; 2],
+                    scale: [n.scale[0], n.scale[1], n.scale[2], 0.0],
+                    offset: [n.offset[0], n.offset[1], n.offset[2], 0.0],
+                };
+                self.kernels.preprocess(&self.gpu, &p, pixels, plan.input())
+            })
+            .collect();
+        Ok(plan.run(&self.gpu, &preprocess)?.remove(0))
+    }
+}
+
+/// Largest batch whose biggest tensor fits one storage binding, whose convs fit
+/// the dispatch grid, and whose activations fit the memory budget.
+fn max_batch(gpu: &Gpu, kernels: &Kernels, graph: &Graph) -> Result<u32> {
+    let largest = graph
+        .shapes
+        .iter()
+        .map(|s| s.elements() * 4)
+        .max()
+        .unwrap_or(4);
+    let rows = graph
+        .shapes
+        .iter()
+        .map(|s| s.height as u64 * s.width as u64)
+        .max()
+        .unwrap_or(1);
+    let (_, slot_sizes) = assign_slots(graph, 1, &[]);
+    let per_image: u64 = slot_sizes.iter().sum();
+    let batch = (gpu.max_binding_bytes() / largest)
+        .min(kernels.max_conv_rows() / rows)
+        .min(ACTIVATION_BUDGET / per_image)
+        .min(MAX_BATCH as u64);
+    if batch == 0 {
+        bail!("the input size is too large for this device: one image's activations do not fit");
+    }
+    Ok(batch as u32)
+}

@@ -1,0 +1,296 @@
+//! The scheduler: turns a graph into a static plan for one batch size — buffer
+//! slots shared by tensors whose lifetimes do not overlap, one bind group and
+//! grid size per op — so that running a batch is one submission, no allocation.
+
+use super::context::Gpu;
+use super::kernels::{ConvParams, Dispatch, GlobalPoolParams, Kernels, PoolKind, PoolParams};
+use crate::model::graph::{Conv, Graph, Op, Padding, Pool, PoolOp, TensorId};
+use crate::model::weights::WeightFile;
+use anyhow::{Context, Result};
+
+/// Each conv's folded weights and bias, uploaded once from the mapped file.
+pub struct GpuWeights {
+    convs: Vec<(wgpu::Buffer, wgpu::Buffer)>,
+}
+
+impl GpuWeights {
+    pub fn upload(gpu: &Gpu, file: &WeightFile, graph: &Graph) -> Result<Self> {
+        let convs = graph
+            .convs()
+            .map(|conv| {
+                let w = file.tensor_bytes(&conv.weight_name(), &conv.weight_shape())?;
+                let b = file.tensor_bytes(&conv.bias_name(), &[conv.output.channels as usize])?;
+                Ok((
+                    gpu.storage_buffer_with(&conv.weight_name(), w),
+                    gpu.storage_buffer_with(&conv.bias_name(), b),
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok(GpuWeights { convs })
+    }
+
+    fn of(&self, conv: &Conv) -> (&wgpu::Buffer, &wgpu::Buffer) {
+        let (w, b) = &self.convs[conv.index - 1];
+        (w, b)
+    }
+}
+
+/// Which slot each tensor lives in, and each slot's size in bytes. A tensor
+/// takes a slot when first written and gives it back after its last reader;
+/// tensors in `keep` are never given back (they are read after the run).
+pub fn assign_slots(graph: &Graph, batch: u32, keep: &[TensorId]) -> (Vec<usize>, Vec<u64>) {
+    let bytes = |t: TensorId| graph.shape(t).elements() * batch as u64 * 4;
+    let mut last_use = vec![0usize; graph.shapes.len()];
+    for (i, op) in graph.ops.iter().enumerate() {
+        last_use[op.input().0] = i;
+    }
+    for t in keep {
+        last_use[t.0] = usize::MAX;
+    }
+    let mut slot_of = vec![usize::MAX; graph.shapes.len()];
+    let mut sizes: Vec<u64> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    let mut take = |t: TensorId, slot_of: &mut Vec<usize>, free: &mut Vec<usize>| {
+        let need = bytes(t);
+        // Best fit among free slots; else grow the largest free one; else a new slot.
+        let fit = free
+            .iter()
+            .enumerate()
+            .filter(|(_, &s)| sizes[s] >= need)
+            .min_by_key(|(_, &s)| sizes[s]);
+        let pick = fit
+            .or_else(|| free.iter().enumerate().max_by_key(|(_, &s)| sizes[s]))
+            .map(|(i, _)| i);
+        let slot = match pick {
+            Some(i) => free.swap_remove(i),
+            None => {
+                sizes.push(0);
+                sizes.len() - 1
+            }
+        };
+        sizes[slot] = sizes[slot].max(need);
+        slot_of[t.0] = slot;
+    };
+    if let Some(input) = graph.ops.first().map(Op::input) {
+        take(input, &mut slot_of, &mut free);
+    }
+    for (i, op) in graph.ops.iter().enumerate() {
+        if slot_of[op.output().0] == usize::MAX {
+            take(op.output(), &mut slot_of, &mut free);
+        }
+        if last_use[op.input().0] == i {
+            free.push(slot_of[op.input().0]);
+        }
+    }
+    (slot_of, sizes)
+}
+
+/// A tensor copied back to the CPU after each run.
+struct Readback {
+    slot: usize,
+    offset: u64,
+    bytes: u64,
+}
+
+/// The static plan for one graph at one batch size.
+pub struct Plan {
+    pub batch: u32,
+    pub outputs: Vec<String>,
+    slots: Vec<wgpu::Buffer>,
+    input_slot: usize,
+    dispatches: Vec<Dispatch>,
+    readbacks: Vec<Readback>,
+    staging: wgpu::Buffer,
+}
+
+impl Plan {
+    /// Plans `graph` for `batch` images, reading back the named `outputs`.
+    pub fn new(
+        gpu: &Gpu,
+        kernels: &Kernels,
+        graph: &Graph,
+        weights: &GpuWeights,
+        batch: u32,
+        outputs: &[&str],
+    ) -> Result<Self> {
+        let keep = outputs
+            .iter()
+            .map(|n| {
+                graph
+                    .named(n)
+                    .with_context(|| format!("the network has no tensor named {n}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (slot_of, sizes) = assign_slots(graph, batch, &keep);
+        let slots: Vec<wgpu::Buffer> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| gpu.storage_buffer(&format!("activation slot {i}"), s))
+            .collect();
+        let buffer = |t: TensorId| &slots[slot_of[t.0]];
+        let dispatches = graph
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Conv(c) => {
+                    let (w, b) = weights.of(c);
+                    let p = conv_params(graph, c, batch);
+                    kernels.conv2d(
+                        gpu,
+                        &p,
+                        buffer(c.input.tensor),
+                        w,
+                        b,
+                        buffer(c.output.tensor),
+                    )
+                }
+                Op::Pool(p) => {
+                    let kind = match p.kind {
+                        PoolOp::Max => PoolKind::Max,
+                        PoolOp::Average => PoolKind::Average,
+                    };
+                    let params = pool_params(graph, p, batch);
+                    kernels.pool(
+                        gpu,
+                        kind,
+                        &params,
+                        buffer(p.input.tensor),
+                        buffer(p.output.tensor),
+                    )
+                }
+                Op::GlobalAvgPool { input, output } => {
+                    let s = graph.shape(*input);
+                    let p = GlobalPoolParams {
+                        batch,
+                        height: s.height,
+                        width: s.width,
+                        channels: s.channels,
+                    };
+                    kernels.global_avg_pool(gpu, &p, buffer(*input), buffer(*output))
+                }
+            })
+            .collect();
+        let mut offset = 0;
+        let readbacks = keep
+            .iter()
+            .map(|&t| {
+                let bytes = graph.shape(t).elements() * batch as u64 * 4;
+                let r = Readback {
+                    slot: slot_of[t.0],
+                    offset,
+                    bytes,
+                };
+                offset += bytes;
+                r
+            })
+            .collect();
+        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("plan readback"),
+            size: offset.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let input = graph.ops.first().map(Op::input).context("empty graph")?;
+        Ok(Plan {
+            batch,
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+            input_slot: slot_of[input.0],
+            slots,
+            dispatches,
+            readbacks,
+            staging,
+        })
+    }
+
+    /// The buffer holding the network input, NHWC f32 [batch, h, w, 3].
+    pub fn input(&self) -> &wgpu::Buffer {
+        &self.slots[self.input_slot]
+    }
+
+    /// Total bytes of activation memory this plan holds.
+    pub fn activation_bytes(&self) -> u64 {
+        self.slots.iter().map(|b| b.size()).sum()
+    }
+
+    /// Runs `before` (e.g. preprocessing into the input) and then the network,
+    /// in one submission; returns each requested output.
+    pub fn run(&self, gpu: &Gpu, before: &[Dispatch]) -> Result<Vec<Vec<f32>>> {
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            for d in before.iter().chain(&self.dispatches) {
+                d.record(&mut pass);
+            }
+        }
+        for r in &self.readbacks {
+            encoder.copy_buffer_to_buffer(&self.slots[r.slot], 0, &self.staging, r.offset, r.bytes);
+        }
+        gpu.queue.submit([encoder.finish()]);
+        let bytes = gpu.map_and_read(&self.staging)?;
+        Ok(self
+            .readbacks
+            .iter()
+            .map(|r| {
+                bytemuck::pod_collect_to_vec(
+                    &bytes[r.offset as usize..(r.offset + r.bytes) as usize],
+                )
+            })
+            .collect())
+    }
+}
+
+fn pad_before(padding: Padding, input: u32, window: u32, stride: u32) -> u32 {
+    padding
+        .resolve(input, window, stride)
+        .map_or(0, |(_, pad)| pad)
+}
+
+fn conv_params(graph: &Graph, c: &Conv, batch: u32) -> ConvParams {
+    let i = graph.shape(c.input.tensor);
+    let o = graph.shape(c.output.tensor);
+    ConvParams {
+        batch,
+        in_h: i.height,
+        in_w: i.width,
+        in_c: c.input.channels,
+        out_h: o.height,
+        out_w: o.width,
+        out_c: c.output.channels,
+        m: batch * o.height * o.width,
+        kernel_h: c.kernel.0,
+        kernel_w: c.kernel.1,
+        stride_h: c.stride,
+        stride_w: c.stride,
+        pad_top: pad_before(c.padding, i.height, c.kernel.0, c.stride),
+        pad_left: pad_before(c.padding, i.width, c.kernel.1, c.stride),
+        in_stride: i.channels,
+        in_offset: c.input.offset,
+        out_stride: o.channels,
+        out_offset: c.output.offset,
+        relu: 1,
+        _unused: 0,
+    }
+}
+
+fn pool_params(graph: &Graph, p: &Pool, batch: u32) -> PoolParams {
+    let i = graph.shape(p.input.tensor);
+    let o = graph.shape(p.output.tensor);
+    PoolParams {
+        batch,
+        in_h: i.height,
+        in_w: i.width,
+        channels: p.input.channels,
+        out_h: o.height,
+        out_w: o.width,
+        window_h: p.window,
+        window_w: p.window,
+        stride_h: p.stride,
+        stride_w: p.stride,
+        pad_top: pad_before(p.padding, i.height, p.window, p.stride),
+        pad_left: pad_before(p.padding, i.width, p.window, p.stride),
+        in_stride: i.channels,
+        in_offset: p.input.offset,
+        out_stride: o.channels,
+        out_offset: p.output.offset,
+    }
+}

@@ -1,0 +1,304 @@
+//! The op graph: tensors (per-image NHWC shapes) and the ops between them, in
+//! execution order. Ops read and write channel *slices*, which is how a mixed
+//! block's branches concatenate for free: each writes into its slice of one
+//! shared output tensor.
+
+use anyhow::{bail, Result};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TensorId(pub usize);
+
+/// Shape of one image's activation, NHWC without the batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub height: u32,
+    pub width: u32,
+    pub channels: u32,
+}
+
+impl Shape {
+    pub fn elements(&self) -> u64 {
+        self.height as u64 * self.width as u64 * self.channels as u64
+    }
+}
+
+/// Channels `offset..offset + channels` of a tensor.
+#[derive(Clone, Copy, Debug)]
+pub struct Slice {
+    pub tensor: TensorId,
+    pub offset: u32,
+    pub channels: u32,
+}
+
+impl Slice {
+    /// Consecutive sub-slices of the given widths, which must add up to this slice.
+    pub fn split<const N: usize>(&self, widths: [u32; N]) -> [Slice; N] {
+        assert_eq!(widths.iter().sum::<u32>(), self.channels, "split widths");
+        let mut offset = self.offset;
+        widths.map(|channels| {
+            let s = Slice {
+                tensor: self.tensor,
+                offset,
+                channels,
+            };
+            offset += channels;
+            s
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    /// TensorFlow's SAME: output = ceil(input / stride), zero padding split top/bottom.
+    Same,
+    /// No padding: output = (input − window) / stride + 1.
+    Valid,
+}
+
+impl Padding {
+    /// Output size and padding before the first element along one axis.
+    pub fn resolve(self, input: u32, window: u32, stride: u32) -> Option<(u32, u32)> {
+        match self {
+            Padding::Valid => (input >= window).then(|| ((input - window) / stride + 1, 0)),
+            Padding::Same => {
+                let out = input.div_ceil(stride);
+                let total = ((out - 1) * stride + window).saturating_sub(input);
+                Some((out, total / 2))
+            }
+        }
+    }
+}
+
+/// A convolution with folded batch norm (a bias) and ReLU. `index` is the
+/// 1-based creation order, which names its weights `conv2d_{index}`.
+#[derive(Clone, Debug)]
+pub struct Conv {
+    pub index: usize,
+    pub input: Slice,
+    pub output: Slice,
+    pub kernel: (u32, u32),
+    pub stride: u32,
+    pub padding: Padding,
+}
+
+impl Conv {
+    pub fn weight_name(&self) -> String {
+        format!("conv2d_{}.weight", self.index)
+    }
+    pub fn bias_name(&self) -> String {
+        format!("conv2d_{}.bias", self.index)
+    }
+    /// Weight shape in the engine's layout: [kernel_h, kernel_w, in_c, out_c].
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [
+            self.kernel.0 as usize,
+            self.kernel.1 as usize,
+            self.input.channels as usize,
+            self.output.channels as usize,
+        ]
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolOp {
+    Max,
+    Average,
+}
+
+#[derive(Clone, Debug)]
+pub struct Pool {
+    pub kind: PoolOp,
+    pub input: Slice,
+    pub output: Slice,
+    pub window: u32,
+    pub stride: u32,
+    pub padding: Padding,
+}
+
+#[derive(Clone, Debug)]
+pub enum Op {
+    Conv(Conv),
+    Pool(Pool),
+    GlobalAvgPool { input: TensorId, output: TensorId },
+}
+
+impl Op {
+    pub fn input(&self) -> TensorId {
+        match self {
+            Op::Conv(c) => c.input.tensor,
+            Op::Pool(p) => p.input.tensor,
+            Op::GlobalAvgPool { input, .. } => *input,
+        }
+    }
+    pub fn output(&self) -> TensorId {
+        match self {
+            Op::Conv(c) => c.output.tensor,
+            Op::Pool(p) => p.output.tensor,
+            Op::GlobalAvgPool { output, .. } => *output,
+        }
+    }
+}
+
+/// A network for one input size: its tensors, its ops in execution order,
+/// and the tensors it names (the input, the intermediates tests check, the output).
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    pub shapes: Vec<Shape>,
+    pub ops: Vec<Op>,
+    pub names: BTreeMap<String, TensorId>,
+    convs: usize,
+}
+
+impl Graph {
+    /// A new tensor of the given shape, as one slice covering all its channels.
+    pub fn tensor(&mut self, height: u32, width: u32, channels: u32) -> Slice {
+        self.shapes.push(Shape {
+            height,
+            width,
+            channels,
+        });
+        Slice {
+            tensor: TensorId(self.shapes.len() - 1),
+            offset: 0,
+            channels,
+        }
+    }
+
+    pub fn shape(&self, t: TensorId) -> Shape {
+        self.shapes[t.0]
+    }
+
+    pub fn name(&mut self, name: &str, slice: Slice) {
+        self.names.insert(name.to_string(), slice.tensor);
+    }
+
+    pub fn named(&self, name: &str) -> Option<TensorId> {
+        self.names.get(name).copied()
+    }
+
+    /// Output height and width of a window op on `input`, or an error if it does not fit.
+    pub fn out_hw(
+        &self,
+        input: Slice,
+        window: (u32, u32),
+        stride: u32,
+        padding: Padding,
+    ) -> Result<(u32, u32)> {
+        let s = self.shape(input.tensor);
+        match (
+            padding.resolve(s.height, window.0, stride),
+            padding.resolve(s.width, window.1, stride),
+        ) {
+            (Some((h, _)), Some((w, _))) => Ok((h, w)),
+            _ => bail!(
+                "a {}×{} window does not fit a {}×{} activation: the input image is too small",
+                window.0,
+                window.1,
+                s.height,
+                s.width
+            ),
+        }
+    }
+
+    /// Convolution + bias + ReLU writing into an existing slice.
+    pub fn conv_into(
+        &mut self,
+        input: Slice,
+        output: Slice,
+        kernel: (u32, u32),
+        stride: u32,
+        padding: Padding,
+    ) -> Result<()> {
+        let (h, w) = self.out_hw(input, kernel, stride, padding)?;
+        let o = self.shape(output.tensor);
+        assert_eq!(
+            (o.height, o.width),
+            (h, w),
+            "conv output slice has the wrong size"
+        );
+        self.convs += 1;
+        self.ops.push(Op::Conv(Conv {
+            index: self.convs,
+            input,
+            output,
+            kernel,
+            stride,
+            padding,
+        }));
+        Ok(())
+    }
+
+    /// Convolution + bias + ReLU into a new tensor of `channels` channels.
+    pub fn conv(
+        &mut self,
+        input: Slice,
+        channels: u32,
+        kernel: (u32, u32),
+        stride: u32,
+        padding: Padding,
+    ) -> Result<Slice> {
+        let (h, w) = self.out_hw(input, kernel, stride, padding)?;
+        let output = self.tensor(h, w, channels);
+        self.conv_into(input, output, kernel, stride, padding)?;
+        Ok(output)
+    }
+
+    pub fn pool_into(
+        &mut self,
+        kind: PoolOp,
+        input: Slice,
+        output: Slice,
+        window: u32,
+        stride: u32,
+        padding: Padding,
+    ) -> Result<()> {
+        let (h, w) = self.out_hw(input, (window, window), stride, padding)?;
+        let o = self.shape(output.tensor);
+        assert_eq!(
+            (o.height, o.width, output.channels),
+            (h, w, input.channels),
+            "pool output slice"
+        );
+        self.ops.push(Op::Pool(Pool {
+            kind,
+            input,
+            output,
+            window,
+            stride,
+            padding,
+        }));
+        Ok(())
+    }
+
+    pub fn pool(
+        &mut self,
+        kind: PoolOp,
+        input: Slice,
+        window: u32,
+        stride: u32,
+        padding: Padding,
+    ) -> Result<Slice> {
+        let (h, w) = self.out_hw(input, (window, window), stride, padding)?;
+        let output = self.tensor(h, w, input.channels);
+        self.pool_into(kind, input, output, window, stride, padding)?;
+        Ok(output)
+    }
+
+    /// Mean over all pixels: [h, w, c] -> [1, 1, c].
+    pub fn global_avg_pool(&mut self, input: Slice) -> Slice {
+        let output = self.tensor(1, 1, input.channels);
+        self.ops.push(Op::GlobalAvgPool {
+            input: input.tensor,
+            output: output.tensor,
+        });
+        output
+    }
+
+    pub fn convs(&self) -> impl Iterator<Item = &Conv> {
+        self.ops.iter().filter_map(|op| match op {
+            Op::Conv(c) => Some(c),
+            _ => None,
+        })
+    }
+}

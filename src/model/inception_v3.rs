@@ -1,0 +1,179 @@
+//! Inception V3 (Szegedy et al., 2015) as Keras's `inception_v3.py` builds it,
+//! without the classifier: the stem, mixed0..mixed10, then global average
+//! pooling to the 2048-d bottleneck. Convs are created in Keras's order, so the
+//! n-th `conv_bn` here is Keras's `conv2d_n` / `batch_normalization_n`.
+
+use super::graph::{Graph, Padding, PoolOp, Slice};
+use anyhow::{bail, Result};
+
+use Padding::{Same, Valid};
+
+/// Smallest input side the network accepts (mixed8's stride-2 convs need 3×3).
+pub const MIN_INPUT: u32 = 75;
+pub const BOTTLENECK: u32 = 2048;
+/// Tensor names the graph exposes.
+pub const INPUT: &str = "input";
+pub const OUTPUT: &str = "bottleneck";
+
+/// Convolution with folded batch norm and ReLU (Keras's `conv2d_bn`).
+fn conv_bn(g: &mut Graph, x: Slice, channels: u32, kernel: (u32, u32)) -> Result<Slice> {
+    g.conv(x, channels, kernel, 1, Same)
+}
+
+fn avg_pool_3x3(g: &mut Graph, x: Slice) -> Result<Slice> {
+    g.pool(PoolOp::Average, x, 3, 1, Same)
+}
+
+/// mixed0..2 (35×35): 1×1, 5×5, double 3×3 and pool branches.
+fn mixed_35(g: &mut Graph, x: Slice, pool_channels: u32) -> Result<Slice> {
+    let s = g.shape(x.tensor);
+    let out = g.tensor(s.height, s.width, 64 + 64 + 96 + pool_channels);
+    let [b1x1, b5x5, b3x3dbl, bpool] = out.split([64, 64, 96, pool_channels]);
+    g.conv_into(x, b1x1, (1, 1), 1, Same)?;
+    let t = conv_bn(g, x, 48, (1, 1))?;
+    g.conv_into(t, b5x5, (5, 5), 1, Same)?;
+    let t = conv_bn(g, x, 64, (1, 1))?;
+    let t = conv_bn(g, t, 96, (3, 3))?;
+    g.conv_into(t, b3x3dbl, (3, 3), 1, Same)?;
+    let t = avg_pool_3x3(g, x)?;
+    g.conv_into(t, bpool, (1, 1), 1, Same)?;
+    Ok(out)
+}
+
+/// mixed3: reduction 35×35 -> 17×17.
+fn reduction_a(g: &mut Graph, x: Slice) -> Result<Slice> {
+    let (h, w) = g.out_hw(x, (3, 3), 2, Valid)?;
+    let out = g.tensor(h, w, 384 + 96 + x.channels);
+    let [b3x3, b3x3dbl, bpool] = out.split([384, 96, x.channels]);
+    g.conv_into(x, b3x3, (3, 3), 2, Valid)?;
+    let t = conv_bn(g, x, 64, (1, 1))?;
+    let t = conv_bn(g, t, 96, (3, 3))?;
+    g.conv_into(t, b3x3dbl, (3, 3), 2, Valid)?;
+    g.pool_into(PoolOp::Max, x, bpool, 3, 2, Valid)?;
+    Ok(out)
+}
+
+/// mixed4..7 (17×17): 1×1, factorised 7×7, double factorised 7×7 and pool branches.
+fn mixed_17(g: &mut Graph, x: Slice, c7: u32) -> Result<Slice> {
+    let s = g.shape(x.tensor);
+    let out = g.tensor(s.height, s.width, 4 * 192);
+    let [b1x1, b7x7, b7x7dbl, bpool] = out.split([192; 4]);
+    g.conv_into(x, b1x1, (1, 1), 1, Same)?;
+    let t = conv_bn(g, x, c7, (1, 1))?;
+    let t = conv_bn(g, t, c7, (1, 7))?;
+    g.conv_into(t, b7x7, (7, 1), 1, Same)?;
+    let t = conv_bn(g, x, c7, (1, 1))?;
+    let t = conv_bn(g, t, c7, (7, 1))?;
+    let t = conv_bn(g, t, c7, (1, 7))?;
+    let t = conv_bn(g, t, c7, (7, 1))?;
+    g.conv_into(t, b7x7dbl, (1, 7), 1, Same)?;
+    let t = avg_pool_3x3(g, x)?;
+    g.conv_into(t, bpool, (1, 1), 1, Same)?;
+    Ok(out)
+}
+
+/// mixed8: reduction 17×17 -> 8×8.
+fn reduction_b(g: &mut Graph, x: Slice) -> Result<Slice> {
+    let (h, w) = g.out_hw(x, (3, 3), 2, Valid)?;
+    let out = g.tensor(h, w, 320 + 192 + x.channels);
+    let [b3x3, b7x7x3, bpool] = out.split([320, 192, x.channels]);
+    let t = conv_bn(g, x, 192, (1, 1))?;
+    g.conv_into(t, b3x3, (3, 3), 2, Valid)?;
+    let t = conv_bn(g, x, 192, (1, 1))?;
+    let t = conv_bn(g, t, 192, (1, 7))?;
+    let t = conv_bn(g, t, 192, (7, 1))?;
+    g.conv_into(t, b7x7x3, (3, 3), 2, Valid)?;
+    g.pool_into(PoolOp::Max, x, bpool, 3, 2, Valid)?;
+    Ok(out)
+}
+
+/// mixed9, mixed10 (8×8): 1×1, split 3×3, double split 3×3 and pool branches.
+fn mixed_8(g: &mut Graph, x: Slice) -> Result<Slice> {
+    let s = g.shape(x.tensor);
+    let out = g.tensor(s.height, s.width, 320 + 768 + 768 + 192);
+    let [b1x1, b3x3_1, b3x3_2, b3x3dbl_1, b3x3dbl_2, bpool] =
+        out.split([320, 384, 384, 384, 384, 192]);
+    g.conv_into(x, b1x1, (1, 1), 1, Same)?;
+    let t = conv_bn(g, x, 384, (1, 1))?;
+    g.conv_into(t, b3x3_1, (1, 3), 1, Same)?;
+    g.conv_into(t, b3x3_2, (3, 1), 1, Same)?;
+    let t = conv_bn(g, x, 448, (1, 1))?;
+    let t = conv_bn(g, t, 384, (3, 3))?;
+    g.conv_into(t, b3x3dbl_1, (1, 3), 1, Same)?;
+    g.conv_into(t, b3x3dbl_2, (3, 1), 1, Same)?;
+    let t = avg_pool_3x3(g, x)?;
+    g.conv_into(t, bpool, (1, 1), 1, Same)?;
+    Ok(out)
+}
+
+/// The whole network for an input of `height`×`width` RGB pixels. Names the
+/// tensors `input`, `stem`, `mixed0`..`mixed10` and `bottleneck`.
+pub fn inception_v3(height: u32, width: u32) -> Result<Graph> {
+    if height < MIN_INPUT || width < MIN_INPUT {
+        bail!("input size {height}×{width} is too small: Inception V3 needs at least {MIN_INPUT}×{MIN_INPUT}");
+    }
+    let mut g = Graph::default();
+    let x = g.tensor(height, width, 3);
+    g.name(INPUT, x);
+
+    let x = g.conv(x, 32, (3, 3), 2, Valid)?;
+    let x = g.conv(x, 32, (3, 3), 1, Valid)?;
+    let x = conv_bn(&mut g, x, 64, (3, 3))?;
+    let x = g.pool(PoolOp::Max, x, 3, 2, Valid)?;
+    let x = g.conv(x, 80, (1, 1), 1, Valid)?;
+    let x = g.conv(x, 192, (3, 3), 1, Valid)?;
+    let mut x = g.pool(PoolOp::Max, x, 3, 2, Valid)?;
+    g.name("stem", x);
+
+    for (i, pool_channels) in [32, 64, 64].into_iter().enumerate() {
+        x = mixed_35(&mut g, x, pool_channels)?;
+        g.name(&format!("mixed{i}"), x);
+    }
+    x = reduction_a(&mut g, x)?;
+    g.name("mixed3", x);
+    for (i, c7) in [128, 160, 160, 192].into_iter().enumerate() {
+        x = mixed_17(&mut g, x, c7)?;
+        g.name(&format!("mixed{}", i + 4), x);
+    }
+    x = reduction_b(&mut g, x)?;
+    g.name("mixed8", x);
+    for i in 9..=10 {
+        x = mixed_8(&mut g, x)?;
+        g.name(&format!("mixed{i}"), x);
+    }
+    let bottleneck = g.global_avg_pool(x);
+    g.name(OUTPUT, bottleneck);
+    Ok(g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_match_keras_at_299() {
+        let g = inception_v3(299, 299).unwrap();
+        assert_eq!(g.convs().count(), 94);
+        let shape = |n: &str| {
+            let s = g.shape(g.named(n).unwrap());
+            (s.height, s.width, s.channels)
+        };
+        assert_eq!(shape("stem"), (35, 35, 192));
+        assert_eq!(shape("mixed0"), (35, 35, 256));
+        assert_eq!(shape("mixed2"), (35, 35, 288));
+        assert_eq!(shape("mixed3"), (17, 17, 768));
+        assert_eq!(shape("mixed5"), (17, 17, 768));
+        assert_eq!(shape("mixed8"), (8, 8, 1280));
+        assert_eq!(shape("mixed10"), (8, 8, 2048));
+        assert_eq!(shape("bottleneck"), (1, 1, 2048));
+    }
+
+    #[test]
+    fn small_and_non_square_inputs() {
+        let g = inception_v3(147, 195).unwrap();
+        let s = g.shape(g.named("mixed10").unwrap());
+        assert_eq!((s.height, s.width), (3, 4));
+        assert!(inception_v3(75, 75).is_ok());
+        assert!(inception_v3(74, 300).is_err());
+    }
+}

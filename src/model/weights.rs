@@ -1,0 +1,287 @@
+//! The engine's weight file: safetensors holding each conv's folded weights in
+//! the kernel's layout ([kh, kw, in_c, out_c], f32) and bias, plus metadata
+//! describing the model. The engine memory-maps it and uploads from the mapping.
+
+use super::graph::Graph;
+use anyhow::{anyhow, bail, Context, Result};
+use memmap2::Mmap;
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+pub const ARCHITECTURE: &str = "inception_v3";
+/// Bumped whenever the tensor layout in the file changes.
+pub const LAYOUT: &str =
+    "retrain-v1: conv2d_N.weight [kh,kw,in,out] f32 with batch norm folded, conv2d_N.bias [out]";
+
+/// How raw 0..255 pixel values become network inputs: `x·scale[c] + offset[c]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Normalization {
+    pub name: String,
+    pub scale: [f32; 3],
+    pub offset: [f32; 3],
+}
+
+impl Normalization {
+    /// x / 255, in [0, 1] (nsfwjs's convention).
+    pub fn unit() -> Self {
+        Self::uniform("unit", 1.0 / 255.0, 0.0)
+    }
+    /// x / 127.5 − 1, in [−1, 1] (Keras's Inception convention).
+    pub fn signed() -> Self {
+        Self::uniform("signed", 1.0 / 127.5, -1.0)
+    }
+    /// (x / 255 − mean) / std with ImageNet's mean and std (torchvision's convention).
+    pub fn imagenet() -> Self {
+        let mean = [0.485f64, 0.456, 0.406];
+        let std = [0.229f64, 0.224, 0.225];
+        Normalization {
+            name: "imagenet".into(),
+            scale: [0, 1, 2].map(|c| (1.0 / (255.0 * std[c])) as f32),
+            offset: [0, 1, 2].map(|c| (-mean[c] / std[c]) as f32),
+        }
+    }
+    fn uniform(name: &str, scale: f32, offset: f32) -> Self {
+        Normalization {
+            name: name.into(),
+            scale: [scale; 3],
+            offset: [offset; 3],
+        }
+    }
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "unit" => Ok(Self::unit()),
+            "signed" => Ok(Self::signed()),
+            "imagenet" => Ok(Self::imagenet()),
+            other => bail!("unknown normalisation \"{other}\" (expected unit, signed or imagenet)"),
+        }
+    }
+    pub fn describe(&self) -> &'static str {
+        match self.name.as_str() {
+            "unit" => "x/255",
+            "signed" => "x/127.5 - 1",
+            "imagenet" => "(x/255 - ImageNet mean) / ImageNet std",
+            _ => "custom",
+        }
+    }
+}
+
+/// What the weight file says about the model it holds.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    pub architecture: String,
+    pub source: String,
+    pub input_height: u32,
+    pub input_width: u32,
+    pub bottleneck_size: u32,
+    pub bottleneck_layer: String,
+    pub normalization: Normalization,
+    pub dtype: String,
+    /// Hash of every tensor's name, shape and bytes: identifies the weights
+    /// (bottleneck caches are keyed by it).
+    pub fingerprint: String,
+}
+
+impl ModelInfo {
+    fn to_metadata(&self) -> HashMap<String, String> {
+        let n = &self.normalization;
+        [
+            ("architecture", self.architecture.clone()),
+            ("layout", LAYOUT.to_string()),
+            ("source", self.source.clone()),
+            (
+                "input_size",
+                format!("{}x{}", self.input_height, self.input_width),
+            ),
+            ("bottleneck_size", self.bottleneck_size.to_string()),
+            ("bottleneck_layer", self.bottleneck_layer.clone()),
+            ("normalization", n.name.clone()),
+            ("input_scale", format!("{:?}", n.scale)),
+            ("input_offset", format!("{:?}", n.offset)),
+            ("dtype", self.dtype.clone()),
+            ("fingerprint", self.fingerprint.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    fn from_metadata(path: &Path, meta: &HashMap<String, String>) -> Result<Self> {
+        let get = |key: &str| {
+            meta.get(key).cloned().ok_or_else(|| {
+                anyhow!("{}: not a retrain weight file (metadata lacks \"{key}\"); convert it with convert-weights", path.display())
+            })
+        };
+        let architecture = get("architecture")?;
+        if architecture != ARCHITECTURE {
+            bail!(
+                "{}: holds a {architecture} model, but retrain runs {ARCHITECTURE}",
+                path.display()
+            );
+        }
+        if get("layout")? != LAYOUT {
+            bail!("{}: was written by another version of convert-weights (layout differs); convert the weights again", path.display());
+        }
+        let (h, w) = parse_size(&get("input_size")?)
+            .with_context(|| format!("{}: bad input_size metadata", path.display()))?;
+        let floats = |key: &str| -> Result<[f32; 3]> {
+            serde_json::from_str(&get(key)?)
+                .with_context(|| format!("{}: bad {key} metadata", path.display()))
+        };
+        Ok(ModelInfo {
+            architecture,
+            source: get("source")?,
+            input_height: h,
+            input_width: w,
+            bottleneck_size: get("bottleneck_size")?.parse().context("bottleneck_size")?,
+            bottleneck_layer: get("bottleneck_layer")?,
+            normalization: Normalization {
+                name: get("normalization")?,
+                scale: floats("input_scale")?,
+                offset: floats("input_offset")?,
+            },
+            dtype: get("dtype")?,
+            fingerprint: get("fingerprint")?,
+        })
+    }
+}
+
+/// Parses "H", "HxW" or "H×W".
+pub fn parse_size(s: &str) -> Result<(u32, u32)> {
+    let parts: Vec<&str> = s.split(['x', 'X', '×']).collect();
+    let num = |p: &str| {
+        p.trim()
+            .parse::<u32>()
+            .map_err(|_| anyhow!("\"{s}\" is not a size like 299 or 480x640"))
+    };
+    match parts.as_slice() {
+        [side] => Ok((num(side)?, num(side)?)),
+        [h, w] => Ok((num(h)?, num(w)?)),
+        _ => bail!("\"{s}\" is not a size like 299 or 480x640"),
+    }
+}
+
+/// A tensor to be written: name, shape, f32 values.
+pub struct Tensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+fn fingerprint(tensors: &[Tensor]) -> String {
+    let mut sorted: Vec<&Tensor> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut hash = Sha256::new();
+    for t in sorted {
+        hash.update(t.name.as_bytes());
+        hash.update([0]);
+        for &d in &t.shape {
+            hash.update((d as u64).to_le_bytes());
+        }
+        hash.update(bytemuck::cast_slice::<f32, u8>(&t.data));
+    }
+    hash.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes a weight file atomically (temp file in the same folder, then rename);
+/// fills in `info.fingerprint` and returns the info written.
+pub fn write(path: &Path, mut info: ModelInfo, tensors: &[Tensor]) -> Result<ModelInfo> {
+    info.fingerprint = fingerprint(tensors);
+    let views = tensors
+        .iter()
+        .map(|t| {
+            let view = TensorView::new(Dtype::F32, t.shape.clone(), bytemuck::cast_slice(&t.data))?;
+            Ok((t.name.clone(), view))
+        })
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let temp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    safetensors::serialize_to_file(views, Some(info.to_metadata()), temp.path())
+        .with_context(|| format!("cannot write {}", temp.path().display()))?;
+    temp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(info)
+}
+
+/// An open, memory-mapped weight file.
+pub struct WeightFile {
+    pub path: PathBuf,
+    map: Mmap,
+    pub info: ModelInfo,
+}
+
+impl WeightFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path)
+            .with_context(|| format!("cannot open weight file {}", path.display()))?;
+        // SAFETY: the file is only read; retrain never writes a weight file in place
+        // (it writes a temp file and renames), so the mapping does not change under us.
+        let map = unsafe { Mmap::map(&file) }
+            .with_context(|| format!("cannot map {}", path.display()))?;
+        let tensors = SafeTensors::deserialize(&map).map_err(|e| {
+            anyhow!(
+                "{}: damaged or truncated weight file ({e}); convert the weights again",
+                path.display()
+            )
+        })?;
+        let (_, header) = SafeTensors::read_metadata(&map)?;
+        drop(tensors);
+        let meta = header.metadata().clone().ok_or_else(|| {
+            anyhow!(
+                "{}: not a retrain weight file (no metadata)",
+                path.display()
+            )
+        })?;
+        let info = ModelInfo::from_metadata(path, &meta)?;
+        Ok(WeightFile {
+            path: path.to_path_buf(),
+            map,
+            info,
+        })
+    }
+
+    /// The raw little-endian f32 bytes of a tensor, checked against the shape the network expects.
+    pub fn tensor_bytes(&self, name: &str, shape: &[usize]) -> Result<&[u8]> {
+        let tensors = SafeTensors::deserialize(&self.map)?;
+        let view = tensors.tensor(name).map_err(|_| {
+            anyhow!(
+                "{}: tensor \"{name}\" is missing (expected shape {shape:?})",
+                self.path.display()
+            )
+        })?;
+        if view.dtype() != Dtype::F32 {
+            bail!(
+                "{}: tensor \"{name}\" is {:?}, expected F32",
+                self.path.display(),
+                view.dtype()
+            );
+        }
+        if view.shape() != shape {
+            bail!(
+                "{}: tensor \"{name}\" has shape {:?}, expected {shape:?}",
+                self.path.display(),
+                view.shape()
+            );
+        }
+        Ok(view.data())
+    }
+
+    /// Checks that every conv of `graph` has its weight and bias, correctly shaped.
+    pub fn check(&self, graph: &Graph) -> Result<()> {
+        for conv in graph.convs() {
+            self.tensor_bytes(&conv.weight_name(), &conv.weight_shape())?;
+            self.tensor_bytes(&conv.bias_name(), &[conv.output.channels as usize])?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,165 @@
+//! The whole network against ../shared/reference: tensors computed by Keras
+//! from the same nsfwjs weights. Uses the default weights (fetched with npm and
+//! converted on first use, then cached).
+
+mod common;
+
+use common::{gpu, rel_l2};
+use retrain::convert::default_weights;
+use retrain::engine::Engine;
+use retrain::gpu::kernels::{submit, PreprocessParams};
+use retrain::gpu::Gpu;
+use retrain::model::weights::{Normalization, WeightFile};
+use std::path::{Path, PathBuf};
+
+const TOLERANCE: f64 = 1e-4;
+
+fn reference(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/reference")
+        .join(name)
+}
+
+fn load(name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(reference(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    bytemuck::pod_collect_to_vec(&bytes)
+}
+
+fn engine(input: (u32, u32)) -> Engine {
+    let path = default_weights::resolve(None).expect("default weights");
+    let file = WeightFile::open(&path).unwrap();
+    Engine::new(Gpu::new().unwrap(), &file, Some(input)).unwrap()
+}
+
+fn check(what: &str, actual: &[f32], expected: &[f32]) {
+    let err = rel_l2(actual, expected);
+    eprintln!("{what}: relative L2 error {err:.2e}");
+    assert!(
+        err <= TOLERANCE,
+        "{what}: relative L2 error {err:.2e} > {TOLERANCE:e}"
+    );
+}
+
+const IMAGES: [&str; 4] = ["0_astronaut", "1_chelsea", "2_coffee", "3_rocket"];
+
+#[test]
+fn full_size_batch_matches_keras() {
+    let mut engine = engine((299, 299));
+    let input: Vec<f32> = IMAGES
+        .iter()
+        .flat_map(|n| load(&format!("input_{n}_299.bin")))
+        .collect();
+    let outputs = ["stem", "mixed0", "mixed5", "mixed10", "bottleneck"];
+    let out = engine.run_tensors(&input, 4, &outputs).unwrap();
+    let first = |t: &Vec<f32>| t[..t.len() / 4].to_vec();
+    check(
+        "stem",
+        &first(&out[0]),
+        &load("act_0_astronaut_stem_35x35x192.bin"),
+    );
+    check(
+        "mixed0",
+        &first(&out[1]),
+        &load("act_0_astronaut_mixed0_35x35x256.bin"),
+    );
+    check(
+        "mixed5",
+        &first(&out[2]),
+        &load("act_0_astronaut_mixed5_17x17x768.bin"),
+    );
+    check(
+        "mixed10",
+        &first(&out[3]),
+        &load("act_0_astronaut_mixed10_8x8x2048.bin"),
+    );
+    for (i, name) in IMAGES.iter().enumerate() {
+        let row = &out[4][i * 2048..(i + 1) * 2048];
+        check(
+            &format!("bottleneck {name}"),
+            row,
+            &load(&format!("bottleneck_{name}.bin")),
+        );
+    }
+}
+
+#[test]
+fn small_inputs_match_keras() {
+    for (name, h, w) in [("astronaut", 139, 139), ("chelsea", 147, 195)] {
+        let mut engine = engine((h, w));
+        let input = load(&format!("input_small_{name}_{h}x{w}.bin"));
+        let out = engine.run_tensors(&input, 1, &["bottleneck"]).unwrap();
+        check(
+            &format!("bottleneck {name} {h}x{w}"),
+            &out[0],
+            &load(&format!("bottleneck_small_{name}_{h}x{w}.bin")),
+        );
+    }
+}
+
+fn decode(name: &str) -> image::RgbImage {
+    image::open(reference(&format!("images/{name}.png")))
+        .unwrap()
+        .to_rgb8()
+}
+
+/// Decode + GPU resize + normalise, as `features` does it.
+fn preprocess(img: &image::RgbImage, out: (u32, u32)) -> Vec<f32> {
+    let (gpu, kernels) = gpu();
+    let n = Normalization::signed();
+    let p = PreprocessParams {
+        src_offset: 0,
+        src_h: img.height(),
+        src_w: img.width(),
+        slot: 0,
+        out_h: out.0,
+        out_w: out.1,
+        _unused: [0; 2],
+        scale: [n.scale[0], n.scale[1], n.scale[2], 0.0],
+        offset: [n.offset[0], n.offset[1], n.offset[2], 0.0],
+    };
+    let len = (out.0 * out.1 * 3) as usize;
+    let output = common::poisoned(gpu, len);
+    let pixels = gpu.storage_buffer_with("pixels", img.as_raw());
+    submit(gpu, &[&kernels.preprocess(gpu, &p, &pixels, &output)]);
+    common::download(gpu, &output, len)
+}
+
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn decode_and_resize_reproduce_the_inputs() {
+    for name in IMAGES {
+        let img = decode(&name[2..]);
+        let err = max_abs(
+            &preprocess(&img, (299, 299)),
+            &load(&format!("input_{name}_299.bin")),
+        );
+        eprintln!("{name}: max abs {err:.2e}");
+        assert!(err <= 1e-3, "{name}: max abs error {err}");
+    }
+    for (name, h, w) in [("astronaut", 139, 139), ("chelsea", 147, 195)] {
+        let err = max_abs(
+            &preprocess(&decode(name), (h, w)),
+            &load(&format!("input_small_{name}_{h}x{w}.bin")),
+        );
+        assert!(err <= 1e-3, "{name} {h}x{w}: max abs error {err}");
+    }
+}
+
+#[test]
+fn images_to_bottlenecks_end_to_end() {
+    // Decoded PNG -> GPU resize -> network, with Keras's [-1, 1] convention as in the reference.
+    let mut engine = engine((147, 195));
+    engine.info.normalization = Normalization::signed();
+    let out = engine.bottlenecks(&[decode("chelsea")]).unwrap();
+    check(
+        "chelsea 147x195 from PNG",
+        &out,
+        &load("bottleneck_small_chelsea_147x195.bin"),
+    );
+}
