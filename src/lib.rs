@@ -1,8 +1,12 @@
 //! retrain: transfer learning with a pretrained Inception V3 whose every tensor
 //! operation is a WGSL compute shader run through wgpu.
 
+pub mod atomic_file;
+pub mod cli;
+pub mod commands;
 pub mod convert;
 pub mod cpu_reference;
+pub mod data;
 pub mod engine;
 pub mod gpu;
 pub mod model;

@@ -1,1 +1,19 @@
-fn main() {}
+use clap::Parser;
+use retrain::cli::{Cli, Command};
+use retrain::commands;
+
+fn main() {
+    // The Vulkan loader complains on every start without it; any writable folder will do.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Features(args) => commands::features::run(args),
+        Command::Info(args) => commands::info::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

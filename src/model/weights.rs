@@ -199,17 +199,10 @@ pub fn write(path: &Path, mut info: ModelInfo, tensors: &[Tensor]) -> Result<Mod
             Ok((t.name.clone(), view))
         })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let temp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
-    safetensors::serialize_to_file(views, Some(info.to_metadata()), temp.path())
-        .with_context(|| format!("cannot write {}", temp.path().display()))?;
-    temp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    crate::atomic_file::replace_file(path, |temp| {
+        safetensors::serialize_to_file(views, Some(info.to_metadata()), temp)
+            .with_context(|| format!("cannot write {}", temp.display()))
+    })?;
     Ok(info)
 }
 

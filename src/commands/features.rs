@@ -1,0 +1,81 @@
+//! `retrain features`: bottleneck vectors of a folder or list of images, as .npy.
+
+use super::open_engine;
+use crate::cli::FeaturesArgs;
+use crate::data::{images, loader, npy};
+use anyhow::{bail, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+fn input_paths(args: &FeaturesArgs) -> Result<Vec<PathBuf>> {
+    let mut paths = match &args.image_dir {
+        Some(dir) => images::list_images(dir)?,
+        None => Vec::new(),
+    };
+    paths.extend(args.files.iter().cloned());
+    if paths.is_empty() {
+        bail!("no images found (looked for {} files)", images::EXTENSIONS.join(", "));
+    }
+    Ok(paths)
+}
+
+pub fn progress_bar(total: usize, unit: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total as u64);
+    let template = format!("{{bar:30}} {{pos}}/{{len}} {unit}  {{per_sec}}  ETA {{eta}}");
+    bar.set_style(ProgressStyle::with_template(&template).expect("progress template"));
+    bar
+}
+
+/// The `.paths` file beside an output: FILE.npy -> FILE.npy.paths.
+pub fn paths_file(output: &Path) -> PathBuf {
+    let mut name = output.as_os_str().to_owned();
+    name.push(".paths");
+    PathBuf::from(name)
+}
+
+pub fn run(args: &FeaturesArgs) -> Result<()> {
+    let paths = input_paths(args)?;
+    let mut engine = open_engine(&args.model)?;
+    let batch = args.batch_size.unwrap_or(u32::MAX).min(engine.max_batch()) as usize;
+    let (h, w) = engine.input_size();
+    eprintln!("{} images at {h}×{w} on \"{}\", {batch} per batch", paths.len(), engine.gpu.info.name);
+
+    let started = Instant::now();
+    let bar = progress_bar(paths.len(), "images");
+    let (mut rows, mut done, mut skipped) = (Vec::new(), Vec::new(), 0usize);
+    for decoded in loader::decode_batches(paths, batch) {
+        let mut good = Vec::with_capacity(decoded.len());
+        for d in decoded {
+            match d.image {
+                Ok(img) => good.push((d.path, img)),
+                Err(e) => {
+                    bar.suspend(|| eprintln!("warning: skipping {}: {e:#}", d.path.display()));
+                    skipped += 1;
+                    bar.inc(1);
+                }
+            }
+        }
+        let (batch_paths, batch_images): (Vec<_>, Vec<_>) = good.into_iter().unzip();
+        rows.extend(engine.bottlenecks(&batch_images)?);
+        bar.inc(batch_paths.len() as u64);
+        done.extend(batch_paths);
+    }
+    bar.finish_and_clear();
+    if done.is_empty() {
+        bail!("none of the {skipped} images could be read; nothing written");
+    }
+    let cols = engine.bottleneck_size();
+    npy::write_f32(&args.output, done.len(), cols, &rows)?;
+    let listing: String = done.iter().map(|p| format!("{}\n", p.display())).collect();
+    crate::atomic_file::write_bytes(&paths_file(&args.output), listing.as_bytes())?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "wrote {} ({} × {cols}) in {secs:.1} s, {:.1} images/s{}",
+        args.output.display(),
+        done.len(),
+        done.len() as f64 / secs,
+        if skipped > 0 { format!("; skipped {skipped} unreadable files") } else { String::new() }
+    );
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! Decoding on CPU threads ahead of the GPU: while the GPU runs batch k, a
+//! background thread decodes batch k+1 with every core.
+
+use super::images::decode;
+use anyhow::Result;
+use image::RgbImage;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread;
+
+/// One file's decoding outcome.
+pub struct Decoded {
+    pub path: PathBuf,
+    pub image: Result<RgbImage>,
+}
+
+/// Decodes `paths` in order, `batch` at a time, one batch ahead of the consumer.
+pub fn decode_batches(paths: Vec<PathBuf>, batch: usize) -> impl Iterator<Item = Vec<Decoded>> {
+    let (sender, receiver) = mpsc::sync_channel(1);
+    thread::spawn(move || {
+        let workers = thread::available_parallelism().map_or(2, |n| n.get());
+        for chunk in paths.chunks(batch.max(1)) {
+            if sender.send(decode_parallel(chunk, workers)).is_err() {
+                return; // the consumer stopped early
+            }
+        }
+    });
+    receiver.into_iter()
+}
+
+fn decode_parallel(paths: &[PathBuf], workers: usize) -> Vec<Decoded> {
+    let per_worker = paths.len().div_ceil(workers).max(1);
+    thread::scope(|s| {
+        let handles: Vec<_> = paths
+            .chunks(per_worker)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|p| Decoded {
+                            path: p.clone(),
+                            image: decode(p),
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("decoder thread")).collect()
+    })
+}
