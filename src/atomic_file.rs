@@ -12,7 +12,8 @@ pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create folder {}", dir.display()))?;
     let temp = tempfile::Builder::new()
         .prefix(".retrain-")
         .tempfile_in(dir)
@@ -23,11 +24,14 @@ pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o644))?;
     }
-    temp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
+    temp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
 /// Writes `bytes` to `path` atomically.
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
-    replace_file(path, |temp| std::fs::write(temp, bytes).with_context(|| format!("cannot write {}", temp.display())))
+    replace_file(path, |temp| {
+        std::fs::write(temp, bytes).with_context(|| format!("cannot write {}", temp.display()))
+    })
 }

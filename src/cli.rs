@@ -58,7 +58,9 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let (h, w) = crate::model::weights::parse_size(s).map_err(|e| e.to_string())?;
     let min = crate::model::inception_v3::MIN_INPUT;
     if h < min || w < min {
-        return Err(format!("{h}x{w} is too small: Inception V3 needs at least {min}x{min}"));
+        return Err(format!(
+            "{h}x{w} is too small: Inception V3 needs at least {min}x{min}"
+        ));
     }
     Ok((h, w))
 }

@@ -122,3 +122,56 @@ pub fn preprocess(p: &PreprocessParams, pixels: &[u8], output: &mut [f32]) {
         }
     }
 }
+
+/// One SGD step of the softmax head in f64, as shaders/head.wgsl does it.
+/// `head` holds weights [dim, classes] then biases; returns (mean cross-entropy, accuracy)
+/// of the batch before the update.
+pub fn head_step(
+    features: &[f32],
+    dim: usize,
+    classes: usize,
+    labels: &[u32],
+    rows: &[u32],
+    head: &mut [f64],
+    lr: f64,
+) -> (f64, f64) {
+    let batch = rows.len();
+    let mut grads = vec![0.0f64; batch * classes];
+    let (mut loss, mut correct) = (0.0, 0.0);
+    for (b, &row) in rows.iter().enumerate() {
+        let x = &features[row as usize * dim..(row as usize + 1) * dim];
+        let logits: Vec<f64> = (0..classes)
+            .map(|c| {
+                head[dim * classes + c]
+                    + (0..dim)
+                        .map(|k| x[k] as f64 * head[k * classes + c])
+                        .sum::<f64>()
+            })
+            .collect();
+        let top = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let total: f64 = logits.iter().map(|l| (l - top).exp()).sum();
+        let label = labels[row as usize] as usize;
+        loss += total.ln() - (logits[label] - top);
+        let best = (0..classes).fold(0, |best, c| if logits[c] > logits[best] { c } else { best });
+        correct += (best == label) as u8 as f64;
+        for c in 0..classes {
+            let p = (logits[c] - top).exp() / total;
+            grads[b * classes + c] = (p - (c == label) as u8 as f64) / batch as f64;
+        }
+    }
+    for k in 0..dim {
+        for c in 0..classes {
+            let g: f64 = rows
+                .iter()
+                .enumerate()
+                .map(|(b, &r)| features[r as usize * dim + k] as f64 * grads[b * classes + c])
+                .sum();
+            head[k * classes + c] -= lr * g;
+        }
+    }
+    for c in 0..classes {
+        let g: f64 = (0..batch).map(|b| grads[b * classes + c]).sum();
+        head[dim * classes + c] -= lr * g;
+    }
+    (loss / batch as f64, correct / batch as f64)
+}

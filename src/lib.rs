@@ -10,3 +10,4 @@ pub mod data;
 pub mod engine;
 pub mod gpu;
 pub mod model;
+pub mod train;

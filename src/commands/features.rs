@@ -15,7 +15,10 @@ fn input_paths(args: &FeaturesArgs) -> Result<Vec<PathBuf>> {
     };
     paths.extend(args.files.iter().cloned());
     if paths.is_empty() {
-        bail!("no images found (looked for {} files)", images::EXTENSIONS.join(", "));
+        bail!(
+            "no images found (looked for {} files)",
+            images::EXTENSIONS.join(", ")
+        );
     }
     Ok(paths)
 }
@@ -39,7 +42,11 @@ pub fn run(args: &FeaturesArgs) -> Result<()> {
     let mut engine = open_engine(&args.model)?;
     let batch = args.batch_size.unwrap_or(u32::MAX).min(engine.max_batch()) as usize;
     let (h, w) = engine.input_size();
-    eprintln!("{} images at {h}×{w} on \"{}\", {batch} per batch", paths.len(), engine.gpu.info.name);
+    eprintln!(
+        "{} images at {h}×{w} on \"{}\", {batch} per batch",
+        paths.len(),
+        engine.gpu.info.name
+    );
 
     let started = Instant::now();
     let bar = progress_bar(paths.len(), "images");
@@ -75,7 +82,11 @@ pub fn run(args: &FeaturesArgs) -> Result<()> {
         args.output.display(),
         done.len(),
         done.len() as f64 / secs,
-        if skipped > 0 { format!("; skipped {skipped} unreadable files") } else { String::new() }
+        if skipped > 0 {
+            format!("; skipped {skipped} unreadable files")
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }

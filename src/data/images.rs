@@ -18,9 +18,12 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
-        let entries = std::fs::read_dir(&d).with_context(|| format!("cannot read folder {}", d.display()))?;
+        let entries =
+            std::fs::read_dir(&d).with_context(|| format!("cannot read folder {}", d.display()))?;
         for entry in entries {
-            let path = entry.with_context(|| format!("cannot read folder {}", d.display()))?.path();
+            let path = entry
+                .with_context(|| format!("cannot read folder {}", d.display()))?
+                .path();
             if path.is_dir() {
                 pending.push(path);
             } else if is_image(&path) {
@@ -40,6 +43,8 @@ pub fn decode(path: &Path) -> Result<RgbImage> {
     match decoded {
         Ok(Ok(img)) => Ok(img.to_rgb8()),
         Ok(Err(e)) => Err(anyhow!("not a readable image: {e}")),
-        Err(_) => Err(anyhow!("not a readable image: the decoder failed on damaged data")),
+        Err(_) => Err(anyhow!(
+            "not a readable image: the decoder failed on damaged data"
+        )),
     }
 }

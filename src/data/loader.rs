@@ -44,6 +44,9 @@ fn decode_parallel(paths: &[PathBuf], workers: usize) -> Vec<Decoded> {
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("decoder thread")).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("decoder thread"))
+            .collect()
     })
 }

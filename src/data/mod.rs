@@ -1,5 +1,7 @@
 //! Input data: finding and decoding images, and writing arrays.
 
+pub mod bottleneck_cache;
+pub mod dataset;
 pub mod images;
 pub mod loader;
 pub mod npy;

@@ -68,7 +68,9 @@ impl Gpu {
 
     /// Largest storage buffer the engine may bind at once, in bytes.
     pub fn max_binding_bytes(&self) -> u64 {
-        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     /// A storage buffer of `bytes` (at least 4) that kernels read and write.

@@ -1,0 +1,3 @@
+//! Training the new classifier head on cached bottlenecks.
+
+pub mod head;
