@@ -8,11 +8,154 @@ use std::path::PathBuf;
     name = "retrain",
     version,
     about = "Transfer learning on a folder of labelled images with a pretrained Inception V3, on any Vulkan, Metal or DX12 GPU",
-    long_about = None
+    long_about = "Transfer learning on a folder of labelled images with a pretrained Inception V3, on any Vulkan, \
+Metal or DX12 GPU.\n\nWithout a subcommand, retrains a new classifier on IMAGE_DIR (one sub-folder per \
+class), as TensorFlow Hub's retrain.py does; its underscore flag spellings (--image_dir, ...) are accepted too.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+/// The main job: retrain.py's flags, kebab-case with the underscore spelling as alias.
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Folder of labelled images: one sub-folder of images per class.
+    #[arg(long, alias = "image_dir", value_name = "DIR", required = true)]
+    pub image_dir: Option<PathBuf>,
+    /// Weight file made by convert-weights (default: nsfwjs@4.4.0's Inception V3, fetched on first use).
+    #[arg(long, alias = "tfhub_module", value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// Network input size, H or HxW (at least 75). Default: the weights' own (299).
+    #[arg(long, alias = "input_size", value_name = "HxW", value_parser = parse_size)]
+    pub input_size: Option<(u32, u32)>,
+    /// Where cached bottleneck vectors are kept.
+    #[arg(
+        long,
+        alias = "bottleneck_dir",
+        value_name = "DIR",
+        default_value = "retrain-output/bottlenecks"
+    )]
+    pub bottleneck_dir: PathBuf,
+    /// The trained classifier (safetensors); metrics.json is written beside it.
+    #[arg(
+        long,
+        alias = "output_graph",
+        value_name = "FILE",
+        default_value = "retrain-output/model.safetensors"
+    )]
+    pub output_graph: PathBuf,
+    /// The labels file, one label per line in class order.
+    #[arg(
+        long,
+        alias = "output_labels",
+        value_name = "FILE",
+        default_value = "retrain-output/labels.txt"
+    )]
+    pub output_labels: PathBuf,
+    /// Write TensorBoard event files (train/ and validation/) here.
+    #[arg(long, alias = "summaries_dir", value_name = "DIR")]
+    pub summaries_dir: Option<PathBuf>,
+    /// Training steps.
+    #[arg(
+        long,
+        alias = "how_many_training_steps",
+        value_name = "N",
+        default_value_t = 4000
+    )]
+    pub how_many_training_steps: u32,
+    /// SGD learning rate.
+    #[arg(
+        long,
+        alias = "learning_rate",
+        value_name = "RATE",
+        default_value_t = 0.01
+    )]
+    pub learning_rate: f32,
+    /// Percentage of images used for the final test.
+    #[arg(
+        long,
+        alias = "testing_percentage",
+        value_name = "PCT",
+        default_value_t = 10.0
+    )]
+    pub testing_percentage: f64,
+    /// Percentage of images used for validation during training.
+    #[arg(
+        long,
+        alias = "validation_percentage",
+        value_name = "PCT",
+        default_value_t = 10.0
+    )]
+    pub validation_percentage: f64,
+    /// Log training and validation results every N steps (and at the last step).
+    #[arg(
+        long,
+        alias = "eval_step_interval",
+        value_name = "N",
+        default_value_t = 10
+    )]
+    pub eval_step_interval: u32,
+    /// Images per training step.
+    #[arg(
+        long,
+        alias = "train_batch_size",
+        value_name = "N",
+        default_value_t = 100
+    )]
+    pub train_batch_size: i64,
+    /// Test images evaluated at the end; -1 means the whole test set.
+    #[arg(long, alias = "test_batch_size", value_name = "N", default_value_t = -1, allow_negative_numbers = true)]
+    pub test_batch_size: i64,
+    /// Validation images per evaluation; -1 means the whole validation set.
+    #[arg(
+        long,
+        alias = "validation_batch_size",
+        value_name = "N",
+        default_value_t = 100,
+        allow_negative_numbers = true
+    )]
+    pub validation_batch_size: i64,
+    /// List every misclassified test image with its true and predicted label.
+    #[arg(long, alias = "print_misclassified_test_images")]
+    pub print_misclassified_test_images: bool,
+    /// Save the classifier every N steps (0: never).
+    #[arg(
+        long,
+        alias = "intermediate_store_frequency",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub intermediate_store_frequency: u32,
+    /// Where intermediate classifiers go.
+    #[arg(
+        long,
+        alias = "intermediate_output_graphs_dir",
+        value_name = "DIR",
+        default_value = "retrain-output/intermediate"
+    )]
+    pub intermediate_output_graphs_dir: PathBuf,
+    /// Name of the classifier's output, recorded in the model's metadata.
+    #[arg(
+        long,
+        alias = "final_tensor_name",
+        value_name = "NAME",
+        default_value = "final_result"
+    )]
+    pub final_tensor_name: String,
+    /// DEBUG, INFO, WARN, ERROR or FATAL.
+    #[arg(long, alias = "logging_verbosity", value_name = "LEVEL", default_value = "INFO", value_parser = ["DEBUG", "INFO", "WARN", "ERROR", "FATAL"])]
+    pub logging_verbosity: String,
+    /// Also write one self-contained folder (base weights, classifier, labels) that `classify` accepts.
+    #[arg(long, alias = "saved_model_dir", value_name = "DIR")]
+    pub saved_model_dir: Option<PathBuf>,
+    /// Seed for the weight initialisation and batch sampling (default: random, and logged).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -21,6 +164,30 @@ pub enum Command {
     Features(FeaturesArgs),
     /// Show the GPU adapter, its limits and features, and the model's metadata
     Info(ModelArgs),
+    /// Label images with a classifier trained by retrain (label_image.py's job)
+    Classify(ClassifyArgs),
+}
+
+#[derive(Args)]
+pub struct ClassifyArgs {
+    /// The trained classifier (--output-graph of a retrain run), or a --saved-model-dir folder.
+    #[arg(long, value_name = "MODEL")]
+    pub graph: PathBuf,
+    /// Labels file (default: the labels recorded in the classifier).
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
+    /// Base weight file (default: the one recorded in the classifier, else the default weights).
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// How many labels to show per image.
+    #[arg(long, value_name = "K", default_value_t = 5)]
+    pub top_k: usize,
+    /// Print one JSON object per image instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Images, or folders of images.
+    #[arg(value_name = "IMAGE_OR_DIR", required = true)]
+    pub inputs: Vec<PathBuf>,
 }
 
 /// Which weights to load and at what input size.

@@ -9,8 +9,10 @@ fn main() {
     }
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Features(args) => commands::features::run(args),
-        Command::Info(args) => commands::info::run(args),
+        Some(Command::Features(args)) => commands::features::run(args),
+        Some(Command::Info(args)) => commands::info::run(args),
+        Some(Command::Classify(args)) => commands::classify::run(args),
+        None => retrain::train::run(&cli.train),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -192,6 +192,16 @@ fn fingerprint(tensors: &[Tensor]) -> String {
 /// fills in `info.fingerprint` and returns the info written.
 pub fn write(path: &Path, mut info: ModelInfo, tensors: &[Tensor]) -> Result<ModelInfo> {
     info.fingerprint = fingerprint(tensors);
+    write_tensors(path, tensors, info.to_metadata())?;
+    Ok(info)
+}
+
+/// Writes f32 tensors and metadata as a safetensors file, atomically.
+pub fn write_tensors(
+    path: &Path,
+    tensors: &[Tensor],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
     let views = tensors
         .iter()
         .map(|t| {
@@ -200,10 +210,9 @@ pub fn write(path: &Path, mut info: ModelInfo, tensors: &[Tensor]) -> Result<Mod
         })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
     crate::atomic_file::replace_file(path, |temp| {
-        safetensors::serialize_to_file(views, Some(info.to_metadata()), temp)
+        safetensors::serialize_to_file(views, Some(metadata), temp)
             .with_context(|| format!("cannot write {}", temp.display()))
-    })?;
-    Ok(info)
+    })
 }
 
 /// An open, memory-mapped weight file.

@@ -1,0 +1,159 @@
+//! `retrain classify`: labels images with a trained classifier, applying
+//! exactly the preprocessing recorded in it (label_image.py's job).
+
+use crate::cli::ClassifyArgs;
+use crate::convert::default_weights;
+use crate::data::{images, loader};
+use crate::engine::Engine;
+use crate::gpu::Gpu;
+use crate::model::weights::WeightFile;
+use crate::train::head::GpuHead;
+use crate::train::outputs::{Classifier, SAVED_BASE, SAVED_CLASSIFIER};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// The classifier file and, for a saved-model folder, the base weights beside it.
+fn locate(graph: &Path) -> (PathBuf, Option<PathBuf>) {
+    if graph.is_dir() {
+        (graph.join(SAVED_CLASSIFIER), Some(graph.join(SAVED_BASE)))
+    } else {
+        (graph.to_path_buf(), None)
+    }
+}
+
+fn base_weights(
+    args: &ClassifyArgs,
+    classifier: &Classifier,
+    beside: Option<PathBuf>,
+) -> Result<PathBuf> {
+    if let Some(w) = args.weights.clone().or(beside) {
+        return Ok(w);
+    }
+    if classifier.base_weights.is_file() {
+        return Ok(classifier.base_weights.clone());
+    }
+    default_weights::resolve(None)
+}
+
+fn softmax(logits: &[f32]) -> Vec<f32> {
+    let top = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|l| (l - top).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.iter().map(|e| e / sum).collect()
+}
+
+fn inputs(args: &ClassifyArgs) -> Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for p in &args.inputs {
+        if p.is_dir() {
+            paths.extend(images::list_images(p)?);
+        } else {
+            paths.push(p.clone());
+        }
+    }
+    Ok(paths)
+}
+
+pub fn run(args: &ClassifyArgs) -> Result<()> {
+    let (classifier_path, beside) = locate(&args.graph);
+    let mut classifier = Classifier::read(&classifier_path)?;
+    if let Some(path) = &args.labels {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read labels file {}", path.display()))?;
+        let labels: Vec<String> = text.lines().map(String::from).collect();
+        if labels.len() != classifier.labels.len() {
+            bail!(
+                "{} lists {} labels but the classifier has {} classes",
+                path.display(),
+                labels.len(),
+                classifier.labels.len()
+            );
+        }
+        classifier.labels = labels;
+    }
+    let base = base_weights(args, &classifier, beside)?;
+    let file = WeightFile::open(&base)?;
+    if file.info.fingerprint != classifier.base_fingerprint {
+        bail!(
+            "{} was trained on other base weights (fingerprint {}) than {} ({}); pass the right one with --weights",
+            classifier_path.display(),
+            classifier.base_fingerprint,
+            base.display(),
+            file.info.fingerprint
+        );
+    }
+    let mut engine = Engine::new(Gpu::new()?, &file, Some(classifier.input_size))?;
+    engine.info.normalization = classifier.normalization.clone();
+    let classes = classifier.labels.len();
+    let dim = classifier.dim() as u32;
+    let mut failures = 0;
+    for decoded in loader::decode_batches(inputs(args)?, engine.max_batch() as usize) {
+        let mut paths = Vec::new();
+        let mut imgs = Vec::new();
+        for d in decoded {
+            match d.image {
+                Ok(img) => {
+                    paths.push(d.path);
+                    imgs.push(img);
+                }
+                Err(e) => {
+                    eprintln!("warning: skipping {}: {e:#}", d.path.display());
+                    failures += 1;
+                }
+            }
+        }
+        if imgs.is_empty() {
+            continue;
+        }
+        let features = engine.bottlenecks(&imgs)?;
+        let n = imgs.len() as u32;
+        let head = GpuHead::new(
+            &engine.gpu,
+            &features,
+            &vec![0; n as usize],
+            dim,
+            classes as u32,
+            &classifier.parameters(),
+            0.0,
+        )?;
+        let logits = head.logits(
+            &engine.gpu,
+            &head.batch(&engine.gpu, n),
+            &(0..n).collect::<Vec<_>>(),
+        )?;
+        for (path, row) in paths.iter().zip(logits.chunks(classes)) {
+            print_top(
+                path,
+                &softmax(row),
+                &classifier.labels,
+                args.top_k,
+                args.json,
+            );
+        }
+    }
+    if failures > 0 && failures == args.inputs.len() {
+        bail!("none of the images could be read");
+    }
+    Ok(())
+}
+
+fn print_top(path: &Path, probs: &[f32], labels: &[String], k: usize, json: bool) {
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    order.truncate(k.max(1));
+    if json {
+        let top: Vec<_> = order
+            .iter()
+            .map(|&c| serde_json::json!({"label": labels[c], "score": probs[c]}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"path": path.display().to_string(), "predictions": top})
+        );
+    } else {
+        println!("{}", path.display());
+        for &c in &order {
+            println!("  {:<24} {:.5}", labels[c], probs[c]);
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! What a training run leaves behind: the classifier file, the labels file,
+//! metrics.json, and the self-contained saved-model folder. All written atomically.
+
+use crate::atomic_file;
+use crate::model::weights::{write_tensors, Normalization, Tensor};
+use anyhow::{anyhow, bail, Context, Result};
+use safetensors::SafeTensors;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+const FORMAT: &str = "retrain-classifier-v1";
+/// File names inside a --saved-model-dir folder.
+pub const SAVED_BASE: &str = "base_weights.safetensors";
+pub const SAVED_CLASSIFIER: &str = "classifier.safetensors";
+pub const SAVED_LABELS: &str = "labels.txt";
+
+/// A trained classifier head and what it needs to be applied exactly as trained.
+#[derive(Clone, Debug)]
+pub struct Classifier {
+    /// [dim, classes] row-major.
+    pub weights: Vec<f32>,
+    pub biases: Vec<f32>,
+    pub labels: Vec<String>,
+    pub base_fingerprint: String,
+    pub base_weights: PathBuf,
+    pub input_size: (u32, u32),
+    pub normalization: Normalization,
+    /// Everything else worth recording (steps, learning rate, accuracies, …).
+    pub extra: HashMap<String, String>,
+}
+
+impl Classifier {
+    pub fn dim(&self) -> usize {
+        self.weights.len() / self.labels.len()
+    }
+
+    /// Weights then biases, as the head kernels hold them.
+    pub fn parameters(&self) -> Vec<f32> {
+        self.weights.iter().chain(&self.biases).copied().collect()
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let classes = self.labels.len();
+        let tensors = [
+            Tensor {
+                name: "final_weights".into(),
+                shape: vec![self.dim(), classes],
+                data: self.weights.clone(),
+            },
+            Tensor {
+                name: "final_biases".into(),
+                shape: vec![classes],
+                data: self.biases.clone(),
+            },
+        ];
+        let n = &self.normalization;
+        let mut meta = self.extra.clone();
+        for (k, v) in [
+            ("format", FORMAT.to_string()),
+            ("labels", serde_json::to_string(&self.labels)?),
+            ("base_fingerprint", self.base_fingerprint.clone()),
+            ("base_weights", self.base_weights.display().to_string()),
+            (
+                "input_size",
+                format!("{}x{}", self.input_size.0, self.input_size.1),
+            ),
+            ("normalization", n.name.clone()),
+            ("input_scale", format!("{:?}", n.scale)),
+            ("input_offset", format!("{:?}", n.offset)),
+        ] {
+            meta.insert(k.to_string(), v);
+        }
+        write_tensors(path, &tensors, meta)
+    }
+
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read classifier {}", path.display()))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| anyhow!("{}: damaged or not a classifier file ({e})", path.display()))?;
+        let (_, header) = SafeTensors::read_metadata(&bytes)?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        if meta.get("format").map(String::as_str) != Some(FORMAT) {
+            bail!("{}: not a classifier written by retrain", path.display());
+        }
+        let get = |k: &str| {
+            meta.get(k)
+                .cloned()
+                .ok_or_else(|| anyhow!("{}: metadata lacks {k}", path.display()))
+        };
+        let tensor = |name: &str| -> Result<Vec<f32>> {
+            let t = st
+                .tensor(name)
+                .map_err(|_| anyhow!("{}: tensor {name} is missing", path.display()))?;
+            Ok(bytemuck::pod_collect_to_vec(t.data()))
+        };
+        let labels: Vec<String> = serde_json::from_str(&get("labels")?)?;
+        let (weights, biases) = (tensor("final_weights")?, tensor("final_biases")?);
+        if biases.len() != labels.len() || weights.len() % labels.len().max(1) != 0 {
+            bail!(
+                "{}: the weights do not match its {} labels",
+                path.display(),
+                labels.len()
+            );
+        }
+        let floats = |k: &str| -> Result<[f32; 3]> { Ok(serde_json::from_str(&get(k)?)?) };
+        Ok(Classifier {
+            weights,
+            biases,
+            base_fingerprint: get("base_fingerprint")?,
+            base_weights: PathBuf::from(get("base_weights")?),
+            input_size: crate::model::weights::parse_size(&get("input_size")?)?,
+            normalization: Normalization {
+                name: get("normalization")?,
+                scale: floats("input_scale")?,
+                offset: floats("input_offset")?,
+            },
+            labels,
+            extra: meta,
+        })
+    }
+}
+
+/// One label per line in class order, with a trailing newline (as retrain.py writes it).
+pub fn write_labels(path: &Path, labels: &[String]) -> Result<()> {
+    let text: String = labels.iter().map(|l| format!("{l}\n")).collect();
+    atomic_file::write_bytes(path, text.as_bytes())
+}
+
+/// A folder holding the base weights, the classifier and the labels.
+pub fn write_saved_model(dir: &Path, base_weights: &Path, classifier: &Classifier) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let base = dir.join(SAVED_BASE);
+    atomic_file::replace_file(&base, |temp| {
+        std::fs::copy(base_weights, temp)
+            .with_context(|| format!("cannot copy {}", base_weights.display()))?;
+        Ok(())
+    })?;
+    let mut c = classifier.clone();
+    c.base_weights = PathBuf::from(SAVED_BASE);
+    c.write(&dir.join(SAVED_CLASSIFIER))?;
+    write_labels(&dir.join(SAVED_LABELS), &c.labels)
+}

@@ -1,0 +1,224 @@
+//! The main job end to end on a few images of ../shared/datasets/webstyle-dev
+//! at a small input size: outputs, cache reuse, damaged cache entries, bad
+//! input, and `classify` on the result.
+
+use retrain::train::outputs::Classifier;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn dataset(class: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/datasets/webstyle-dev")
+        .join(class)
+}
+
+/// A folder `images/{broken,normal}` with `per_class` images each (plus extra files).
+fn image_folder(root: &Path, per_class: usize) {
+    for class in ["broken", "normal"] {
+        let dest = root.join("images").join(class);
+        std::fs::create_dir_all(&dest).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(dataset(class))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files.iter().take(per_class) {
+            std::fs::copy(f, dest.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+fn retrain(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_retrain"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const TRAIN: &[&str] = &[
+    "--image_dir",
+    "images",
+    "--input-size",
+    "80",
+    "--how_many_training_steps",
+    "25",
+    "--eval_step_interval",
+    "10",
+    "--validation_percentage",
+    "20",
+    "--testing_percentage",
+    "20",
+    "--train_batch_size",
+    "16",
+    "--seed",
+    "5",
+];
+
+#[test]
+fn retrain_writes_every_output_and_reuses_its_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    image_folder(root, 9);
+    std::fs::write(root.join("images/normal/zz_corrupt.jpg"), b"not a jpeg").unwrap();
+    std::fs::create_dir_all(root.join("images/empty")).unwrap();
+
+    let mut args = TRAIN.to_vec();
+    args.extend([
+        "--intermediate_store_frequency",
+        "10",
+        "--saved_model_dir",
+        "saved",
+        "--print_misclassified_test_images",
+    ]);
+    let o = retrain(root, &args);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    for needle in [
+        "Step 0: Train accuracy",
+        "Step 0: Cross entropy",
+        "Validation accuracy",
+        "Step 24: Train accuracy",
+        "Final test accuracy",
+        "zz_corrupt.jpg",
+        "no images in",
+    ] {
+        assert!(err.contains(needle), "missing \"{needle}\" in:\n{err}");
+    }
+
+    let out = root.join("retrain-output");
+    let c = Classifier::read(&out.join("model.safetensors")).unwrap();
+    assert_eq!(c.labels, ["broken", "normal"]);
+    assert_eq!((c.weights.len(), c.biases.len()), (2048 * 2, 2));
+    assert_eq!(c.input_size, (80, 80));
+    assert_eq!(c.extra["steps"], "25");
+    assert_eq!(c.extra["final_tensor_name"], "final_result");
+    assert!(c.weights.iter().all(|w| w.is_finite()) && c.biases.iter().any(|b| *b != 0.0));
+    assert_eq!(
+        std::fs::read_to_string(out.join("labels.txt")).unwrap(),
+        "broken\nnormal\n"
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["steps"], 25);
+    assert_eq!(metrics["images"]["skipped"], 1);
+    assert_eq!(metrics["bottlenecks"]["computed"], 18);
+    assert!(metrics["final"]["test"]["accuracy"].is_number());
+    assert!(metrics["timings_seconds"]["bottlenecks"].as_f64().unwrap() > 0.0);
+    for step in [10, 20] {
+        assert!(out
+            .join(format!("intermediate/intermediate_{step}.safetensors"))
+            .is_file());
+    }
+    for f in [
+        "base_weights.safetensors",
+        "classifier.safetensors",
+        "labels.txt",
+    ] {
+        assert!(
+            root.join("saved").join(f).is_file(),
+            "saved model lacks {f}"
+        );
+    }
+
+    // A second run computes nothing; a damaged entry is reported and recomputed.
+    let o = retrain(root, TRAIN);
+    assert!(stderr(&o).contains("0 computed"), "{}", stderr(&o));
+    let entry = std::fs::read_dir(out.join("bottlenecks/broken"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let bytes = std::fs::read(&entry).unwrap();
+    std::fs::write(&entry, &bytes[..bytes.len() / 2]).unwrap();
+    let o = retrain(root, TRAIN);
+    let err = stderr(&o);
+    assert!(
+        o.status.success() && err.contains("cannot be trusted") && err.contains("1 computed"),
+        "{err}"
+    );
+
+    // classify the saved model, as JSON.
+    let image = root
+        .join("images/broken")
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let o = Command::new(env!("CARGO_BIN_EXE_retrain"))
+        .args([
+            "classify",
+            "--graph",
+            root.join("saved").to_str().unwrap(),
+            "--json",
+            image.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let predictions = line["predictions"].as_array().unwrap();
+    assert_eq!(predictions.len(), 2);
+    let total: f64 = predictions
+        .iter()
+        .map(|p| p["score"].as_f64().unwrap())
+        .sum();
+    assert!((total - 1.0).abs() < 1e-4);
+}
+
+#[test]
+fn bad_flags_are_rejected_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    image_folder(dir.path(), 1);
+    for (flags, flag) in [
+        (
+            &[
+                "--testing_percentage",
+                "60",
+                "--validation_percentage",
+                "40",
+            ][..],
+            "--testing-percentage",
+        ),
+        (&["--train_batch_size", "0"][..], "--train-batch-size"),
+        (
+            &["--validation_batch_size", "0"][..],
+            "--validation-batch-size",
+        ),
+        (
+            &["--how_many_training_steps=-5"][..],
+            "how-many-training-steps",
+        ),
+    ] {
+        let mut args = vec!["--image_dir", "images"];
+        args.extend(flags);
+        let o = retrain(dir.path(), &args);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains(flag), "{flags:?}: {}", stderr(&o));
+        assert!(
+            !dir.path().join("retrain-output").exists(),
+            "{flags:?} did work"
+        );
+    }
+}
+
+#[test]
+fn one_class_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("images/only")).unwrap();
+    std::fs::copy(
+        dataset("normal").join("ws_03ef0dbdf2.jpg"),
+        dir.path().join("images/only/a.jpg"),
+    )
+    .unwrap();
+    let o = retrain(dir.path(), &["--image_dir", "images"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("only one class"), "{}", stderr(&o));
+}
