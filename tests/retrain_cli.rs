@@ -125,6 +125,24 @@ fn retrain_writes_every_output_and_reuses_its_cache() {
         );
     }
 
+    for sub in ["train", "validation"] {
+        let files: Vec<_> = std::fs::read_dir(root.join("logs").join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            files
+                .iter()
+                .any(|f| f.to_string_lossy().contains("tfevents")),
+            "{sub}: {files:?}"
+        );
+        let size: u64 = std::fs::read_dir(root.join("logs").join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(size > 100, "{sub} has no scalars");
+    }
+
     // A second run computes nothing; a damaged entry is reported and recomputed.
     let o = retrain(root, TRAIN);
     assert!(stderr(&o).contains("0 computed"), "{}", stderr(&o));

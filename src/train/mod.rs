@@ -7,6 +7,7 @@ pub mod head;
 pub mod outputs;
 pub mod report;
 pub mod sampling;
+pub mod summaries;
 
 use crate::cli::TrainArgs;
 use crate::convert::default_weights;
@@ -194,6 +195,13 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let mut validation_batches: HashMap<u32, head::Batch> = HashMap::new();
     let mut last = (f32::NAN, f32::NAN, None::<f32>);
     let steps = args.how_many_training_steps;
+    let mut writers = match &args.summaries_dir {
+        Some(dir) => Some((
+            summaries::SummaryWriter::create(&dir.join("train"))?,
+            summaries::SummaryWriter::create(&dir.join("validation"))?,
+        )),
+        None => None,
+    };
     for step in 0..steps {
         let rows = sampling::class_balanced(&mut rng, &train, args.train_batch_size as usize);
         head.train_step(gpu, &train_batch, &rows);
@@ -204,6 +212,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 accuracy * 100.0
             ));
             log.info(format!("Step {step}: Cross entropy = {xent:.6}"));
+            if let Some((train_writer, _)) = writers.as_mut() {
+                train_writer.scalar("accuracy", accuracy, step)?;
+                train_writer.scalar("cross_entropy", xent, step)?;
+            }
             let mut val_accuracy = None;
             if validation_count > 0 {
                 let vrows = eval_rows(&mut rng, &validation, args.validation_batch_size);
@@ -211,11 +223,15 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 let vb = validation_batches
                     .entry(n)
                     .or_insert_with(|| head.batch(gpu, n));
-                let (_, acc) = head.evaluate(gpu, vb, &vrows)?;
+                let (val_xent, acc) = head.evaluate(gpu, vb, &vrows)?;
                 log.info(format!(
                     "Step {step}: Validation accuracy = {:.1}% (N={n})",
                     acc * 100.0
                 ));
+                if let Some((_, validation_writer)) = writers.as_mut() {
+                    validation_writer.scalar("accuracy", acc, step)?;
+                    validation_writer.scalar("cross_entropy", val_xent, step)?;
+                }
                 val_accuracy = Some(acc);
             }
             last = (accuracy, xent, val_accuracy);
