@@ -74,6 +74,8 @@ fn retrain_writes_every_output_and_reuses_its_cache() {
         "--saved_model_dir",
         "saved",
         "--print_misclassified_test_images",
+        "--summaries_dir",
+        "logs",
     ]);
     let o = retrain(root, &args);
     let err = stderr(&o);

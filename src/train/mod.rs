@@ -189,6 +189,20 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         args.learning_rate,
     )?;
 
+    let snapshot = |step: u32, extra: HashMap<String, String>| {
+        classifier(
+            &head,
+            gpu,
+            &labels,
+            &file,
+            &weights_path,
+            input_size,
+            args,
+            step,
+            extra,
+        )
+    };
+
     let t = Instant::now();
     let train_batch = head.batch(gpu, args.train_batch_size as u32);
     let validation_count: usize = validation.iter().map(Vec::len).sum();
@@ -244,18 +258,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 .intermediate_output_graphs_dir
                 .join(format!("intermediate_{step}.safetensors"));
             log.info(format!("Saving intermediate result to {}", path.display()));
-            classifier(
-                &head,
-                gpu,
-                &labels,
-                &file,
-                &weights_path,
-                input_size,
-                args,
-                step,
-                HashMap::new(),
-            )?
-            .write(&path)?;
+            snapshot(step, HashMap::new())?.write(&path)?;
         }
     }
     let training_secs = t.elapsed().as_secs_f64();
@@ -309,17 +312,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if let Some(r) = &report {
         extra.insert("test_accuracy".into(), r.accuracy.to_string());
     }
-    let final_classifier = classifier(
-        &head,
-        gpu,
-        &labels,
-        &file,
-        &weights_path,
-        input_size,
-        args,
-        steps,
-        extra,
-    )?;
+    let final_classifier = snapshot(steps, extra)?;
     final_classifier.write(&args.output_graph)?;
     outputs::write_labels(&args.output_labels, &labels)?;
     if let Some(dir) = &args.saved_model_dir {
