@@ -112,6 +112,18 @@ impl Engine {
         plan.run(&self.gpu, &[])
     }
 
+    /// Whether the device can take this decoded image (its pixels must fit one binding).
+    pub fn check_image(&self, img: &RgbImage) -> Result<()> {
+        if img.as_raw().len() as u64 > self.gpu.max_binding_bytes() {
+            bail!(
+                "{}×{} pixels is too large for this device",
+                img.width(),
+                img.height()
+            );
+        }
+        Ok(())
+    }
+
     /// Bottlenecks ([images.len(), 2048] row-major) of decoded RGB images:
     /// resized and normalised on the GPU, run in batches the device can hold.
     pub fn bottlenecks(&mut self, images: &[RgbImage]) -> Result<Vec<f32>> {

@@ -88,20 +88,9 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
     let dim = classifier.dim() as u32;
     let mut failures = 0;
     for decoded in loader::decode_batches(inputs(args)?, engine.max_batch() as usize) {
-        let mut paths = Vec::new();
-        let mut imgs = Vec::new();
-        for d in decoded {
-            match d.image {
-                Ok(img) => {
-                    paths.push(d.path);
-                    imgs.push(img);
-                }
-                Err(e) => {
-                    eprintln!("warning: skipping {}: {e:#}", d.path.display());
-                    failures += 1;
-                }
-            }
-        }
+        let u = loader::usable(decoded, |img| engine.check_image(img), |w| eprintln!("{w}"));
+        failures += u.skipped;
+        let (paths, imgs) = (u.paths, u.images);
         if imgs.is_empty() {
             continue;
         }

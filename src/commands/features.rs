@@ -52,21 +52,16 @@ pub fn run(args: &FeaturesArgs) -> Result<()> {
     let bar = progress_bar(paths.len(), "images");
     let (mut rows, mut done, mut skipped) = (Vec::new(), Vec::new(), 0usize);
     for decoded in loader::decode_batches(paths, batch) {
-        let mut good = Vec::with_capacity(decoded.len());
-        for d in decoded {
-            match d.image {
-                Ok(img) => good.push((d.path, img)),
-                Err(e) => {
-                    bar.suspend(|| eprintln!("warning: skipping {}: {e:#}", d.path.display()));
-                    skipped += 1;
-                    bar.inc(1);
-                }
-            }
-        }
-        let (batch_paths, batch_images): (Vec<_>, Vec<_>) = good.into_iter().unzip();
-        rows.extend(engine.bottlenecks(&batch_images)?);
-        bar.inc(batch_paths.len() as u64);
-        done.extend(batch_paths);
+        let u = loader::usable(
+            decoded,
+            |img| engine.check_image(img),
+            |w| bar.suspend(|| eprintln!("{w}")),
+        );
+        skipped += u.skipped;
+        bar.inc(u.skipped as u64);
+        rows.extend(engine.bottlenecks(&u.images)?);
+        bar.inc(u.paths.len() as u64);
+        done.extend(u.paths);
     }
     bar.finish_and_clear();
     if done.is_empty() {

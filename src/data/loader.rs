@@ -50,3 +50,41 @@ fn decode_parallel(paths: &[PathBuf], workers: usize) -> Vec<Decoded> {
             .collect()
     })
 }
+
+/// The usable part of a decoded batch, in order.
+pub struct Usable {
+    /// Position of each usable image in the batch.
+    pub positions: Vec<usize>,
+    pub paths: Vec<PathBuf>,
+    pub images: Vec<RgbImage>,
+    pub skipped: usize,
+}
+
+/// Keeps the images that decoded and pass `check`; reports each other one
+/// through `warn` with its path and the reason.
+pub fn usable(
+    batch: Vec<Decoded>,
+    check: impl Fn(&RgbImage) -> Result<()>,
+    warn: impl Fn(String),
+) -> Usable {
+    let mut u = Usable {
+        positions: Vec::new(),
+        paths: Vec::new(),
+        images: Vec::new(),
+        skipped: 0,
+    };
+    for (i, d) in batch.into_iter().enumerate() {
+        match d.image.and_then(|img| check(&img).map(|_| img)) {
+            Ok(img) => {
+                u.positions.push(i);
+                u.paths.push(d.path);
+                u.images.push(img);
+            }
+            Err(e) => {
+                warn(format!("warning: skipping {}: {e:#}", d.path.display()));
+                u.skipped += 1;
+            }
+        }
+    }
+    u
+}

@@ -123,29 +123,22 @@ fn compute(
     let mut next = 0;
     let mut computed = 0;
     for decoded in loader::decode_batches(paths, engine.max_batch() as usize) {
-        let batch_len = decoded.len() as u64;
-        let mut images = Vec::new();
-        let mut owners = Vec::new();
-        for d in decoded {
-            let p = &pending[next];
-            next += 1;
-            match d.image {
-                Ok(img) => {
-                    images.push(img);
-                    owners.push(p);
-                }
-                Err(e) => {
-                    bar.suspend(|| eprintln!("warning: skipping {}: {e:#}", d.path.display()))
-                }
-            }
-        }
+        let batch_len = decoded.len();
+        let u = loader::usable(
+            decoded,
+            |img| engine.check_image(img),
+            |w| bar.suspend(|| eprintln!("{w}")),
+        );
+        let owners: Vec<&Pending> = u.positions.iter().map(|&k| &pending[next + k]).collect();
+        next += batch_len;
+        let images = u.images;
         let rows = engine.bottlenecks(&images)?;
         for (p, row) in owners.iter().zip(rows.chunks(dim)) {
             cache.store(&p.entry, row)?;
             vectors[p.index] = Some(row.to_vec());
             computed += 1;
         }
-        bar.inc(batch_len);
+        bar.inc(batch_len as u64);
     }
     bar.finish_and_clear();
     Ok(computed)
