@@ -42,6 +42,30 @@ fn element_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return gid.x + gid.y * groups.x * 256u;
 }
 
+// Max, sum and count of the window's cells that lie inside the input.
+fn window_stats(w: Window) -> vec3<f32> {
+    var best = -3.0e38;
+    var sum = 0.0;
+    var count = 0.0;
+    for (var dy = 0u; dy < p.window_h; dy++) {
+        let y = w.y0 + i32(dy);
+        if (y < 0 || y >= i32(p.in_h)) { continue; }
+        for (var dx = 0u; dx < p.window_w; dx++) {
+            let x = w.x0 + i32(dx);
+            if (x < 0 || x >= i32(p.in_w)) { continue; }
+            let v = input_at(w, y, x);
+            best = max(best, v);
+            sum += v;
+            count += 1.0;
+        }
+    }
+    return vec3<f32>(best, sum, count);
+}
+
+fn output_index(w: Window) -> u32 {
+    return w.out_pixel * p.out_stride + p.out_offset + w.c;
+}
+
 @compute @workgroup_size(256)
 fn max_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let index = element_index(gid, groups);
@@ -49,17 +73,7 @@ fn max_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
         return;
     }
     let w = window_of(index);
-    var best = -3.0e38;
-    for (var dy = 0u; dy < p.window_h; dy++) {
-        let y = w.y0 + i32(dy);
-        if (y < 0 || y >= i32(p.in_h)) { continue; }
-        for (var dx = 0u; dx < p.window_w; dx++) {
-            let x = w.x0 + i32(dx);
-            if (x < 0 || x >= i32(p.in_w)) { continue; }
-            best = max(best, input_at(w, y, x));
-        }
-    }
-    output[w.out_pixel * p.out_stride + p.out_offset + w.c] = best;
+    output[output_index(w)] = window_stats(w).x;
 }
 
 @compute @workgroup_size(256)
@@ -69,17 +83,6 @@ fn avg_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
         return;
     }
     let w = window_of(index);
-    var sum = 0.0;
-    var count = 0u;
-    for (var dy = 0u; dy < p.window_h; dy++) {
-        let y = w.y0 + i32(dy);
-        if (y < 0 || y >= i32(p.in_h)) { continue; }
-        for (var dx = 0u; dx < p.window_w; dx++) {
-            let x = w.x0 + i32(dx);
-            if (x < 0 || x >= i32(p.in_w)) { continue; }
-            sum += input_at(w, y, x);
-            count += 1u;
-        }
-    }
-    output[w.out_pixel * p.out_stride + p.out_offset + w.c] = sum / f32(count);
+    let stats = window_stats(w);
+    output[output_index(w)] = stats.y / stats.z;
 }
