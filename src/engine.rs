@@ -32,9 +32,9 @@ impl Engine {
     pub fn new(gpu: Gpu, file: &WeightFile, input: Option<(u32, u32)>) -> Result<Self> {
         let (h, w) = input.unwrap_or((file.info.input_height, file.info.input_width));
         let graph = inception_v3::inception_v3(h, w)?;
-        file.check(&graph)?;
-        let kernels = Kernels::new(&gpu);
+        // Uploading checks every tensor's presence and shape against the graph.
         let weights = GpuWeights::upload(&gpu, file, &graph)?;
+        let kernels = Kernels::new(&gpu);
         let max_batch = max_batch(&gpu, &kernels, &graph)?;
         Ok(Engine {
             gpu,

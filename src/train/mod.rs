@@ -161,8 +161,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         );
     }
     for (set, rows) in [("validation", &validation), ("testing", &test)] {
-        for (c, r) in rows.iter().enumerate().filter(|(_, r)| r.is_empty()) {
-            let _ = r;
+        for c in (0..classes).filter(|&c| rows[c].is_empty()) {
             log.warn(format!("class \"{}\" has no {set} images", labels[c]));
         }
     }
