@@ -7,7 +7,8 @@ use retrain::convert::default_weights;
 use retrain::engine::Engine;
 use retrain::gpu::Gpu;
 use retrain::model::weights::WeightFile;
-use retrain::train::head::GpuHead;
+use retrain::train::head::GpuHeads;
+use retrain::train::optimizer::{HeadSettings, Optimizer, TrainingRule};
 use std::time::Instant;
 
 fn median_secs(repeats: usize, mut f: impl FnMut()) -> f64 {
@@ -54,26 +55,51 @@ fn main() {
         results.push(serde_json::json!({"what": "forward", "input": size, "batch": batch, "images_per_s": rate}));
     }
     let gpu = &engine.gpu;
-    for classes in [2u32, 100, 1000] {
+    let sweep = TrainingRule {
+        optimizer: Optimizer::ADAM,
+        cosine_decay: true,
+        ..TrainingRule::retrain_py(4000)
+    };
+    for (classes, heads, rule) in [
+        (2u32, 1usize, TrainingRule::retrain_py(4000)),
+        (100, 1, TrainingRule::retrain_py(4000)),
+        (1000, 1, TrainingRule::retrain_py(4000)),
+        (2, 16, sweep),
+    ] {
         let n = 2000usize;
         let features: Vec<f32> = (0..n * 2048).map(|i| (i % 97) as f32 / 97.0).collect();
         let labels: Vec<u32> = (0..n as u32).map(|i| i % classes).collect();
-        let initial = vec![0.001f32; (2048 * classes + classes) as usize];
-        let head =
-            GpuHead::new(gpu, &features, &labels, 2048, classes, &initial, 0.01).expect("head");
+        let initial = vec![0.001f32; heads * (2048 * classes + classes) as usize];
+        let settings = vec![
+            HeadSettings {
+                learning_rate: 0.01,
+                l2: 0.001
+            };
+            heads
+        ];
+        let head = GpuHeads::new(
+            gpu,
+            &features,
+            &labels,
+            (2048, classes),
+            &initial,
+            &settings,
+            rule,
+        )
+        .expect("head");
         let batch = head.batch(gpu, 100);
         let rows: Vec<u32> = (0..100).map(|i| (i * 17) % n as u32).collect();
         let secs = median_secs(3, || {
-            for _ in 0..20 {
-                head.train_step(gpu, &batch, &rows);
+            for step in 0..20 {
+                head.train_step(gpu, &batch, &rows, step, step);
             }
             head.evaluate(gpu, &batch, &rows).expect("sync");
         }) / 20.0;
         println!(
-            "[{adapter}] head step, {classes:>4} classes, batch 100: {:8.3} ms",
+            "[{adapter}] head step, {classes:>4} classes, {heads:>2} heads, batch 100: {:8.3} ms",
             secs * 1e3
         );
-        results.push(serde_json::json!({"what": "head_step", "classes": classes, "batch": 100, "ms": secs * 1e3}));
+        results.push(serde_json::json!({"what": "head_step", "classes": classes, "heads": heads, "batch": 100, "ms": secs * 1e3}));
     }
     let out = serde_json::json!({"adapter": adapter, "results": results});
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-forward.json");

@@ -1,51 +1,96 @@
-// head: the retrained classifier on bottleneck vectors — a fully connected
-// layer, softmax, mean cross-entropy, and a plain SGD step — all on the GPU.
+// head: H classifier heads trained side by side on the same batch — for each
+// head a fully connected layer, softmax, mean cross-entropy (with optional
+// label smoothing and dropout on the bottleneck) and one optimiser step
+// (SGD, momentum or Adam, with L2 weight decay). Every head reads the same
+// bottleneck rows, so a step reads the batch's features once for all heads.
 //
 // Bindings (one layout shared by every entry point):
-//   0 params    (uniform)  batch B, classes C, dim D, learning rate
+//   0 p         (uniform)  batch B, classes C, dim D, heads H, optimiser, training flag, ...
 //   1 features  (storage)  f32 [N, D]: every bottleneck, uploaded once
 //   2 rows      (storage)  u32 [B]: which feature rows form this batch
 //   3 labels    (storage)  u32 [N]: class of each feature row
-//   4 head      (rw)       f32 [D·C + C]: weights [D, C] row-major, then biases [C]
-//   5 scores    (rw)       f32 [2·B·C]: logits [B, C], then d(loss)/d(logits) [B, C]
-//   6 row_stats (rw)       f32 [3·B]: per row cross-entropy, correct (0/1), predicted class
-//   7 metrics   (rw)       f32 [2]: mean cross-entropy, accuracy
+//   4 hyper     (storage)  f32 [H, 4]: learning rate, L2 penalty, active (1/0), unused
+//   5 head      (rw)       f32 [H, P], P = D·C + C: weights [D, C] row-major, then biases [C]
+//   6 moments   (rw)       f32 [2, H, P]: first moments (momentum, Adam), then second (Adam)
+//   7 scores    (rw)       f32 [2, H, B, C]: logits, then d(loss)/d(logits)
+//   8 stats     (rw)       f32 [H, B, 3] per row: cross-entropy, correct (0/1), predicted
+//                          class; then f32 [H, 2] per head: mean cross-entropy, accuracy
 //
-// Entry points, in step order: logits -> softmax_xent -> sgd (training) or
-// metrics (evaluation).
+// Entry points, in step order: logits -> softmax_xent -> update (training)
+// or metrics_of_batch (evaluation). Large grids are 2-D: index = x + y·(groups.x·64).
 
-struct Params { batch: u32, classes: u32, dim: u32, _unused: u32, learning_rate: f32, _pad0: f32, _pad1: f32, _pad2: f32 }
+struct Params {
+    batch: u32, classes: u32, dim: u32, heads: u32,
+    optimizer: u32,       // 0 SGD, 1 momentum, 2 Adam
+    training: u32,        // 1: apply dropout and label smoothing
+    dropout_seed: u32, _pad: u32,
+    dropout: f32, label_smoothing: f32,
+    beta1: f32,           // momentum coefficient, or Adam's β1
+    beta2: f32,
+    epsilon: f32,
+    lr_scale: f32,        // the learning-rate schedule's factor for this step
+    adam_c1: f32,         // 1 / (1 − β1^t)
+    adam_c2: f32,         // 1 / (1 − β2^t)
+}
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> features: array<f32>;
 @group(0) @binding(2) var<storage, read> rows: array<u32>;
 @group(0) @binding(3) var<storage, read> labels: array<u32>;
-@group(0) @binding(4) var<storage, read_write> head: array<f32>;
-@group(0) @binding(5) var<storage, read_write> scores: array<f32>;
-@group(0) @binding(6) var<storage, read_write> row_stats: array<f32>;
-@group(0) @binding(7) var<storage, read_write> metrics: array<f32>;
+@group(0) @binding(4) var<storage, read> hyper: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> head: array<f32>;
+@group(0) @binding(6) var<storage, read_write> moments: array<f32>;
+@group(0) @binding(7) var<storage, read_write> scores: array<f32>;
+@group(0) @binding(8) var<storage, read_write> stats: array<f32>;
 
-// logits[b, c] = bias[c] + Σ_k features[rows[b], k] · weights[k, c]; one invocation per (b, c).
-@compute @workgroup_size(64)
-fn logits(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = gid.x;
-    if (i >= p.batch * p.classes) { return; }
-    let b = i / p.classes;
-    let c = i % p.classes;
-    let x = rows[b] * p.dim;
-    var sum = 0.0;
-    for (var k = 0u; k < p.dim; k++) {
-        sum = fma(features[x + k], head[k * p.classes + c], sum);
-    }
-    scores[i] = sum + head[p.dim * p.classes + c];
+fn flat_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return gid.x + gid.y * groups.x * 64u;
 }
 
-// Softmax and cross-entropy of one row; writes the gradient (p − onehot) / B.
+// PCG hash (Jarzynski & Olano); src/cpu_reference.rs has the same function.
+fn pcg(v: u32) -> u32 {
+    let state = v * 747796405u + 2891336453u;
+    let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
+    return (word >> 22u) ^ word;
+}
+
+// Bottleneck value k of batch row b, with inverted dropout while training.
+fn bottleneck(b: u32, k: u32) -> f32 {
+    let x = features[rows[b] * p.dim + k];
+    if (p.training == 0u || p.dropout <= 0.0) { return x; }
+    let u = f32(pcg(p.dropout_seed ^ pcg(b * p.dim + k)) >> 8u) / 16777216.0;
+    return select(0.0, x / (1.0 - p.dropout), u >= p.dropout);
+}
+
+fn params_per_head() -> u32 {
+    return p.dim * p.classes + p.classes;
+}
+
+// logits[h, b, c] = bias[c] + Σ_k x[b, k] · weights[k, c]; one invocation per (h, b, c).
+@compute @workgroup_size(64)
+fn logits(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_index(gid, groups);
+    if (i >= p.heads * p.batch * p.classes) { return; }
+    let h = i / (p.batch * p.classes);
+    let b = (i / p.classes) % p.batch;
+    let c = i % p.classes;
+    let w = h * params_per_head();
+    var sum = 0.0;
+    for (var k = 0u; k < p.dim; k++) {
+        sum = fma(bottleneck(b, k), head[w + k * p.classes + c], sum);
+    }
+    scores[i] = sum + head[w + p.dim * p.classes + c];
+}
+
+// Softmax and cross-entropy of one (head, row) against the (smoothed) label;
+// writes the gradient (softmax − target) / B.
 @compute @workgroup_size(64)
 fn softmax_xent(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let b = gid.x;
-    if (b >= p.batch) { return; }
-    let base = b * p.classes;
+    let hb = gid.x;
+    if (hb >= p.heads * p.batch) { return; }
+    let b = hb % p.batch;
+    let base = hb * p.classes;
+    let grads = p.heads * p.batch * p.classes;
     var best = 0u;
     for (var c = 1u; c < p.classes; c++) {
         if (scores[base + c] > scores[base + best]) { best = c; }
@@ -55,50 +100,79 @@ fn softmax_xent(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var c = 0u; c < p.classes; c++) {
         total += exp(scores[base + c] - top);
     }
-    let label = labels[rows[b]];
     let log_total = log(total);
+    let label = labels[rows[b]];
+    let smoothing = select(0.0, p.label_smoothing, p.training == 1u);
+    var loss = 0.0;
     for (var c = 0u; c < p.classes; c++) {
-        let prob = exp(scores[base + c] - top - log_total);
-        let onehot = select(0.0, 1.0, c == label);
-        scores[p.batch * p.classes + base + c] = (prob - onehot) / f32(p.batch);
+        let log_prob = scores[base + c] - top - log_total;
+        let wanted = select(0.0, 1.0 - smoothing, c == label) + smoothing / f32(p.classes);
+        loss -= wanted * log_prob;
+        scores[grads + base + c] = (exp(log_prob) - wanted) / f32(p.batch);
     }
-    row_stats[3u * b] = log_total - (scores[base + label] - top);
-    row_stats[3u * b + 1u] = select(0.0, 1.0, best == label);
-    row_stats[3u * b + 2u] = f32(best);
+    stats[3u * hb] = loss;
+    stats[3u * hb + 1u] = select(0.0, 1.0, best == label);
+    stats[3u * hb + 2u] = f32(best);
 }
 
-// One SGD step: weights[k, c] and biases[c] minus learning rate × gradient;
-// one invocation per parameter.
+// One optimiser step for parameter i of head h; one invocation per (h, i).
+// The gradient includes the L2 penalty's λ·w on weights (not on biases).
 @compute @workgroup_size(64)
-fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = gid.x + gid.y * groups.x * 64u;
+fn update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let n = params_per_head();
+    let hi = flat_index(gid, groups);
+    if (hi >= p.heads * n) { return; }
+    let h = hi / n;
+    let i = hi % n;
+    let hp = hyper[h];
+    if (hp.z == 0.0) { return; }
+    let grads = (p.heads + h) * p.batch * p.classes;
     let n_weights = p.dim * p.classes;
-    if (i >= n_weights + p.classes) { return; }
-    let grads = p.batch * p.classes;
     var g = 0.0;
     if (i < n_weights) {
         let k = i / p.classes;
         let c = i % p.classes;
         for (var b = 0u; b < p.batch; b++) {
-            g = fma(features[rows[b] * p.dim + k], scores[grads + b * p.classes + c], g);
+            g = fma(bottleneck(b, k), scores[grads + b * p.classes + c], g);
         }
+        g = fma(hp.y, head[hi], g);
     } else {
         let c = i - n_weights;
         for (var b = 0u; b < p.batch; b++) {
             g += scores[grads + b * p.classes + c];
         }
     }
-    head[i] -= p.learning_rate * g;
+    let rate = hp.x * p.lr_scale;
+    let second = p.heads * n + hi;
+    switch p.optimizer {
+        case 1u: {
+            let m = fma(p.beta1, moments[hi], g);
+            moments[hi] = m;
+            head[hi] -= rate * m;
+        }
+        case 2u: {
+            let m = mix(g, moments[hi], p.beta1);
+            let v = mix(g * g, moments[second], p.beta2);
+            moments[hi] = m;
+            moments[second] = v;
+            head[hi] -= rate * (m * p.adam_c1) / (sqrt(v * p.adam_c2) + p.epsilon);
+        }
+        default: {
+            head[hi] -= rate * g;
+        }
+    }
 }
 
 var<workgroup> partial: array<vec2<f32>, 256>;
 
-// Mean cross-entropy and accuracy of the batch, by one 256-wide workgroup.
+// Mean cross-entropy and accuracy of the batch for head h = workgroup id.
 @compute @workgroup_size(256)
-fn metrics_of_batch(@builtin(local_invocation_index) lid: u32) {
+fn metrics_of_batch(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let h = wid.x;
     var acc = vec2<f32>(0.0, 0.0);
     for (var b = lid; b < p.batch; b += 256u) {
-        acc += vec2<f32>(row_stats[3u * b], row_stats[3u * b + 1u]);
+        let r = 3u * (h * p.batch + b);
+        acc += vec2<f32>(stats[r], stats[r + 1u]);
     }
     partial[lid] = acc;
     workgroupBarrier();
@@ -109,7 +183,8 @@ fn metrics_of_batch(@builtin(local_invocation_index) lid: u32) {
         workgroupBarrier();
     }
     if (lid == 0u) {
-        metrics[0] = partial[0].x / f32(p.batch);
-        metrics[1] = partial[0].y / f32(p.batch);
+        let out = 3u * p.heads * p.batch + 2u * h;
+        stats[out] = partial[0].x / f32(p.batch);
+        stats[out + 1u] = partial[0].y / f32(p.batch);
     }
 }

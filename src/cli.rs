@@ -68,14 +68,70 @@ pub struct TrainArgs {
         default_value_t = 4000
     )]
     pub how_many_training_steps: u32,
-    /// SGD learning rate.
+    /// Learning rate. With --retrain-py-head: the SGD rate (default 0.01). Otherwise
+    /// it replaces the sweep's learning rates with this one value.
+    #[arg(long, alias = "learning_rate", value_name = "RATE")]
+    pub learning_rate: Option<f32>,
+    /// Train the head exactly as retrain.py does, to compare results with it: one
+    /// head, plain SGD at a constant --learning-rate on raw bottlenecks, no
+    /// standardisation, regularisation, early stopping or sweep.
+    #[arg(long)]
+    pub retrain_py_head: bool,
+    /// Learning rates of the sweep: heads are trained side by side for every
+    /// learning rate × L2 pair, and the best on the validation images is kept.
     #[arg(
         long,
-        alias = "learning_rate",
-        value_name = "RATE",
-        default_value_t = 0.01
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "0.001,0.01",
+        conflicts_with = "retrain_py_head"
     )]
-    pub learning_rate: f32,
+    pub sweep_learning_rates: Vec<f32>,
+    /// L2 penalties λ (loss + λ/2·‖W‖²) of the sweep.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "0.0003,0.001,0.003,0.01,0.03,0.1,0.3,1",
+        conflicts_with = "retrain_py_head"
+    )]
+    pub sweep_l2: Vec<f32>,
+    /// adam, momentum or sgd; the learning rate decays to zero on a cosine over the steps.
+    #[arg(long, value_name = "NAME", default_value = "adam", value_parser = ["adam", "momentum", "sgd"], conflicts_with = "retrain_py_head")]
+    pub optimizer: String,
+    /// Momentum coefficient for --optimizer momentum.
+    #[arg(
+        long,
+        value_name = "F",
+        default_value_t = 0.9,
+        conflicts_with = "retrain_py_head"
+    )]
+    pub momentum: f32,
+    /// Label smoothing ε: train against (1 − ε)·one-hot + ε/classes.
+    #[arg(
+        long,
+        value_name = "F",
+        default_value_t = 0.0,
+        conflicts_with = "retrain_py_head"
+    )]
+    pub label_smoothing: f32,
+    /// Dropout on the bottleneck during training: the probability of zeroing each value.
+    #[arg(
+        long,
+        value_name = "F",
+        default_value_t = 0.0,
+        conflicts_with = "retrain_py_head"
+    )]
+    pub dropout: f32,
+    /// Stop a head once its validation cross-entropy has not improved for N
+    /// evaluations (its best parameters are kept); 0: never stop early.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 50,
+        conflicts_with = "retrain_py_head"
+    )]
+    pub early_stopping_patience: u32,
     /// Percentage of images used for the final test.
     #[arg(
         long,
@@ -111,7 +167,8 @@ pub struct TrainArgs {
     /// Test images evaluated at the end; -1 means the whole test set.
     #[arg(long, alias = "test_batch_size", value_name = "N", default_value_t = -1, allow_negative_numbers = true)]
     pub test_batch_size: i64,
-    /// Validation images per evaluation; -1 means the whole validation set.
+    /// With --retrain-py-head: validation images per logged evaluation, -1 for all.
+    /// The sweep always evaluates every validation image.
     #[arg(
         long,
         alias = "validation_batch_size",

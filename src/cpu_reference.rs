@@ -2,6 +2,7 @@
 //! The kernel tests compare the GPU against these; nothing in the engine calls them.
 
 use crate::gpu::kernels::{ConvParams, GlobalPoolParams, PoolKind, PoolParams, PreprocessParams};
+use crate::train::optimizer::{HeadSettings, Optimizer, TrainingRule};
 
 /// Conv2d (+ bias, optional ReLU) into `output`'s channel slice; NHWC / HWIO layouts as the kernel's.
 pub fn conv2d(p: &ConvParams, input: &[f32], weights: &[f32], bias: &[f32], output: &mut [f32]) {
@@ -123,55 +124,157 @@ pub fn preprocess(p: &PreprocessParams, pixels: &[u8], output: &mut [f32]) {
     }
 }
 
-/// One SGD step of the softmax head in f64, as shaders/head.wgsl does it.
-/// `head` holds weights [dim, classes] then biases; returns (mean cross-entropy, accuracy)
-/// of the batch before the update.
+/// PCG hash, as shaders/head.wgsl's `pcg`.
+pub fn pcg(v: u32) -> u32 {
+    let state = v.wrapping_mul(747796405).wrapping_add(2891336453);
+    let word = ((state >> ((state >> 28) + 4)) ^ state).wrapping_mul(277803737);
+    (word >> 22) ^ word
+}
+
+/// Value `x` at (batch row b, dimension k) after head.wgsl's inverted dropout.
+fn dropped(x: f32, b: usize, k: usize, dim: usize, dropout: f32, seed: u32) -> f64 {
+    if dropout <= 0.0 {
+        return x as f64;
+    }
+    let u = (pcg(seed ^ pcg((b * dim + k) as u32)) >> 8) as f32 / 16777216.0;
+    if u >= dropout {
+        x as f64 / (1.0 - dropout as f64)
+    } else {
+        0.0
+    }
+}
+
+/// One head's state in f64: parameters (weights [dim, classes] then biases)
+/// and the optimiser's first and second moments.
+#[derive(Clone)]
+pub struct HeadState {
+    pub params: Vec<f64>,
+    pub first: Vec<f64>,
+    pub second: Vec<f64>,
+}
+
+impl HeadState {
+    pub fn new(params: &[f32]) -> Self {
+        let n = params.len();
+        HeadState {
+            params: params.iter().map(|&v| v as f64).collect(),
+            first: vec![0.0; n],
+            second: vec![0.0; n],
+        }
+    }
+}
+
+/// One training step (0-based `step`) of a head in f64, as shaders/head.wgsl
+/// does it: forward with dropout (`seed`), softmax cross-entropy against
+/// smoothed labels, L2 on the weights, then the rule's optimiser.
+/// Returns (mean cross-entropy, accuracy) of the batch before the update.
+#[allow(clippy::too_many_arguments)]
 pub fn head_step(
     features: &[f32],
-    dim: usize,
-    classes: usize,
+    (dim, classes): (usize, usize),
     labels: &[u32],
     rows: &[u32],
-    head: &mut [f64],
-    lr: f64,
+    head: &mut HeadState,
+    settings: &HeadSettings,
+    rule: &TrainingRule,
+    step: u32,
+    seed: u32,
 ) -> (f64, f64) {
+    let x = |b: usize, k: usize| {
+        let v = features[rows[b] as usize * dim + k];
+        dropped(v, b, k, dim, rule.dropout, seed)
+    };
+    let (loss, accuracy, grads) = head_forward(
+        &x,
+        (dim, classes),
+        labels,
+        rows,
+        &head.params,
+        rule.label_smoothing as f64,
+    );
+    let rate = settings.learning_rate as f64 * rule.lr_scale(step) as f64;
+    let (c1, c2) = rule.adam_corrections(step);
+    for i in 0..head.params.len() {
+        let mut g = 0.0;
+        if i < dim * classes {
+            let (k, c) = (i / classes, i % classes);
+            for b in 0..rows.len() {
+                g += x(b, k) * grads[b * classes + c];
+            }
+            g += settings.l2 as f64 * head.params[i];
+        } else {
+            let c = i - dim * classes;
+            g = (0..rows.len()).map(|b| grads[b * classes + c]).sum();
+        }
+        head.params[i] -= rate
+            * match rule.optimizer {
+                Optimizer::Sgd => g,
+                Optimizer::Momentum { momentum } => {
+                    head.first[i] = momentum as f64 * head.first[i] + g;
+                    head.first[i]
+                }
+                Optimizer::Adam {
+                    beta1,
+                    beta2,
+                    epsilon,
+                } => {
+                    let (b1, b2) = (beta1 as f64, beta2 as f64);
+                    head.first[i] = b1 * head.first[i] + (1.0 - b1) * g;
+                    head.second[i] = b2 * head.second[i] + (1.0 - b2) * g * g;
+                    head.first[i] * c1 as f64
+                        / ((head.second[i] * c2 as f64).sqrt() + epsilon as f64)
+                }
+            };
+    }
+    (loss, accuracy)
+}
+
+/// (mean cross-entropy, accuracy) of a head on the given rows, without dropout or smoothing.
+pub fn head_metrics(
+    features: &[f32],
+    (dim, classes): (usize, usize),
+    labels: &[u32],
+    rows: &[u32],
+    params: &[f64],
+) -> (f64, f64) {
+    let x = |b: usize, k: usize| features[rows[b] as usize * dim + k] as f64;
+    let (loss, accuracy, _) = head_forward(&x, (dim, classes), labels, rows, params, 0.0);
+    (loss, accuracy)
+}
+
+/// Mean cross-entropy, accuracy and d(loss)/d(logits) [B, classes] of a batch.
+fn head_forward(
+    x: &dyn Fn(usize, usize) -> f64,
+    (dim, classes): (usize, usize),
+    labels: &[u32],
+    rows: &[u32],
+    params: &[f64],
+    smoothing: f64,
+) -> (f64, f64, Vec<f64>) {
     let batch = rows.len();
     let mut grads = vec![0.0f64; batch * classes];
     let (mut loss, mut correct) = (0.0, 0.0);
     for (b, &row) in rows.iter().enumerate() {
-        let x = &features[row as usize * dim..(row as usize + 1) * dim];
         let logits: Vec<f64> = (0..classes)
             .map(|c| {
-                head[dim * classes + c]
+                params[dim * classes + c]
                     + (0..dim)
-                        .map(|k| x[k] as f64 * head[k * classes + c])
+                        .map(|k| x(b, k) * params[k * classes + c])
                         .sum::<f64>()
             })
             .collect();
         let top = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let total: f64 = logits.iter().map(|l| (l - top).exp()).sum();
+        let log_total = logits.iter().map(|l| (l - top).exp()).sum::<f64>().ln();
         let label = labels[row as usize] as usize;
-        loss += total.ln() - (logits[label] - top);
         let best = (0..classes).fold(0, |best, c| if logits[c] > logits[best] { c } else { best });
         correct += (best == label) as u8 as f64;
         for c in 0..classes {
-            let p = (logits[c] - top).exp() / total;
-            grads[b * classes + c] = (p - (c == label) as u8 as f64) / batch as f64;
+            let log_prob = logits[c] - top - log_total;
+            let target =
+                if c == label { 1.0 - smoothing } else { 0.0 } + smoothing / classes as f64;
+            loss -= target * log_prob;
+            grads[b * classes + c] = (log_prob.exp() - target) / batch as f64;
         }
     }
-    for k in 0..dim {
-        for c in 0..classes {
-            let g: f64 = rows
-                .iter()
-                .enumerate()
-                .map(|(b, &r)| features[r as usize * dim + k] as f64 * grads[b * classes + c])
-                .sum();
-            head[k * classes + c] -= lr * g;
-        }
-    }
-    for c in 0..classes {
-        let g: f64 = (0..batch).map(|b| grads[b * classes + c]).sum();
-        head[dim * classes + c] -= lr * g;
-    }
-    (loss / batch as f64, correct / batch as f64)
+    (loss / batch as f64, correct / batch as f64, grads)
 }

@@ -88,6 +88,8 @@ fn retrain_writes_every_output_and_reuses_its_cache() {
         "Final test accuracy",
         "zz_corrupt.jpg",
         "no images in",
+        "Training 16 heads side by side",
+        "Sweep results",
     ] {
         assert!(err.contains(needle), "missing \"{needle}\" in:\n{err}");
     }
@@ -111,6 +113,8 @@ fn retrain_writes_every_output_and_reuses_its_cache() {
     assert_eq!(metrics["bottlenecks"]["computed"], 18);
     assert!(metrics["final"]["test"]["accuracy"].is_number());
     assert!(metrics["timings_seconds"]["bottlenecks"].as_f64().unwrap() > 0.0);
+    assert_eq!(metrics["head_training"], "sweep");
+    assert_eq!(metrics["sweep"]["heads"].as_array().unwrap().len(), 16);
     for step in [10, 20] {
         assert!(out
             .join(format!("intermediate/intermediate_{step}.safetensors"))
@@ -146,8 +150,18 @@ fn retrain_writes_every_output_and_reuses_its_cache() {
     }
 
     // A second run computes nothing; a damaged entry is reported and recomputed.
-    let o = retrain(root, TRAIN);
-    assert!(stderr(&o).contains("0 computed"), "{}", stderr(&o));
+    let mut args = TRAIN.to_vec();
+    args.push("--retrain-py-head");
+    let o = retrain(root, &args);
+    let err = stderr(&o);
+    assert!(
+        err.contains("0 computed") && !err.contains("Sweep"),
+        "{err}"
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["head_training"], "retrain.py");
+    assert_eq!(metrics["sweep"]["heads"].as_array().unwrap().len(), 1);
     let entry = std::fs::read_dir(out.join("bottlenecks/broken"))
         .unwrap()
         .next()
@@ -215,6 +229,13 @@ fn bad_flags_are_rejected_before_any_work() {
         (
             &["--how_many_training_steps=-5"][..],
             "how-many-training-steps",
+        ),
+        (&["--dropout", "1.5"][..], "--dropout"),
+        (&["--sweep-l2", "0.1,-1"][..], "--sweep-l2"),
+        (&["--learning_rate", "0"][..], "--learning-rate"),
+        (
+            &["--retrain-py-head", "--optimizer", "sgd"][..],
+            "--optimizer",
         ),
     ] {
         let mut args = vec!["--image_dir", "images"];

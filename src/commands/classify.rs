@@ -7,7 +7,7 @@ use crate::data::{images, loader};
 use crate::engine::Engine;
 use crate::gpu::Gpu;
 use crate::model::weights::WeightFile;
-use crate::train::head::GpuHead;
+use crate::train::head::GpuHeads;
 use crate::train::outputs::{Classifier, SAVED_BASE, SAVED_CLASSIFIER};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -96,14 +96,11 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
         }
         let features = engine.bottlenecks(&imgs)?;
         let n = imgs.len() as u32;
-        let head = GpuHead::new(
+        let head = GpuHeads::fixed(
             &engine.gpu,
             &features,
-            &vec![0; n as usize],
-            dim,
-            classes as u32,
+            (dim, classes as u32),
             &classifier.parameters(),
-            0.0,
         )?;
         let logits = head.logits(
             &engine.gpu,

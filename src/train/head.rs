@@ -1,7 +1,10 @@
-//! The classifier head on the GPU (shaders/head.wgsl): every bottleneck lives
-//! on the device; a step uploads only the batch's row indices, and nothing but
-//! the logged scalars comes back.
+//! Classifier heads on the GPU (shaders/head.wgsl): H heads with their own
+//! learning rate and L2 penalty train side by side on the same batches. Every
+//! bottleneck lives on the device; a step uploads only the batch's row
+//! indices and a 64-byte parameter block, and nothing but the logged scalars
+//! comes back.
 
+use super::optimizer::{HeadSettings, Optimizer, TrainingRule};
 use crate::gpu::Gpu;
 use anyhow::{bail, Result};
 use bytemuck::{Pod, Zeroable};
@@ -12,199 +15,283 @@ struct HeadParams {
     batch: u32,
     classes: u32,
     dim: u32,
-    _unused: u32,
-    learning_rate: f32,
-    _pad: [f32; 3],
+    heads: u32,
+    optimizer: u32,
+    training: u32,
+    dropout_seed: u32,
+    _pad: u32,
+    dropout: f32,
+    label_smoothing: f32,
+    beta1: f32,
+    beta2: f32,
+    epsilon: f32,
+    lr_scale: f32,
+    adam_c1: f32,
+    adam_c2: f32,
 }
 
-/// Buffers for batches of one size: its indices, scores and metrics.
+/// Buffers for batches of one size.
 pub struct Batch {
     pub size: u32,
+    params: wgpu::Buffer,
     rows: wgpu::Buffer,
     scores: wgpu::Buffer,
-    row_stats: wgpu::Buffer,
-    metrics: wgpu::Buffer,
+    stats: wgpu::Buffer,
     bind_group: wgpu::BindGroup,
 }
 
-pub struct GpuHead {
+/// Per-head results of one evaluation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Metrics {
+    pub cross_entropy: f32,
+    pub accuracy: f32,
+}
+
+/// What a step does besides the forward pass.
+enum Pass {
+    Train { step: u32, dropout_seed: u32 },
+    Evaluate,
+    Forward,
+}
+
+pub struct GpuHeads {
+    pub heads: u32,
     pub classes: u32,
     pub dim: u32,
-    learning_rate: f32,
-    features: wgpu::Buffer,
+    pub rows: u32,
+    rule: TrainingRule,
+    settings: Vec<HeadSettings>,
+    active: Vec<bool>,
+    pub(crate) features: wgpu::Buffer,
     labels: wgpu::Buffer,
+    hyper: wgpu::Buffer,
     head: wgpu::Buffer,
+    best: wgpu::Buffer,
+    moments: wgpu::Buffer,
     layout: wgpu::BindGroupLayout,
     logits: wgpu::ComputePipeline,
     softmax: wgpu::ComputePipeline,
-    sgd: wgpu::ComputePipeline,
+    update: wgpu::ComputePipeline,
     metrics: wgpu::ComputePipeline,
-}
-
-fn layout_entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntry {
-    wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty,
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
-    }
 }
 
 const GROUP: u32 = 64;
 
-impl GpuHead {
-    /// Uploads `features` ([N, dim]), their class `labels` and the initial
-    /// head parameters (weights [dim, classes] then biases [classes]).
+/// A 2-D grid of 64-wide workgroups covering `n` invocations (head.wgsl's `flat_index`).
+fn grid(gpu: &Gpu, n: u64) -> [u32; 3] {
+    let groups = n.div_ceil(GROUP as u64);
+    let x = groups.min(gpu.limits.max_compute_workgroups_per_dimension as u64);
+    [x as u32, groups.div_ceil(x.max(1)) as u32, 1]
+}
+
+impl GpuHeads {
+    /// Uploads `features` ([N, dim]), their class `labels`, and one head per
+    /// entry of `settings`, starting from `initial` ([heads, dim·classes + classes]:
+    /// each head's weights [dim, classes] then biases [classes]).
     pub fn new(
         gpu: &Gpu,
         features: &[f32],
         labels: &[u32],
-        dim: u32,
-        classes: u32,
+        (dim, classes): (u32, u32),
         initial: &[f32],
-        learning_rate: f32,
+        settings: &[HeadSettings],
+        rule: TrainingRule,
     ) -> Result<Self> {
+        let heads = settings.len() as u32;
+        let per_head = (dim * classes + classes) as u64;
+        assert_eq!(initial.len() as u64, heads as u64 * per_head);
+        assert_eq!(features.len(), labels.len() * dim as usize);
+        let limit = gpu.max_binding_bytes();
         let bytes = features.len() as u64 * 4;
-        if bytes > gpu.max_binding_bytes() {
+        if bytes > limit {
             bail!(
                 "{} bottlenecks ({} MiB) exceed what this device can bind at once ({} MiB)",
                 labels.len(),
                 bytes >> 20,
-                gpu.max_binding_bytes() >> 20
+                limit >> 20
             );
         }
-        assert_eq!(initial.len(), (dim * classes + classes) as usize);
+        let moment_bytes = 2 * heads as u64 * per_head * 4;
+        if moment_bytes > limit {
+            bail!(
+                "{heads} heads of {classes} classes need {} MiB of optimiser state, more than this device can bind ({} MiB): sweep fewer learning rates or L2 values",
+                moment_bytes >> 20,
+                limit >> 20
+            );
+        }
         let read_only = wgpu::BufferBindingType::Storage { read_only: true };
         let read_write = wgpu::BufferBindingType::Storage { read_only: false };
-        let mut entries = vec![layout_entry(0, wgpu::BufferBindingType::Uniform)];
-        entries.extend((1..=3).map(|b| layout_entry(b, read_only)));
-        entries.extend((4..=7).map(|b| layout_entry(b, read_write)));
-        let layout = gpu
-            .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("head"),
-                entries: &entries,
-            });
-        let pipeline_layout = gpu
-            .device
-            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some("head"),
-                bind_group_layouts: &[Some(&layout)],
-                immediate_size: 0,
-            });
-        let module = gpu
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some("head"),
-                source: wgpu::ShaderSource::Wgsl(include_str!("../../shaders/head.wgsl").into()),
-            });
-        let pipeline = |entry: &str| {
-            gpu.device
-                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(entry),
-                    layout: Some(&pipeline_layout),
-                    module: &module,
-                    entry_point: Some(entry),
-                    compilation_options: Default::default(),
-                    cache: None,
-                })
-        };
-        Ok(GpuHead {
+        let mut kinds = vec![wgpu::BufferBindingType::Uniform];
+        kinds.extend([read_only; 4]);
+        kinds.extend([read_write; 4]);
+        let layout = gpu.buffer_layout("head", &kinds);
+        let [logits, softmax, update, metrics] = gpu.pipelines(
+            "head",
+            include_str!("../../shaders/head.wgsl"),
+            &layout,
+            ["logits", "softmax_xent", "update", "metrics_of_batch"],
+        );
+        let zeros = vec![0.0f32; (2 * heads as u64 * per_head) as usize];
+        let built = GpuHeads {
+            heads,
             classes,
             dim,
-            learning_rate,
+            rows: labels.len() as u32,
+            rule,
+            settings: settings.to_vec(),
+            active: vec![true; heads as usize],
             features: gpu.storage_buffer_with("bottlenecks", bytemuck::cast_slice(features)),
             labels: gpu.storage_buffer_with("labels", bytemuck::cast_slice(labels)),
-            head: gpu.storage_buffer_with("head", bytemuck::cast_slice(initial)),
-            logits: pipeline("logits"),
-            softmax: pipeline("softmax_xent"),
-            sgd: pipeline("sgd"),
-            metrics: pipeline("metrics_of_batch"),
+            hyper: gpu.storage_buffer("head settings", heads as u64 * 16),
+            head: gpu.storage_buffer_with("heads", bytemuck::cast_slice(initial)),
+            best: gpu.storage_buffer_with("best heads", bytemuck::cast_slice(initial)),
+            moments: gpu.storage_buffer_with("optimiser moments", bytemuck::cast_slice(&zeros)),
+            logits,
+            softmax,
+            update,
+            metrics,
             layout,
-        })
+        };
+        built.write_settings(gpu);
+        Ok(built)
+    }
+
+    /// A single fixed head for inference on `features` ([N, dim]).
+    pub fn fixed(
+        gpu: &Gpu,
+        features: &[f32],
+        (dim, classes): (u32, u32),
+        params: &[f32],
+    ) -> Result<Self> {
+        let rows = features.len() / dim as usize;
+        let settings = HeadSettings {
+            learning_rate: 0.0,
+            l2: 0.0,
+        };
+        let rule = TrainingRule::retrain_py(0);
+        Self::new(
+            gpu,
+            features,
+            &vec![0; rows],
+            (dim, classes),
+            params,
+            &[settings],
+            rule,
+        )
+    }
+
+    fn write_settings(&self, gpu: &Gpu) {
+        let hyper: Vec<[f32; 4]> = self
+            .settings
+            .iter()
+            .zip(&self.active)
+            .map(|(s, &on)| [s.learning_rate, s.l2, on as u8 as f32, 0.0])
+            .collect();
+        gpu.queue
+            .write_buffer(&self.hyper, 0, bytemuck::cast_slice(&hyper));
+    }
+
+    fn per_head(&self) -> u64 {
+        (self.dim * self.classes + self.classes) as u64
+    }
+
+    /// Stops (false) or resumes (true) updates of each head.
+    pub fn set_active(&mut self, gpu: &Gpu, active: &[bool]) {
+        self.active = active.to_vec();
+        self.write_settings(gpu);
     }
 
     /// Buffers for batches of `size` rows.
     pub fn batch(&self, gpu: &Gpu, size: u32) -> Batch {
-        let params = gpu.uniform_buffer(
-            "head params",
-            &HeadParams {
-                batch: size,
-                classes: self.classes,
-                dim: self.dim,
-                _unused: 0,
-                learning_rate: self.learning_rate,
-                _pad: [0.0; 3],
-            },
-        );
-        let rows = gpu.storage_buffer("batch rows", size as u64 * 4);
+        let (h, b, c) = (self.heads as u64, size as u64, self.classes as u64);
+        let params = gpu.uniform_buffer("head params", &HeadParams::zeroed());
+        let rows = gpu.storage_buffer("batch rows", b * 4);
         // Outputs start as NaN, so anything a kernel fails to write shows.
         let nan = |label: &str, n: u64| {
             gpu.storage_buffer_with(label, bytemuck::cast_slice(&vec![f32::NAN; n as usize]))
         };
-        let scores = nan("scores", 2 * size as u64 * self.classes as u64);
-        let row_stats = nan("row stats", 3 * size as u64);
-        let metrics = nan("metrics", 2);
+        let scores = nan("scores", 2 * h * b * c);
+        let stats = nan("stats", 3 * h * b + 2 * h);
         let buffers = [
             &params,
             &self.features,
             &rows,
             &self.labels,
+            &self.hyper,
             &self.head,
+            &self.moments,
             &scores,
-            &row_stats,
-            &metrics,
+            &stats,
         ];
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
-            })
-            .collect();
-        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("head batch"),
-            layout: &self.layout,
-            entries: &entries,
-        });
+        let bind_group = gpu.bind_buffers("head batch", &self.layout, &buffers);
         Batch {
             size,
+            params,
             rows,
             scores,
-            row_stats,
-            metrics,
+            stats,
             bind_group,
         }
     }
 
-    /// Records logits + softmax for `batch` (and more passes given by `then`) and submits.
-    fn run(
-        &self,
-        gpu: &Gpu,
-        batch: &Batch,
-        rows: &[u32],
-        then: &[(&wgpu::ComputePipeline, [u32; 3])],
-    ) {
+    fn params(&self, batch: &Batch, pass: &Pass) -> HeadParams {
+        let (beta1, beta2, epsilon) = match self.rule.optimizer {
+            Optimizer::Sgd => (0.0, 0.0, 0.0),
+            Optimizer::Momentum { momentum } => (momentum, 0.0, 0.0),
+            Optimizer::Adam {
+                beta1,
+                beta2,
+                epsilon,
+            } => (beta1, beta2, epsilon),
+        };
+        let (training, step, dropout_seed) = match *pass {
+            Pass::Train { step, dropout_seed } => (1, step, dropout_seed),
+            _ => (0, 0, 0),
+        };
+        let (adam_c1, adam_c2) = self.rule.adam_corrections(step);
+        HeadParams {
+            batch: batch.size,
+            classes: self.classes,
+            dim: self.dim,
+            heads: self.heads,
+            optimizer: self.rule.optimizer.code(),
+            training,
+            dropout_seed,
+            _pad: 0,
+            dropout: self.rule.dropout,
+            label_smoothing: self.rule.label_smoothing,
+            beta1,
+            beta2,
+            epsilon,
+            lr_scale: self.rule.lr_scale(step),
+            adam_c1,
+            adam_c2,
+        }
+    }
+
+    /// Records logits + softmax for `batch`, then the pass's own stage, and submits.
+    fn run(&self, gpu: &Gpu, batch: &Batch, rows: &[u32], pass: Pass) {
         assert_eq!(rows.len(), batch.size as usize, "batch rows");
+        let params = self.params(batch, &pass);
+        gpu.queue
+            .write_buffer(&batch.params, 0, bytemuck::bytes_of(&params));
         gpu.queue
             .write_buffer(&batch.rows, 0, bytemuck::cast_slice(rows));
+        let (h, b, c) = (self.heads as u64, batch.size as u64, self.classes as u64);
+        let mut stages = vec![
+            (&self.logits, grid(gpu, h * b * c)),
+            (&self.softmax, grid(gpu, h * b)),
+        ];
+        match pass {
+            Pass::Train { .. } => stages.push((&self.update, grid(gpu, h * self.per_head()))),
+            Pass::Evaluate => stages.push((&self.metrics, [self.heads, 1, 1])),
+            Pass::Forward => {}
+        }
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             pass.set_bind_group(0, &batch.bind_group, &[]);
-            let stages = [
-                (
-                    &self.logits,
-                    [(batch.size * self.classes).div_ceil(GROUP), 1, 1],
-                ),
-                (&self.softmax, [batch.size.div_ceil(GROUP), 1, 1]),
-            ];
-            for (pipeline, groups) in stages.iter().chain(then) {
+            for (pipeline, groups) in stages {
                 pass.set_pipeline(pipeline);
                 pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
             }
@@ -212,47 +299,73 @@ impl GpuHead {
         gpu.queue.submit([encoder.finish()]);
     }
 
-    fn sgd_grid(&self, gpu: &Gpu) -> [u32; 3] {
-        let groups = (self.dim * self.classes + self.classes).div_ceil(GROUP);
-        let x = groups.min(gpu.limits.max_compute_workgroups_per_dimension);
-        [x, groups.div_ceil(x), 1]
+    /// One training step (0-based `step`) of every active head on the given
+    /// feature rows; `dropout_seed` picks the step's dropout mask. Nothing is read back.
+    pub fn train_step(&self, gpu: &Gpu, batch: &Batch, rows: &[u32], step: u32, dropout_seed: u32) {
+        let pass = Pass::Train { step, dropout_seed };
+        self.run(gpu, batch, rows, pass);
     }
 
-    /// One SGD step on the given feature rows; nothing is read back.
-    pub fn train_step(&self, gpu: &Gpu, batch: &Batch, rows: &[u32]) {
-        self.run(gpu, batch, rows, &[(&self.sgd, self.sgd_grid(gpu))]);
+    /// Each head's mean cross-entropy and accuracy on the given rows (no dropout or smoothing).
+    pub fn evaluate(&self, gpu: &Gpu, batch: &Batch, rows: &[u32]) -> Result<Vec<Metrics>> {
+        self.run(gpu, batch, rows, Pass::Evaluate);
+        let h = self.heads as u64;
+        let offset = 3 * h * batch.size as u64;
+        let stats: Vec<f32> =
+            bytemuck::pod_collect_to_vec(&gpu.read_buffer(&batch.stats, (offset + 2 * h) * 4)?);
+        Ok(stats[offset as usize..]
+            .chunks(2)
+            .map(|m| Metrics {
+                cross_entropy: m[0],
+                accuracy: m[1],
+            })
+            .collect())
     }
 
-    /// (mean cross-entropy, accuracy) of the current head on the given rows.
-    pub fn evaluate(&self, gpu: &Gpu, batch: &Batch, rows: &[u32]) -> Result<(f32, f32)> {
-        self.run(gpu, batch, rows, &[(&self.metrics, [1, 1, 1])]);
-        let m: Vec<f32> = bytemuck::pod_collect_to_vec(&gpu.read_buffer(&batch.metrics, 8)?);
-        Ok((m[0], m[1]))
-    }
-
-    /// Predicted class of each row.
-    pub fn predict(&self, gpu: &Gpu, batch: &Batch, rows: &[u32]) -> Result<Vec<u32>> {
-        self.run(gpu, batch, rows, &[]);
+    /// Predicted class of each row by head `head`.
+    pub fn predict(&self, gpu: &Gpu, batch: &Batch, rows: &[u32], head: u32) -> Result<Vec<u32>> {
+        self.run(gpu, batch, rows, Pass::Forward);
+        let b = batch.size as u64;
         let stats: Vec<f32> = bytemuck::pod_collect_to_vec(
-            &gpu.read_buffer(&batch.row_stats, batch.size as u64 * 12)?,
+            &gpu.read_buffer(&batch.stats, 3 * (head as u64 + 1) * b * 4)?,
         );
-        Ok(stats.chunks(3).map(|s| s[2] as u32).collect())
+        Ok(stats[(3 * head as u64 * b) as usize..]
+            .chunks(3)
+            .map(|s| s[2] as u32)
+            .collect())
     }
 
-    /// Logits [rows, classes] of the given rows.
+    /// Logits [heads, rows, classes] of the given rows.
     pub fn logits(&self, gpu: &Gpu, batch: &Batch, rows: &[u32]) -> Result<Vec<f32>> {
-        self.run(gpu, batch, rows, &[]);
-        let n = batch.size as u64 * self.classes as u64;
+        self.run(gpu, batch, rows, Pass::Forward);
+        let n = self.heads as u64 * batch.size as u64 * self.classes as u64;
         Ok(bytemuck::pod_collect_to_vec(
             &gpu.read_buffer(&batch.scores, n * 4)?,
         ))
     }
 
-    /// The head's parameters: weights [dim, classes] then biases [classes].
-    pub fn parameters(&self, gpu: &Gpu) -> Result<Vec<f32>> {
-        let n = (self.dim * self.classes + self.classes) as u64;
-        Ok(bytemuck::pod_collect_to_vec(
-            &gpu.read_buffer(&self.head, n * 4)?,
-        ))
+    /// Remembers the current parameters of head `head` as its best so far.
+    pub fn keep_best(&self, gpu: &Gpu, head: u32) {
+        let bytes = self.per_head() * 4;
+        let offset = head as u64 * bytes;
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(&self.head, offset, &self.best, offset, bytes);
+        gpu.queue.submit([encoder.finish()]);
+    }
+
+    /// Puts every head's best parameters back in place of its current ones.
+    pub fn restore_best(&self, gpu: &Gpu) {
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(&self.best, 0, &self.head, 0, self.head.size());
+        gpu.queue.submit([encoder.finish()]);
+    }
+
+    /// Head `head`'s current parameters: weights [dim, classes] then biases [classes].
+    pub fn parameters(&self, gpu: &Gpu, head: u32) -> Result<Vec<f32>> {
+        let n = self.per_head() as usize;
+        let all: Vec<f32> = bytemuck::pod_collect_to_vec(
+            &gpu.read_buffer(&self.head, (head as u64 + 1) * n as u64 * 4)?,
+        );
+        Ok(all[head as usize * n..].to_vec())
     }
 }

@@ -4,10 +4,13 @@
 
 pub mod bottlenecks;
 pub mod head;
+pub mod optimizer;
 pub mod outputs;
 pub mod report;
 pub mod sampling;
+pub mod standardize;
 pub mod summaries;
+pub mod sweep;
 
 use crate::cli::TrainArgs;
 use crate::convert::default_weights;
@@ -18,7 +21,6 @@ use crate::gpu::Gpu;
 use crate::model::weights::WeightFile;
 use anyhow::{bail, Result};
 use bottlenecks::Bottlenecks;
-use head::GpuHead;
 use outputs::Classifier;
 use rand::{rngs::StdRng, SeedableRng};
 use report::TestReport;
@@ -82,14 +84,30 @@ pub fn validate(a: &TrainArgs) -> Result<()> {
             bail!("{flag} must be -1 (all images) or at least 1 (got {v})");
         }
     }
+    if a.how_many_training_steps == 0 {
+        bail!("--how-many-training-steps must be at least 1");
+    }
     if a.eval_step_interval == 0 {
         bail!("--eval-step-interval must be at least 1");
     }
-    if !(a.learning_rate.is_finite() && a.learning_rate > 0.0) {
-        bail!(
-            "--learning-rate must be a positive number (got {})",
-            a.learning_rate
-        );
+    let positive = |v: f32| v.is_finite() && v > 0.0;
+    if let Some(rate) = a.learning_rate.filter(|&r| !positive(r)) {
+        bail!("--learning-rate must be a positive number (got {rate})");
+    }
+    if let Some(rate) = a.sweep_learning_rates.iter().find(|&&r| !positive(r)) {
+        bail!("--sweep-learning-rates must be positive numbers (got {rate})");
+    }
+    if let Some(l2) = a.sweep_l2.iter().find(|&&v| !(v.is_finite() && v >= 0.0)) {
+        bail!("--sweep-l2 must be zero or positive numbers (got {l2})");
+    }
+    for (flag, v) in [
+        ("--momentum", a.momentum),
+        ("--label-smoothing", a.label_smoothing),
+        ("--dropout", a.dropout),
+    ] {
+        if !(0.0..1.0).contains(&v) {
+            bail!("{flag} must be at least 0 and below 1 (got {v})");
+        }
     }
     Ok(())
 }
@@ -173,41 +191,41 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         labels.join(", ")
     ));
     let mut rng = StdRng::seed_from_u64(seed);
+    let config = sweep::SweepConfig::from_args(args);
     let dim = b.dim;
-    let mut initial = sampling::truncated_normal(&mut rng, dim * classes, 0.001);
-    initial.extend(std::iter::repeat_n(0.0, classes));
+    let initial: Vec<f32> = (0..config.settings.len())
+        .flat_map(|_| {
+            let mut head = sampling::truncated_normal(&mut rng, dim * classes, 0.001);
+            head.extend(std::iter::repeat_n(0.0, classes));
+            head
+        })
+        .collect();
+    if config.settings.len() > 1 {
+        log.info(format!(
+            "Training {} heads side by side ({} learning rates × {} L2 penalties, {:?}); the best on the validation images is kept",
+            config.settings.len(),
+            args.sweep_learning_rates.len(),
+            args.sweep_l2.len(),
+            config.rule.optimizer
+        ));
+    }
     let row_labels: Vec<u32> = b.examples.iter().map(|e| e.class as u32).collect();
     let gpu = &engine.gpu;
-    let head = GpuHead::new(
-        gpu,
-        &b.features,
-        &row_labels,
-        dim as u32,
-        classes as u32,
-        &initial,
-        args.learning_rate,
-    )?;
-
-    let snapshot = |step: u32, extra: HashMap<String, String>| {
-        classifier(
-            &head,
-            gpu,
-            &labels,
-            &file,
-            &weights_path,
-            input_size,
-            args,
-            step,
-            extra,
-        )
-    };
+    let snapshot =
+        |step: u32, weights: Vec<f32>, biases: Vec<f32>, extra: HashMap<String, String>| {
+            classifier(
+                (weights, biases),
+                &labels,
+                &file,
+                &weights_path,
+                input_size,
+                args,
+                step,
+                extra,
+            )
+        };
 
     let t = Instant::now();
-    let train_batch = head.batch(gpu, args.train_batch_size as u32);
-    let validation_count: usize = validation.iter().map(Vec::len).sum();
-    let mut validation_batches: HashMap<u32, head::Batch> = HashMap::new();
-    let mut last = (f32::NAN, f32::NAN, None::<f32>);
-    let steps = args.how_many_training_steps;
     let mut writers = match &args.summaries_dir {
         Some(dir) => Some((
             summaries::SummaryWriter::create(&dir.join("train"))?,
@@ -215,52 +233,83 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         )),
         None => None,
     };
-    for step in 0..steps {
-        let rows = sampling::class_balanced(&mut rng, &train, args.train_batch_size as usize);
-        head.train_step(gpu, &train_batch, &rows);
-        if step % args.eval_step_interval == 0 || step + 1 == steps {
-            let (xent, accuracy) = head.evaluate(gpu, &train_batch, &rows)?;
-            log.info(format!(
-                "Step {step}: Train accuracy = {:.1}%",
-                accuracy * 100.0
-            ));
-            log.info(format!("Step {step}: Cross entropy = {xent:.6}"));
-            if let Some((train_writer, _)) = writers.as_mut() {
-                train_writer.scalar("accuracy", accuracy, step)?;
-                train_writer.scalar("cross_entropy", xent, step)?;
-            }
-            let mut val_accuracy = None;
-            if validation_count > 0 {
-                let vrows = eval_rows(&mut rng, &validation, args.validation_batch_size);
-                let n = vrows.len() as u32;
-                let vb = validation_batches
-                    .entry(n)
-                    .or_insert_with(|| head.batch(gpu, n));
-                let (val_xent, acc) = head.evaluate(gpu, vb, &vrows)?;
-                log.info(format!(
-                    "Step {step}: Validation accuracy = {:.1}% (N={n})",
-                    acc * 100.0
-                ));
-                if let Some((_, validation_writer)) = writers.as_mut() {
-                    validation_writer.scalar("accuracy", acc, step)?;
-                    validation_writer.scalar("cross_entropy", val_xent, step)?;
-                }
-                val_accuracy = Some(acc);
-            }
-            last = (accuracy, xent, val_accuracy);
+    let heads_count = config.settings.len();
+    let mut evaluated = |p: &sweep::EvalPoint| -> Result<()> {
+        let step = p.step;
+        let who = if heads_count > 1 {
+            format!(
+                " (best head: {}, {} of {heads_count} still training)",
+                p.leader, p.active
+            )
+        } else {
+            String::new()
+        };
+        log.info(format!(
+            "Step {step}: Train accuracy = {:.1}%{who}",
+            p.train.accuracy * 100.0
+        ));
+        log.info(format!(
+            "Step {step}: Cross entropy = {:.6}",
+            p.train.cross_entropy
+        ));
+        if let Some((train_writer, _)) = writers.as_mut() {
+            train_writer.scalar("accuracy", p.train.accuracy, step)?;
+            train_writer.scalar("cross_entropy", p.train.cross_entropy, step)?;
         }
-        if args.intermediate_store_frequency > 0
-            && step > 0
-            && step % args.intermediate_store_frequency == 0
-        {
+        if let Some((v, n)) = p.validation {
+            log.info(format!(
+                "Step {step}: Validation accuracy = {:.1}% (N={n})",
+                v.accuracy * 100.0
+            ));
+            if let Some((_, validation_writer)) = writers.as_mut() {
+                validation_writer.scalar("accuracy", v.accuracy, step)?;
+                validation_writer.scalar("cross_entropy", v.cross_entropy, step)?;
+            }
+        }
+        Ok(())
+    };
+    let mut stepped = |step: u32, progress: &sweep::Progress| -> Result<()> {
+        let every = args.intermediate_store_frequency;
+        if every > 0 && step > 0 && step.is_multiple_of(every) {
             let path = args
                 .intermediate_output_graphs_dir
                 .join(format!("intermediate_{step}.safetensors"));
             log.info(format!("Saving intermediate result to {}", path.display()));
-            snapshot(step, HashMap::new())?.write(&path)?;
+            let (w, bias) = progress.export_leader(gpu)?;
+            snapshot(step, w, bias, HashMap::new())?.write(&path)?;
         }
-    }
+        Ok(())
+    };
+    let trained = sweep::train(
+        gpu,
+        &b.features,
+        &row_labels,
+        (dim as u32, classes as u32),
+        &sweep::Split {
+            train: &train,
+            validation: &validation,
+        },
+        &config,
+        &initial,
+        &mut rng,
+        sweep::Observers {
+            evaluated: &mut evaluated,
+            stepped: &mut stepped,
+        },
+    )?;
     let training_secs = t.elapsed().as_secs_f64();
+    if heads_count > 1 {
+        if trained.selected_on_training {
+            log.warn("no validation images: the heads were compared on the training images, which favours the least regularised");
+        }
+        log.info(format!(
+            "Sweep results ({training_secs:.1} s):\n{}",
+            sweep_table(&trained)
+        ));
+    }
+    let validation_count: usize = validation.iter().map(Vec::len).sum();
+    let last = trained.last.expect("at least one evaluation");
+    let chosen = &trained.outcomes[trained.chosen as usize];
 
     let t = Instant::now();
     let test_rows = eval_rows(&mut rng, &test, args.test_batch_size);
@@ -268,8 +317,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         log.warn("no test images: skipping the final evaluation");
         None
     } else {
-        let tb = head.batch(gpu, test_rows.len() as u32);
-        let predicted = head.predict(gpu, &tb, &test_rows)?;
+        let heads = &trained.heads;
+        let tb = heads.batch(gpu, test_rows.len() as u32);
+        let predicted = heads.predict(gpu, &tb, &test_rows, trained.chosen)?;
         let truth: Vec<usize> = test_rows
             .iter()
             .map(|&r| b.examples[r as usize].class)
@@ -302,25 +352,51 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     };
     let eval_secs = t.elapsed().as_secs_f64();
 
+    let validation_accuracy = last.validation.map(|(v, _)| v.accuracy);
     let mut extra = HashMap::new();
-    extra.insert("train_accuracy".into(), last.0.to_string());
-    extra.insert("cross_entropy".into(), last.1.to_string());
-    if let Some(v) = last.2 {
+    extra.insert("train_accuracy".into(), last.train.accuracy.to_string());
+    extra.insert("cross_entropy".into(), last.train.cross_entropy.to_string());
+    if let Some(v) = validation_accuracy {
         extra.insert("validation_accuracy".into(), v.to_string());
     }
     if let Some(r) = &report {
         extra.insert("test_accuracy".into(), r.accuracy.to_string());
     }
-    let final_classifier = snapshot(steps, extra)?;
+    extra.insert(
+        "learning_rate".into(),
+        chosen.settings.learning_rate.to_string(),
+    );
+    extra.insert("l2".into(), chosen.settings.l2.to_string());
+    let (weights, biases) = trained.export(gpu)?;
+    extra.insert("kept_step".into(), chosen.step.to_string());
+    let final_classifier = snapshot(config.rule.steps, weights, biases, extra)?;
     final_classifier.write(&args.output_graph)?;
     outputs::write_labels(&args.output_labels, &labels)?;
     if let Some(dir) = &args.saved_model_dir {
         outputs::write_saved_model(dir, &weights_path, &final_classifier)?;
     }
+    let sweep: Vec<_> = trained
+        .outcomes
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "learning_rate": o.settings.learning_rate,
+                "l2": o.settings.l2,
+                "kept_step": o.step,
+                "stopped_at": o.stopped_at,
+                "validation_accuracy": o.selection.accuracy,
+                "validation_cross_entropy": o.selection.cross_entropy,
+            })
+        })
+        .collect();
     let metrics = serde_json::json!({
         "seed": seed,
-        "steps": steps,
-        "learning_rate": args.learning_rate,
+        "steps": config.rule.steps,
+        "head_training": if args.retrain_py_head { "retrain.py" } else { "sweep" },
+        "optimizer": format!("{:?}", config.rule.optimizer),
+        "standardized": config.standardize,
+        "label_smoothing": config.rule.label_smoothing,
+        "dropout": config.rule.dropout,
         "train_batch_size": args.train_batch_size,
         "labels": labels,
         "input_size": [input_size.0, input_size.1],
@@ -332,10 +408,18 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             "skipped": b.skipped,
         },
         "bottlenecks": { "computed": b.computed, "from_cache": b.examples.len() - b.computed },
+        "sweep": {
+            "heads": sweep,
+            "chosen": trained.chosen,
+            "compared_on": if trained.selected_on_training { "training" } else { "validation" },
+        },
         "final": {
-            "train_accuracy": last.0,
-            "cross_entropy": last.1,
-            "validation_accuracy": last.2,
+            "learning_rate": chosen.settings.learning_rate,
+            "l2": chosen.settings.l2,
+            "kept_step": chosen.step,
+            "train_accuracy": last.train.accuracy,
+            "cross_entropy": last.train.cross_entropy,
+            "validation_accuracy": validation_accuracy,
             "test": report,
         },
         "timings_seconds": {
@@ -360,11 +444,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The head's current parameters with everything `classify` needs.
+/// A head's parameters (for raw bottlenecks) with everything `classify` needs.
 #[allow(clippy::too_many_arguments)]
 fn classifier(
-    head: &GpuHead,
-    gpu: &Gpu,
+    (weights, biases): (Vec<f32>, Vec<f32>),
     labels: &[String],
     file: &WeightFile,
     weights_path: &std::path::Path,
@@ -373,14 +456,11 @@ fn classifier(
     step: u32,
     mut extra: HashMap<String, String>,
 ) -> Result<Classifier> {
-    let params = head.parameters(gpu)?;
-    let n_weights = head.dim as usize * labels.len();
     extra.insert("steps".into(), step.to_string());
-    extra.insert("learning_rate".into(), args.learning_rate.to_string());
     extra.insert("final_tensor_name".into(), args.final_tensor_name.clone());
     Ok(Classifier {
-        weights: params[..n_weights].to_vec(),
-        biases: params[n_weights..].to_vec(),
+        weights,
+        biases,
         labels: labels.to_vec(),
         base_fingerprint: file.info.fingerprint.clone(),
         base_weights: std::fs::canonicalize(weights_path)
@@ -389,4 +469,27 @@ fn classifier(
         normalization: file.info.normalization.clone(),
         extra,
     })
+}
+
+/// The sweep's heads, one line each, the kept one marked.
+fn sweep_table(t: &sweep::Trained) -> String {
+    let mut lines = vec![format!(
+        "  {:>4}  {:>13}  {:>9}  {:>10}  {:>13}  {:>9}  {}",
+        "head", "learning rate", "L2", "val. acc.", "val. x-entropy", "kept step", "stopped"
+    )];
+    for (i, o) in t.outcomes.iter().enumerate() {
+        lines.push(format!(
+            "{} {:>4}  {:>13}  {:>9}  {:>9.1}%  {:>14.4}  {:>9}  {}",
+            if i as u32 == t.chosen { "*" } else { " " },
+            i,
+            o.settings.learning_rate,
+            o.settings.l2,
+            o.selection.accuracy * 100.0,
+            o.selection.cross_entropy,
+            o.step,
+            o.stopped_at
+                .map_or("-".to_string(), |s| format!("at step {s}"))
+        ));
+    }
+    lines.join("\n")
 }

@@ -1,0 +1,325 @@
+//! The training loop: heads trained side by side on class-balanced batches,
+//! evaluated every few steps, each remembering its parameters at its best
+//! validation cross-entropy and stopping once that has not improved for a
+//! while; the best head by validation accuracy (then cross-entropy) is kept.
+//! retrain.py's loop is the special case of one head, no standardisation,
+//! no early stopping, and the last parameters kept.
+
+use super::head::{Batch, GpuHeads, Metrics};
+use super::optimizer::{HeadSettings, Optimizer, TrainingRule};
+use super::sampling;
+use super::standardize::{standardize, Standardization};
+use crate::cli::TrainArgs;
+use crate::gpu::Gpu;
+use anyhow::Result;
+use rand::rngs::StdRng;
+use rand::Rng;
+use std::collections::HashMap;
+
+/// How to train: the heads and everything they share.
+#[derive(Clone, Debug)]
+pub struct SweepConfig {
+    pub settings: Vec<HeadSettings>,
+    pub rule: TrainingRule,
+    pub standardize: bool,
+    pub batch_size: u32,
+    pub eval_interval: u32,
+    /// Evaluations without a better validation cross-entropy before a head stops (0: never).
+    pub patience: u32,
+    /// Keep each head's best validation snapshot (true), or its last parameters (retrain.py).
+    pub keep_best: bool,
+    /// retrain.py's validation batch: a fresh class-balanced sample of this many
+    /// rows at each evaluation. None: every validation row, every time.
+    pub validation_sample: Option<usize>,
+}
+
+impl SweepConfig {
+    /// The training the flags ask for: retrain.py's, or the default sweep.
+    pub fn from_args(a: &TrainArgs) -> Self {
+        let steps = a.how_many_training_steps;
+        let base = SweepConfig {
+            settings: vec![HeadSettings {
+                learning_rate: a.learning_rate.unwrap_or(0.01),
+                l2: 0.0,
+            }],
+            rule: TrainingRule::retrain_py(steps),
+            standardize: false,
+            batch_size: a.train_batch_size as u32,
+            eval_interval: a.eval_step_interval,
+            patience: 0,
+            keep_best: false,
+            validation_sample: (a.validation_batch_size > 0)
+                .then_some(a.validation_batch_size as usize),
+        };
+        if a.retrain_py_head {
+            return base;
+        }
+        let rates = match a.learning_rate {
+            Some(rate) => vec![rate],
+            None => a.sweep_learning_rates.clone(),
+        };
+        let optimizer = match a.optimizer.as_str() {
+            "sgd" => Optimizer::Sgd,
+            "momentum" => Optimizer::Momentum {
+                momentum: a.momentum,
+            },
+            _ => Optimizer::ADAM,
+        };
+        SweepConfig {
+            settings: rates
+                .iter()
+                .flat_map(|&learning_rate| {
+                    a.sweep_l2
+                        .iter()
+                        .map(move |&l2| HeadSettings { learning_rate, l2 })
+                })
+                .collect(),
+            rule: TrainingRule {
+                optimizer,
+                cosine_decay: true,
+                steps,
+                label_smoothing: a.label_smoothing,
+                dropout: a.dropout,
+            },
+            standardize: true,
+            patience: a.early_stopping_patience,
+            keep_best: true,
+            validation_sample: None,
+            ..base
+        }
+    }
+}
+
+/// Feature rows by class for the two sets training looks at.
+pub struct Split<'a> {
+    pub train: &'a [Vec<u32>],
+    pub validation: &'a [Vec<u32>],
+}
+
+/// What an evaluation found, for the leading head.
+#[derive(Clone, Copy, Debug)]
+pub struct EvalPoint {
+    pub step: u32,
+    pub leader: u32,
+    pub train: Metrics,
+    /// Validation metrics and the number of rows they were taken on.
+    pub validation: Option<(Metrics, usize)>,
+    pub active: usize,
+}
+
+/// One head's outcome.
+#[derive(Clone, Debug)]
+pub struct HeadOutcome {
+    pub settings: HeadSettings,
+    /// Step of the kept parameters and their metrics on the selection rows.
+    pub step: u32,
+    pub selection: Metrics,
+    pub stopped_at: Option<u32>,
+}
+
+pub struct Trained {
+    pub heads: GpuHeads,
+    pub chosen: u32,
+    pub standardization: Option<Standardization>,
+    pub outcomes: Vec<HeadOutcome>,
+    /// True when the heads were chosen on training rows, for want of validation rows.
+    pub selected_on_training: bool,
+    pub last: Option<EvalPoint>,
+}
+
+impl Trained {
+    /// The chosen head for raw bottlenecks: weights [dim, classes], biases [classes].
+    pub fn export(&self, gpu: &Gpu) -> Result<(Vec<f32>, Vec<f32>)> {
+        export_head(gpu, &self.heads, self.chosen, self.standardization.as_ref())
+    }
+}
+
+/// Head `head`'s current parameters for raw bottlenecks.
+pub fn export_head(
+    gpu: &Gpu,
+    heads: &GpuHeads,
+    head: u32,
+    standardization: Option<&Standardization>,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let mut params = heads.parameters(gpu, head)?;
+    let biases = params.split_off((heads.dim * heads.classes) as usize);
+    Ok(match standardization {
+        Some(s) => s.fold(&params, &biases),
+        None => (params, biases),
+    })
+}
+
+/// The heads in the middle of training, and which one leads.
+pub struct Progress<'a> {
+    pub heads: &'a GpuHeads,
+    pub leader: u32,
+    pub standardization: Option<&'a Standardization>,
+}
+
+impl Progress<'_> {
+    /// The leading head's current parameters for raw bottlenecks.
+    pub fn export_leader(&self, gpu: &Gpu) -> Result<(Vec<f32>, Vec<f32>)> {
+        export_head(gpu, self.heads, self.leader, self.standardization)
+    }
+}
+
+/// Called at each evaluation, and after each step (with its 0-based number).
+pub struct Observers<'a> {
+    pub evaluated: &'a mut dyn FnMut(&EvalPoint) -> Result<()>,
+    pub stepped: &'a mut dyn FnMut(u32, &Progress) -> Result<()>,
+}
+
+/// Index of the best metrics: highest accuracy, then lowest cross-entropy.
+fn best_of(metrics: impl Iterator<Item = Metrics>) -> u32 {
+    let mut best: Option<(usize, Metrics)> = None;
+    for (i, m) in metrics.enumerate() {
+        let better = match best {
+            None => true,
+            Some((_, b)) => {
+                m.accuracy > b.accuracy
+                    || (m.accuracy == b.accuracy && m.cross_entropy < b.cross_entropy)
+            }
+        };
+        if better {
+            best = Some((i, m));
+        }
+    }
+    best.map_or(0, |(i, _)| i as u32)
+}
+
+/// Trains the heads of `config` on `features` ([N, dim], `labels` [N]) and
+/// picks one. `initial` holds every head's starting parameters.
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    gpu: &Gpu,
+    features: &[f32],
+    labels: &[u32],
+    (dim, classes): (u32, u32),
+    split: &Split,
+    config: &SweepConfig,
+    initial: &[f32],
+    rng: &mut StdRng,
+    observers: Observers,
+) -> Result<Trained> {
+    let mut heads = GpuHeads::new(
+        gpu,
+        features,
+        labels,
+        (dim, classes),
+        initial,
+        &config.settings,
+        config.rule,
+    )?;
+    let train_rows = split.train.concat();
+    let standardization = if config.standardize {
+        Some(standardize(gpu, &heads, &train_rows)?)
+    } else {
+        None
+    };
+    let validation_rows = split.validation.concat();
+    let selected_on_training = validation_rows.is_empty();
+    let selection_rows = if selected_on_training {
+        train_rows.clone()
+    } else {
+        validation_rows
+    };
+    let n = config.settings.len();
+    let mut outcomes: Vec<HeadOutcome> = config
+        .settings
+        .iter()
+        .map(|&settings| HeadOutcome {
+            settings,
+            step: 0,
+            selection: Metrics {
+                cross_entropy: f32::INFINITY,
+                accuracy: 0.0,
+            },
+            stopped_at: None,
+        })
+        .collect();
+    let mut since_best = vec![0u32; n];
+    let mut active = vec![true; n];
+    let train_batch = heads.batch(gpu, config.batch_size);
+    let mut eval_batches: HashMap<u32, Batch> = HashMap::new();
+    let mut evaluate = |heads: &GpuHeads, rows: &[u32]| {
+        let size = rows.len() as u32;
+        let batch = eval_batches
+            .entry(size)
+            .or_insert_with(|| heads.batch(gpu, size));
+        heads.evaluate(gpu, batch, rows)
+    };
+    let steps = config.rule.steps;
+    let mut last = None;
+    let mut leader = 0;
+    for step in 0..steps {
+        let rows = sampling::class_balanced(rng, split.train, config.batch_size as usize);
+        heads.train_step(gpu, &train_batch, &rows, step, rng.random());
+        if step % config.eval_interval == 0 || step + 1 == steps {
+            let train_metrics = heads.evaluate(gpu, &train_batch, &rows)?;
+            let selection = evaluate(&heads, &selection_rows)?;
+            for h in 0..n {
+                if !active[h] {
+                    continue;
+                }
+                let m = selection[h];
+                if !config.keep_best || m.cross_entropy < outcomes[h].selection.cross_entropy {
+                    outcomes[h].selection = m;
+                    outcomes[h].step = step + 1;
+                    since_best[h] = 0;
+                    if config.keep_best {
+                        heads.keep_best(gpu, h as u32);
+                    }
+                } else {
+                    since_best[h] += 1;
+                    if config.patience > 0 && since_best[h] >= config.patience {
+                        active[h] = false;
+                        outcomes[h].stopped_at = Some(step + 1);
+                    }
+                }
+            }
+            if active.iter().any(|&a| !a) {
+                heads.set_active(gpu, &active);
+            }
+            leader = best_of(selection.iter().copied());
+            let validation = match (selected_on_training, config.validation_sample) {
+                (true, _) => None,
+                (false, None) => Some((selection[leader as usize], selection_rows.len())),
+                (false, Some(size)) => {
+                    let sample = sampling::class_balanced(rng, split.validation, size);
+                    let m = evaluate(&heads, &sample)?;
+                    Some((m[leader as usize], sample.len()))
+                }
+            };
+            let point = EvalPoint {
+                step,
+                leader,
+                train: train_metrics[leader as usize],
+                validation,
+                active: active.iter().filter(|&&a| a).count(),
+            };
+            (observers.evaluated)(&point)?;
+            last = Some(point);
+            if point.active == 0 {
+                break;
+            }
+        }
+        let progress = Progress {
+            heads: &heads,
+            leader,
+            standardization: standardization.as_ref(),
+        };
+        (observers.stepped)(step, &progress)?;
+    }
+    if config.keep_best {
+        heads.restore_best(gpu);
+    }
+    let chosen = best_of(outcomes.iter().map(|o| o.selection));
+    Ok(Trained {
+        heads,
+        chosen,
+        standardization,
+        outcomes,
+        selected_on_training,
+        last,
+    })
+}
