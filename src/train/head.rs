@@ -8,6 +8,9 @@ use super::optimizer::{HeadSettings, Optimizer, TrainingRule};
 use crate::gpu::Gpu;
 use anyhow::{bail, Result};
 use bytemuck::{Pod, Zeroable};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
@@ -73,6 +76,8 @@ pub struct GpuHeads {
     softmax: wgpu::ComputePipeline,
     update: wgpu::ComputePipeline,
     metrics: wgpu::ComputePipeline,
+    /// Batches by size, for evaluations over many rows.
+    batches: RefCell<HashMap<u32, Rc<Batch>>>,
 }
 
 const GROUP: u32 = 64;
@@ -111,11 +116,10 @@ impl GpuHeads {
                 limit >> 20
             );
         }
-        let moment_bytes = 2 * heads as u64 * per_head * 4;
-        if moment_bytes > limit {
+        if heads as usize > Self::max_heads(gpu, (dim, classes)) {
             bail!(
                 "{heads} heads of {classes} classes need {} MiB of optimiser state, more than this device can bind ({} MiB): sweep fewer learning rates or L2 values",
-                moment_bytes >> 20,
+                (2 * heads as u64 * per_head * 4) >> 20,
                 limit >> 20
             );
         }
@@ -151,9 +155,17 @@ impl GpuHeads {
             update,
             metrics,
             layout,
+            batches: RefCell::default(),
         };
         built.write_settings(gpu);
         Ok(built)
+    }
+
+    /// How many heads of this shape the device can train side by side: the
+    /// optimiser's moments (2 per parameter) must fit one binding.
+    pub fn max_heads(gpu: &Gpu, (dim, classes): (u32, u32)) -> usize {
+        let per_head = (dim * classes + classes) as u64;
+        (gpu.max_binding_bytes() / (2 * per_head * 4)) as usize
     }
 
     /// A single fixed head for inference on `features` ([N, dim]).
@@ -342,6 +354,51 @@ impl GpuHeads {
         Ok(bytemuck::pod_collect_to_vec(
             &gpu.read_buffer(&batch.scores, n * 4)?,
         ))
+    }
+
+    /// A cached batch of `size` rows.
+    fn batch_of(&self, gpu: &Gpu, size: u32) -> Rc<Batch> {
+        let mut batches = self.batches.borrow_mut();
+        batches
+            .entry(size)
+            .or_insert_with(|| Rc::new(self.batch(gpu, size)))
+            .clone()
+    }
+
+    /// The most rows one batch can hold within the device's binding limit.
+    fn max_rows(&self, gpu: &Gpu) -> usize {
+        let per_row = 2 * 4 * self.heads as u64 * self.classes as u64;
+        (gpu.max_binding_bytes() / per_row).clamp(1, 1 << 16) as usize
+    }
+
+    /// Each head's metrics over any number of rows, in batches that fit the device.
+    pub fn evaluate_rows(&self, gpu: &Gpu, rows: &[u32]) -> Result<Vec<Metrics>> {
+        let mut sums = vec![(0.0f64, 0.0f64); self.heads as usize];
+        for chunk in rows.chunks(self.max_rows(gpu)) {
+            let batch = self.batch_of(gpu, chunk.len() as u32);
+            for (sum, m) in sums.iter_mut().zip(self.evaluate(gpu, &batch, chunk)?) {
+                sum.0 += m.cross_entropy as f64 * chunk.len() as f64;
+                sum.1 += m.accuracy as f64 * chunk.len() as f64;
+            }
+        }
+        let n = rows.len() as f64;
+        Ok(sums
+            .iter()
+            .map(|&(xent, acc)| Metrics {
+                cross_entropy: (xent / n) as f32,
+                accuracy: (acc / n) as f32,
+            })
+            .collect())
+    }
+
+    /// Head `head`'s prediction for any number of rows.
+    pub fn predict_rows(&self, gpu: &Gpu, rows: &[u32], head: u32) -> Result<Vec<u32>> {
+        let mut predicted = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(self.max_rows(gpu)) {
+            let batch = self.batch_of(gpu, chunk.len() as u32);
+            predicted.extend(self.predict(gpu, &batch, chunk, head)?);
+        }
+        Ok(predicted)
     }
 
     /// Remembers the current parameters of head `head` as its best so far.

@@ -191,8 +191,17 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         labels.join(", ")
     ));
     let mut rng = StdRng::seed_from_u64(seed);
-    let config = sweep::SweepConfig::from_args(args);
+    let mut config = sweep::SweepConfig::from_args(args);
     let dim = b.dim;
+    let fit = head::GpuHeads::max_heads(&engine.gpu, (dim as u32, classes as u32)).max(1);
+    if config.settings.len() > fit {
+        log.warn(format!(
+            "this device holds only {fit} heads of {classes} classes side by side: sweeping {fit} of the {} learning rate × L2 pairs",
+            config.settings.len()
+        ));
+        let all = std::mem::take(&mut config.settings);
+        config.settings = (0..fit).map(|i| all[i * all.len() / fit]).collect();
+    }
     let initial: Vec<f32> = (0..config.settings.len())
         .flat_map(|_| {
             let mut head = sampling::truncated_normal(&mut rng, dim * classes, 0.001);
@@ -317,9 +326,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         log.warn("no test images: skipping the final evaluation");
         None
     } else {
-        let heads = &trained.heads;
-        let tb = heads.batch(gpu, test_rows.len() as u32);
-        let predicted = heads.predict(gpu, &tb, &test_rows, trained.chosen)?;
+        let predicted = trained
+            .heads
+            .predict_rows(gpu, &test_rows, trained.chosen)?;
         let truth: Vec<usize> = test_rows
             .iter()
             .map(|&r| b.examples[r as usize].class)

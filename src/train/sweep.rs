@@ -5,7 +5,7 @@
 //! retrain.py's loop is the special case of one head, no standardisation,
 //! no early stopping, and the last parameters kept.
 
-use super::head::{Batch, GpuHeads, Metrics};
+use super::head::{GpuHeads, Metrics};
 use super::optimizer::{HeadSettings, Optimizer, TrainingRule};
 use super::sampling;
 use super::standardize::{standardize, Standardization};
@@ -14,7 +14,6 @@ use crate::gpu::Gpu;
 use anyhow::Result;
 use rand::rngs::StdRng;
 use rand::Rng;
-use std::collections::HashMap;
 
 /// How to train: the heads and everything they share.
 #[derive(Clone, Debug)]
@@ -240,14 +239,6 @@ pub fn train(
     let mut since_best = vec![0u32; n];
     let mut active = vec![true; n];
     let train_batch = heads.batch(gpu, config.batch_size);
-    let mut eval_batches: HashMap<u32, Batch> = HashMap::new();
-    let mut evaluate = |heads: &GpuHeads, rows: &[u32]| {
-        let size = rows.len() as u32;
-        let batch = eval_batches
-            .entry(size)
-            .or_insert_with(|| heads.batch(gpu, size));
-        heads.evaluate(gpu, batch, rows)
-    };
     let steps = config.rule.steps;
     let mut last = None;
     let mut leader = 0;
@@ -256,7 +247,7 @@ pub fn train(
         heads.train_step(gpu, &train_batch, &rows, step, rng.random());
         if step % config.eval_interval == 0 || step + 1 == steps {
             let train_metrics = heads.evaluate(gpu, &train_batch, &rows)?;
-            let selection = evaluate(&heads, &selection_rows)?;
+            let selection = heads.evaluate_rows(gpu, &selection_rows)?;
             for h in 0..n {
                 if !active[h] {
                     continue;
@@ -286,7 +277,7 @@ pub fn train(
                 (false, None) => Some((selection[leader as usize], selection_rows.len())),
                 (false, Some(size)) => {
                     let sample = sampling::class_balanced(rng, split.validation, size);
-                    let m = evaluate(&heads, &sample)?;
+                    let m = heads.evaluate_rows(gpu, &sample)?;
                     Some((m[leader as usize], sample.len()))
                 }
             };
