@@ -1,9 +1,15 @@
-// preprocess: one decoded u8 RGB image -> one normalised slot of the network's input.
+// preprocess: one decoded u8 RGB image -> one normalised slot of the network's
+// input, optionally distorted as retrain.py's --random_scale/--random_crop/
+// --flip_left_right/--random_brightness do, in one pass.
 //
-// Resizes with tf.image.resize's bilinear rule (half-pixel centres, no
-// antialiasing, no rounding), then applies the model's normalisation
-// x·scale[c] + offset[c] (x in 0..255). An image already at the output size
-// passes through unchanged (every sample lands exactly on a source pixel).
+// The image is resized to resize_h × resize_w with tf.image.resize's bilinear
+// rule (half-pixel centres, no antialiasing, no rounding); an out_h × out_w
+// window at (crop_y, crop_x) of that is taken, mirrored left-right when
+// flip = 1; then x·scale[c] + offset[c] (x in 0..255; the host folds the
+// brightness factor into scale). The resized image is never stored: each
+// output pixel samples the source directly. Without distortion resize = out
+// size, crop = 0, flip = 0, and an image already at the output size passes
+// through unchanged (every sample lands exactly on a source pixel).
 //
 // Bindings:
 //   0 params (uniform)  struct Params
@@ -15,7 +21,8 @@
 
 struct Params {
     src_offset: u32, src_h: u32, src_w: u32, slot: u32,
-    out_h: u32, out_w: u32, _unused0: u32, _unused1: u32,
+    out_h: u32, out_w: u32, resize_h: u32, resize_w: u32,
+    crop_y: u32, crop_x: u32, flip: u32, _unused: u32,
     scale: vec4<f32>,
     offset: vec4<f32>,
 }
@@ -47,8 +54,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (gid.x >= p.out_w || gid.y >= p.out_h) {
         return;
     }
-    let sy = sample_axis(gid.y, p.src_h, p.out_h);
-    let sx = sample_axis(gid.x, p.src_w, p.out_w);
+    let x = select(gid.x, p.out_w - 1u - gid.x, p.flip == 1u);
+    let sy = sample_axis(p.crop_y + gid.y, p.src_h, p.resize_h);
+    let sx = sample_axis(p.crop_x + x, p.src_w, p.resize_w);
     let base = ((p.slot * p.out_h + gid.y) * p.out_w + gid.x) * 3u;
     for (var c = 0u; c < 3u; c++) {
         let tl = texel(sy.lo, sx.lo, c);

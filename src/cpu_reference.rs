@@ -110,9 +110,10 @@ pub fn preprocess(p: &PreprocessParams, pixels: &[u8], output: &mut [f32]) {
         pixels[p.src_offset as usize + (y * p.src_w as usize + x) * 3 + c] as f64
     };
     for y in 0..p.out_h {
-        let (y0, y1, fy) = axis(y, p.src_h, p.out_h);
+        let (y0, y1, fy) = axis(p.crop_y + y, p.src_h, p.resize_h);
         for x in 0..p.out_w {
-            let (x0, x1, fx) = axis(x, p.src_w, p.out_w);
+            let mirrored = if p.flip == 1 { p.out_w - 1 - x } else { x };
+            let (x0, x1, fx) = axis(p.crop_x + mirrored, p.src_w, p.resize_w);
             let base = (((p.slot * p.out_h + y) * p.out_w + x) * 3) as usize;
             for c in 0..3 {
                 let top = texel(y0, x0, c) + (texel(y0, x1, c) - texel(y0, x0, c)) * fx;

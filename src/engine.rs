@@ -1,7 +1,8 @@
 //! The engine: Inception V3 for one input size on one device, with its
 //! weights uploaded, turning decoded images into bottleneck vectors.
 
-use crate::gpu::kernels::{Dispatch, Kernels, PreprocessParams};
+use crate::data::distortion::Distortion;
+use crate::gpu::kernels::{Dispatch, Kernels};
 use crate::gpu::scheduler::{assign_slots, GpuWeights, Plan};
 use crate::gpu::Gpu;
 use crate::model::graph::Graph;
@@ -127,6 +128,19 @@ impl Engine {
     /// Bottlenecks ([images.len(), 2048] row-major) of decoded RGB images:
     /// resized and normalised on the GPU, run in batches the device can hold.
     pub fn bottlenecks(&mut self, images: &[RgbImage]) -> Result<Vec<f32>> {
+        let images: Vec<&RgbImage> = images.iter().collect();
+        let none = vec![Distortion::none(self.input_size()); images.len()];
+        self.distorted_bottlenecks(&images, &none)
+    }
+
+    /// Bottlenecks of decoded RGB images, each distorted as given on its way
+    /// into the network (see shaders/preprocess.wgsl).
+    pub fn distorted_bottlenecks(
+        &mut self,
+        images: &[&RgbImage],
+        distortions: &[Distortion],
+    ) -> Result<Vec<f32>> {
+        assert_eq!(images.len(), distortions.len());
         let limit = self.gpu.max_binding_bytes();
         let mut out = Vec::with_capacity(images.len() * self.bottleneck_size());
         let mut start = 0;
@@ -148,13 +162,13 @@ impl Engine {
                 bytes += b;
                 end += 1;
             }
-            out.extend(self.run_images(&images[start..end])?);
+            out.extend(self.run_images(&images[start..end], &distortions[start..end])?);
             start = end;
         }
         Ok(out)
     }
 
-    fn run_images(&mut self, images: &[RgbImage]) -> Result<Vec<f32>> {
+    fn run_images(&mut self, images: &[&RgbImage], distortions: &[Distortion]) -> Result<Vec<f32>> {
         let mut packed = Vec::new();
         let mut offsets = Vec::with_capacity(images.len());
         for img in images {
@@ -168,25 +182,17 @@ impl Engine {
         self.plan(images.len() as u32, &[OUTPUT])?;
         let pixels = self.pixels.as_ref().expect("pixels");
         self.gpu.write_padded(pixels, 0, &packed);
-        let (out_h, out_w) = self.input_size();
+        let input = self.input_size();
         let n = &self.info.normalization;
         let plan = self.plan.as_ref().expect("plan");
         let preprocess: Vec<Dispatch> = images
             .iter()
+            .zip(distortions)
             .zip(&offsets)
             .enumerate()
-            .map(|(slot, (img, &src_offset))| {
-                let p = PreprocessParams {
-                    src_offset,
-                    src_h: img.height(),
-                    src_w: img.width(),
-                    slot: slot as u32,
-                    out_h,
-                    out_w,
-                    _unused: [0; 2],
-                    scale: [n.scale[0], n.scale[1], n.scale[2], 0.0],
-                    offset: [n.offset[0], n.offset[1], n.offset[2], 0.0],
-                };
+            .map(|(slot, ((img, d), &src_offset))| {
+                let src = (img.height(), img.width());
+                let p = d.params(src, src_offset, slot as u32, input, n);
                 self.kernels.preprocess(&self.gpu, &p, pixels, plan.input())
             })
             .collect();

@@ -6,8 +6,9 @@ mod common;
 
 use common::{gpu, rel_l2};
 use retrain::convert::default_weights;
+use retrain::data::distortion::Distortion;
 use retrain::engine::Engine;
-use retrain::gpu::kernels::{submit, PreprocessParams};
+use retrain::gpu::kernels::submit;
 use retrain::gpu::Gpu;
 use retrain::model::weights::{Normalization, WeightFile};
 use std::path::{Path, PathBuf};
@@ -106,17 +107,8 @@ fn decode(name: &str) -> image::RgbImage {
 fn preprocess(img: &image::RgbImage, out: (u32, u32)) -> Vec<f32> {
     let (gpu, kernels) = gpu();
     let n = Normalization::signed();
-    let p = PreprocessParams {
-        src_offset: 0,
-        src_h: img.height(),
-        src_w: img.width(),
-        slot: 0,
-        out_h: out.0,
-        out_w: out.1,
-        _unused: [0; 2],
-        scale: [n.scale[0], n.scale[1], n.scale[2], 0.0],
-        offset: [n.offset[0], n.offset[1], n.offset[2], 0.0],
-    };
+    let src = (img.height(), img.width());
+    let p = Distortion::none(out).params(src, 0, 0, out, &n);
     let len = (out.0 * out.1 * 3) as usize;
     let output = common::poisoned(gpu, len);
     let pixels = gpu.storage_buffer_with("pixels", img.as_raw());

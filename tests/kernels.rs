@@ -6,9 +6,11 @@ mod common;
 use common::*;
 use rand::Rng;
 use retrain::cpu_reference;
+use retrain::data::distortion::Distortion;
 use retrain::gpu::kernels::{
     submit, ConvParams, GlobalPoolParams, PoolKind, PoolParams, PreprocessParams,
 };
+use retrain::model::weights::Normalization;
 
 /// Output size along one axis for a window of `k` with `stride` and total padding `pad`.
 fn out_size(input: u32, k: u32, stride: u32, pad: u32) -> u32 {
@@ -258,7 +260,9 @@ fn global_avg_pool_matches_reference() {
     }
 }
 
-fn run_preprocess(seed: u64, src: (u32, u32), out: (u32, u32)) {
+/// Preprocesses a random image of `src` into slot 1 of a poisoned 2-slot
+/// input on the GPU, checks it against the CPU reference, and returns slot 1.
+fn run_preprocess(seed: u64, src: (u32, u32), out: (u32, u32), d: &Distortion) -> Vec<f32> {
     let (gpu, kernels) = gpu();
     let mut rng = rng(seed);
     let src_offset = rng.random_range(0..7);
@@ -266,40 +270,116 @@ fn run_preprocess(seed: u64, src: (u32, u32), out: (u32, u32)) {
         .map(|_| rng.random())
         .collect();
     let slots = 2;
-    let p = PreprocessParams {
-        src_offset,
-        src_h: src.0,
-        src_w: src.1,
-        slot: 1,
-        out_h: out.0,
-        out_w: out.1,
-        _unused: [0; 2],
-        scale: [1.0 / 127.5, 1.0 / 255.0, 0.017, 0.0],
-        offset: [-1.0, 0.0, -2.1, 0.0],
+    let n = Normalization {
+        name: "test".into(),
+        scale: [1.0 / 127.5, 1.0 / 255.0, 0.017],
+        offset: [-1.0, 0.0, -2.1],
     };
+    let p = d.params(src, src_offset, 1, out, &n);
     let out_len = (slots * out.0 * out.1 * 3) as usize;
     let mut expected = vec![POISON; out_len];
     cpu_reference::preprocess(&p, &pixels, &mut expected);
     let output = poisoned(gpu, out_len);
     let bp = gpu.storage_buffer_with("pixels", &pixels);
     submit(gpu, &[&kernels.preprocess(gpu, &p, &bp, &output)]);
-    // Values are within ±2.1, so 5e-5 of the largest is about 1e-4 normalised units.
+    let actual = download(gpu, &output, out_len);
+    // Values are within ±2.6, so 4e-5 of the largest is about 1e-4 normalised units.
     assert_close(
-        &download(gpu, &output, out_len),
+        &actual,
         &expected,
-        5e-5,
-        &format!("preprocess {src:?} -> {out:?}"),
+        4e-5,
+        &format!("preprocess {src:?} -> {out:?}, {d:?}"),
     );
+    actual[out_len / 2..].to_vec()
+}
+
+fn plain(seed: u64, src: (u32, u32), out: (u32, u32)) -> Vec<f32> {
+    run_preprocess(seed, src, out, &Distortion::none(out))
 }
 
 #[test]
 fn preprocess_resizes_like_tensorflow() {
-    run_preprocess(900, (37, 53), (20, 17)); // downscale
-    run_preprocess(901, (11, 9), (30, 41)); // upscale
-    run_preprocess(902, (64, 10), (31, 31)); // mixed
+    plain(900, (37, 53), (20, 17)); // downscale
+    plain(901, (11, 9), (30, 41)); // upscale
+    plain(902, (64, 10), (31, 31)); // mixed
 }
 
 #[test]
 fn preprocess_passes_same_size_through() {
-    run_preprocess(903, (23, 29), (23, 29));
+    plain(903, (23, 29), (23, 29));
+}
+
+#[test]
+fn distortions_match_the_cpu_reference_and_their_meaning() {
+    let (src, out) = ((41, 57), (19, 23));
+    let base = Distortion::none(out);
+    fn at(img: &[f32], w: u32, y: u32, x: u32) -> &[f32] {
+        &img[((y * w + x) * 3) as usize..][..3]
+    }
+
+    // No-op: identical to the plain resize.
+    assert_eq!(run_preprocess(910, src, out, &base), plain(910, src, out));
+
+    // Crop only: a window of the image resized to the larger size.
+    let crop = Distortion {
+        resize: (25, 30),
+        crop: (4, 6),
+        ..base
+    };
+    let cropped = run_preprocess(911, src, out, &crop);
+    let large = plain(911, src, (25, 30));
+    for y in 0..out.0 {
+        for x in 0..out.1 {
+            assert_eq!(at(&cropped, out.1, y, x), at(&large, 30, y + 4, x + 6));
+        }
+    }
+
+    // Scale only (a resize to a larger size, window at the origin).
+    run_preprocess(
+        912,
+        src,
+        out,
+        &Distortion {
+            resize: (31, 29),
+            ..base
+        },
+    );
+
+    // Flip: the plain image mirrored left-right.
+    let flipped = run_preprocess(913, src, out, &Distortion { flip: true, ..base });
+    let unflipped = plain(913, src, out);
+    for y in 0..out.0 {
+        for x in 0..out.1 {
+            assert_eq!(
+                at(&flipped, out.1, y, x),
+                at(&unflipped, out.1, y, out.1 - 1 - x)
+            );
+        }
+    }
+
+    // Brightness: the pixel values (before normalisation) scaled.
+    let bright = run_preprocess(
+        914,
+        src,
+        out,
+        &Distortion {
+            brightness: 1.3,
+            ..base
+        },
+    );
+    let n = [(1.0 / 127.5, -1.0), (1.0 / 255.0, 0.0), (0.017, -2.1)];
+    for (i, (&b, &p)) in bright.iter().zip(&plain(914, src, out)).enumerate() {
+        let (scale, offset) = n[i % 3];
+        let expect = ((p - offset) / scale * 1.3) * scale + offset;
+        assert!((b - expect).abs() < 1e-4, "{i}: {b} vs {expect}");
+    }
+
+    // All together.
+    let all = Distortion {
+        resize: (27, 35),
+        crop: (5, 9),
+        flip: true,
+        brightness: 0.8,
+    };
+    run_preprocess(915, src, out, &all);
 }

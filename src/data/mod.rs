@@ -2,6 +2,7 @@
 
 pub mod bottleneck_cache;
 pub mod dataset;
+pub mod distortion;
 pub mod images;
 pub mod loader;
 pub mod npy;

@@ -71,7 +71,12 @@ pub struct PreprocessParams {
     pub slot: u32,
     pub out_h: u32,
     pub out_w: u32,
-    pub _unused: [u32; 2],
+    pub resize_h: u32,
+    pub resize_w: u32,
+    pub crop_y: u32,
+    pub crop_x: u32,
+    pub flip: u32,
+    pub _unused: u32,
     pub scale: [f32; 4],
     pub offset: [f32; 4],
 }
