@@ -2,16 +2,17 @@
 // their standardisation x' = (x − mean) · inv_std, applied in place to every row.
 //
 // Bindings:
-//   0 p         (uniform)  selected rows S, all rows N, dim D
+//   0 p         (uniform)  selected rows S, first row and count of rows to standardise, dim D
 //   1 selected  (storage)  u32 [S]: the rows the statistics are taken over
 //   2 features  (rw)       f32 [N, D]
 //   3 stats     (rw)       f32 [2, D]: `moments` writes mean, variance;
 //                          `standardize` reads mean, inv_std (set by the host in between)
 //
 // `moments`: one invocation per dimension, two passes (mean, then squared
-// deviations) for accuracy. `standardize`: one invocation per element, 2-D grid.
+// deviations) for accuracy. `standardize`: one invocation per element of rows
+// [first_row, first_row + rows), 2-D grid.
 
-struct Params { selected: u32, rows: u32, dim: u32, _pad: u32 }
+struct Params { selected: u32, first_row: u32, rows: u32, dim: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> selected: array<u32>;
@@ -41,5 +42,6 @@ fn standardize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let i = gid.x + gid.y * groups.x * 64u;
     if (i >= p.rows * p.dim) { return; }
     let k = i % p.dim;
-    features[i] = (features[i] - stats[k]) * stats[p.dim + k];
+    let at = p.first_row * p.dim + i;
+    features[at] = (features[at] - stats[k]) * stats[p.dim + k];
 }

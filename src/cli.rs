@@ -1,5 +1,6 @@
 //! Command-line definitions.
 
+use crate::data::distortion::DistortionFlags;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -210,9 +211,42 @@ pub struct TrainArgs {
     /// Also write one self-contained folder (base weights, classifier, labels) that `classify` accepts.
     #[arg(long, alias = "saved_model_dir", value_name = "DIR")]
     pub saved_model_dir: Option<PathBuf>,
+    /// Distort training images: mirror half of them left-right. Distorted
+    /// training runs every step's images through the network on the GPU;
+    /// validation and test use the undistorted cached bottlenecks.
+    #[arg(long, alias = "flip_left_right")]
+    pub flip_left_right: bool,
+    /// Distort training images: crop a random input-sized window from the
+    /// image enlarged by this percentage (0-100).
+    #[arg(long, alias = "random_crop", value_name = "PCT", default_value_t = 0, value_parser = percentage)]
+    pub random_crop: u32,
+    /// Distort training images: enlarge them by a random 0 to PCT percent
+    /// (0-100) before cropping.
+    #[arg(long, alias = "random_scale", value_name = "PCT", default_value_t = 0, value_parser = percentage)]
+    pub random_scale: u32,
+    /// Distort training images: multiply pixel values by a random factor
+    /// within ±PCT percent (0-100).
+    #[arg(long, alias = "random_brightness", value_name = "PCT", default_value_t = 0, value_parser = percentage)]
+    pub random_brightness: u32,
+    /// Memory for decoded training images kept between steps of distorted
+    /// training, in MiB; images beyond it are decoded again when drawn.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    pub image_cache_mb: u64,
     /// Seed for the weight initialisation and batch sampling (default: random, and logged).
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+}
+
+impl TrainArgs {
+    /// The distortions asked for (none by default).
+    pub fn distortions(&self) -> DistortionFlags {
+        DistortionFlags {
+            flip_left_right: self.flip_left_right,
+            random_crop: self.random_crop,
+            random_scale: self.random_scale,
+            random_brightness: self.random_brightness,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -276,6 +310,13 @@ pub struct FeaturesArgs {
     pub batch_size: Option<u32>,
     #[command(flatten)]
     pub model: ModelArgs,
+}
+
+fn percentage(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(p) if p <= 100 => Ok(p),
+        _ => Err(format!("{s} is not a whole percentage from 0 to 100")),
+    }
 }
 
 fn parse_size(s: &str) -> Result<(u32, u32), String> {

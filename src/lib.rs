@@ -10,4 +10,5 @@ pub mod data;
 pub mod engine;
 pub mod gpu;
 pub mod model;
+pub mod progress;
 pub mod train;

@@ -13,8 +13,8 @@ use retrain::cli::Cli;
 use retrain::cpu_reference::{head_metrics, head_step, HeadState};
 use retrain::train::head::GpuHeads;
 use retrain::train::optimizer::{HeadSettings, Optimizer, TrainingRule};
-use retrain::train::standardize::standardize;
-use retrain::train::sweep::{self, Observers, Split, SweepConfig};
+use retrain::train::standardize::Standardizer;
+use retrain::train::sweep::{self, CachedBatches, Observers, SweepConfig, TrainingData};
 
 /// Features in [0, 2), like bottlenecks (non-negative).
 fn features(rng: &mut StdRng, n: usize, dim: usize) -> Vec<f32> {
@@ -191,7 +191,9 @@ fn standardisation_matches_the_cpu_and_folds_into_the_exported_head() {
     let params = random_vec(&mut rng, (dim * classes + classes) as usize);
     let heads = GpuHeads::fixed(gpu, &features, (dim, classes), &params).unwrap();
     let selected: Vec<u32> = (0..n as u32).filter(|r| r % 3 != 0).collect();
-    let s = standardize(gpu, &heads, &selected).unwrap();
+    let s = Standardizer::fit(gpu, &heads, &selected)
+        .unwrap()
+        .standardization;
     for k in 0..dim as usize {
         let values: Vec<f64> = selected
             .iter()
@@ -307,18 +309,25 @@ fn accuracy_with(
     let initial: Vec<f32> = (0..config.settings.len() * per_head)
         .map(|_| rng.random_range(-1e-3..1e-3))
         .collect();
-    let trained = sweep::train(
-        gpu,
+    let data = TrainingData {
         features,
         labels,
-        (dim, classes),
-        &Split {
-            train: &train,
-            validation: &validation,
-        },
+        dim,
+        classes,
+        train: &train,
+        validation: &validation,
+    };
+    let mut batches = CachedBatches {
+        train: &train,
+        size: config.batch_size as usize,
+    };
+    let trained = sweep::train(
+        gpu,
+        &data,
         config,
         &initial,
         &mut rng,
+        &mut batches,
         Observers {
             evaluated: &mut |_| Ok(()),
             stepped: &mut |_, _| Ok(()),

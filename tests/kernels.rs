@@ -7,9 +7,7 @@ use common::*;
 use rand::Rng;
 use retrain::cpu_reference;
 use retrain::data::distortion::Distortion;
-use retrain::gpu::kernels::{
-    submit, ConvParams, GlobalPoolParams, PoolKind, PoolParams, PreprocessParams,
-};
+use retrain::gpu::kernels::{submit, ConvParams, GlobalPoolParams, PoolKind, PoolParams};
 use retrain::model::weights::Normalization;
 
 /// Output size along one axis for a window of `k` with `stride` and total padding `pad`.

@@ -208,6 +208,61 @@ fn retrain_writes_every_output_and_reuses_its_cache() {
 }
 
 #[test]
+fn distorted_training_runs_every_step_through_the_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    image_folder(root, 6);
+    let args = [
+        "--image_dir",
+        "images",
+        "--input-size",
+        "80",
+        "--validation_percentage",
+        "20",
+        "--testing_percentage",
+        "20",
+        "--seed",
+        "5",
+        "--how_many_training_steps",
+        "6",
+        "--eval_step_interval",
+        "5",
+        "--train_batch_size",
+        "5",
+        "--flip_left_right",
+        "--random_crop",
+        "10",
+        "--random_scale",
+        "20",
+        "--random_brightness",
+        "30",
+        "--image-cache-mb",
+        "1",
+    ];
+    let o = retrain(root, &args);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    for needle in [
+        "Distorting training images",
+        "Step 5: Train accuracy",
+        "Final test accuracy",
+    ] {
+        assert!(err.contains(needle), "missing \"{needle}\" in:\n{err}");
+    }
+    let out = root.join("retrain-output");
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    let d = &metrics["distortions"];
+    assert_eq!(
+        (d["random_crop"].as_u64(), d["random_scale"].as_u64()),
+        (Some(10), Some(20))
+    );
+    assert_eq!(d["distorted_images"], 6 * 5);
+    let c = Classifier::read(&out.join("model.safetensors")).unwrap();
+    assert!(c.weights.iter().all(|w| w.is_finite()));
+}
+
+#[test]
 fn bad_flags_are_rejected_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     image_folder(dir.path(), 1);
@@ -231,6 +286,9 @@ fn bad_flags_are_rejected_before_any_work() {
             "how-many-training-steps",
         ),
         (&["--dropout", "1.5"][..], "--dropout"),
+        (&["--random_crop", "101"][..], "--random-crop"),
+        (&["--random_brightness=-5"][..], "--random-brightness"),
+        (&["--random_scale", "12.5"][..], "--random-scale"),
         (&["--sweep-l2", "0.1,-1"][..], "--sweep-l2"),
         (&["--learning_rate", "0"][..], "--learning-rate"),
         (

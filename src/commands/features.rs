@@ -3,8 +3,8 @@
 use super::open_engine;
 use crate::cli::FeaturesArgs;
 use crate::data::{images, loader, npy};
+use crate::progress::progress_bar;
 use anyhow::{bail, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -21,13 +21,6 @@ fn input_paths(args: &FeaturesArgs) -> Result<Vec<PathBuf>> {
         );
     }
     Ok(paths)
-}
-
-pub fn progress_bar(total: usize, unit: &str) -> ProgressBar {
-    let bar = ProgressBar::new(total as u64);
-    let template = format!("{{bar:30}} {{pos}}/{{len}} {unit}  {{per_sec}}  ETA {{eta}}");
-    bar.set_style(ProgressStyle::with_template(&template).expect("progress template"));
-    bar
 }
 
 /// The `.paths` file beside an output: FILE.npy -> FILE.npy.paths.

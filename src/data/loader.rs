@@ -28,7 +28,7 @@ pub fn decode_batches(paths: Vec<PathBuf>, batch: usize) -> impl Iterator<Item =
     receiver.into_iter()
 }
 
-fn decode_parallel(paths: &[PathBuf], workers: usize) -> Vec<Decoded> {
+pub(crate) fn decode_parallel(paths: &[PathBuf], workers: usize) -> Vec<Decoded> {
     let per_worker = paths.len().div_ceil(workers).max(1);
     thread::scope(|s| {
         let handles: Vec<_> = paths

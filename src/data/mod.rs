@@ -2,6 +2,7 @@
 
 pub mod bottleneck_cache;
 pub mod dataset;
+pub mod decode_cache;
 pub mod distortion;
 pub mod images;
 pub mod loader;

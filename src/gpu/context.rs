@@ -3,6 +3,7 @@
 use anyhow::{anyhow, Context, Result};
 
 /// The device the engine runs on, with what was learned about it at start-up.
+#[derive(Clone)]
 pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,

@@ -2,11 +2,11 @@
 //! batches (decoding one batch ahead) and cached at once, so an interrupted
 //! run loses nothing.
 
-use crate::commands::features::progress_bar;
 use crate::data::bottleneck_cache::BottleneckCache;
 use crate::data::dataset::{Dataset, Set};
 use crate::data::loader;
 use crate::engine::Engine;
+use crate::progress::progress_bar;
 use anyhow::Result;
 use std::path::PathBuf;
 

@@ -207,6 +207,44 @@ impl GpuHeads {
         (self.dim * self.classes + self.classes) as u64
     }
 
+    /// Adds `spare` feature rows after the existing ones, for batches computed
+    /// during training (distorted images). Call before making batches.
+    pub fn add_spare_rows(&mut self, gpu: &Gpu, spare: u32) -> Result<()> {
+        let old_rows = self.rows as u64;
+        let rows = old_rows + spare as u64;
+        let bytes = rows * self.dim as u64 * 4;
+        if bytes > gpu.max_binding_bytes() {
+            bail!(
+                "{rows} bottlenecks ({} MiB) exceed what this device can bind at once ({} MiB)",
+                bytes >> 20,
+                gpu.max_binding_bytes() >> 20
+            );
+        }
+        let features = gpu.storage_buffer("bottlenecks", bytes);
+        let labels = gpu.storage_buffer("labels", rows * 4);
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(&self.features, 0, &features, 0, self.features.size());
+        encoder.copy_buffer_to_buffer(&self.labels, 0, &labels, 0, old_rows * 4);
+        gpu.queue.submit([encoder.finish()]);
+        (self.features, self.labels, self.rows) = (features, labels, rows as u32);
+        self.batches.borrow_mut().clear();
+        Ok(())
+    }
+
+    /// Overwrites feature rows from `first_row` on with `features` ([n, dim]) and their `labels`.
+    pub fn write_rows(&self, gpu: &Gpu, first_row: u32, features: &[f32], labels: &[u32]) {
+        assert_eq!(features.len(), labels.len() * self.dim as usize);
+        assert!(first_row as usize + labels.len() <= self.rows as usize);
+        let offset = first_row as u64 * self.dim as u64 * 4;
+        gpu.queue
+            .write_buffer(&self.features, offset, bytemuck::cast_slice(features));
+        gpu.queue.write_buffer(
+            &self.labels,
+            first_row as u64 * 4,
+            bytemuck::cast_slice(labels),
+        );
+    }
+
     /// Stops (false) or resumes (true) updates of each head.
     pub fn set_active(&mut self, gpu: &Gpu, active: &[bool]) {
         self.active = active.to_vec();

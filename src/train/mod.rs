@@ -3,6 +3,7 @@
 //! split and write the classifier, the labels and metrics.json.
 
 pub mod bottlenecks;
+pub mod distorted;
 pub mod head;
 pub mod optimizer;
 pub mod outputs;
@@ -19,6 +20,7 @@ use crate::data::dataset::{Dataset, Set};
 use crate::engine::Engine;
 use crate::gpu::Gpu;
 use crate::model::weights::WeightFile;
+use crate::progress::progress_bar;
 use anyhow::{bail, Result};
 use bottlenecks::Bottlenecks;
 use outputs::Classifier;
@@ -219,7 +221,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         ));
     }
     let row_labels: Vec<u32> = b.examples.iter().map(|e| e.class as u32).collect();
-    let gpu = &engine.gpu;
+    let gpu = &engine.gpu.clone();
     let snapshot =
         |step: u32, weights: Vec<f32>, biases: Vec<f32>, extra: HashMap<String, String>| {
             classifier(
@@ -243,6 +245,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         None => None,
     };
     let heads_count = config.settings.len();
+    let bar = progress_bar(config.rule.steps as usize, "steps");
     let mut evaluated = |p: &sweep::EvalPoint| -> Result<()> {
         let step = p.step;
         let who = if heads_count > 1 {
@@ -253,20 +256,19 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         } else {
             String::new()
         };
-        log.info(format!(
-            "Step {step}: Train accuracy = {:.1}%{who}",
-            p.train.accuracy * 100.0
-        ));
-        log.info(format!(
-            "Step {step}: Cross entropy = {:.6}",
-            p.train.cross_entropy
-        ));
+        let mut lines = vec![
+            format!(
+                "Step {step}: Train accuracy = {:.1}%{who}",
+                p.train.accuracy * 100.0
+            ),
+            format!("Step {step}: Cross entropy = {:.6}", p.train.cross_entropy),
+        ];
         if let Some((train_writer, _)) = writers.as_mut() {
             train_writer.scalar("accuracy", p.train.accuracy, step)?;
             train_writer.scalar("cross_entropy", p.train.cross_entropy, step)?;
         }
         if let Some((v, n)) = p.validation {
-            log.info(format!(
+            lines.push(format!(
                 "Step {step}: Validation accuracy = {:.1}% (N={n})",
                 v.accuracy * 100.0
             ));
@@ -275,37 +277,69 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 validation_writer.scalar("cross_entropy", v.cross_entropy, step)?;
             }
         }
+        bar.suspend(|| lines.iter().for_each(|l| log.info(l)));
         Ok(())
     };
     let mut stepped = |step: u32, progress: &sweep::Progress| -> Result<()> {
+        bar.inc(1);
+        let images_per_s = (step + 1) as f64 * config.batch_size as f64 / t.elapsed().as_secs_f64();
+        bar.set_message(format!("{images_per_s:.1} images/s"));
         let every = args.intermediate_store_frequency;
         if every > 0 && step > 0 && step.is_multiple_of(every) {
             let path = args
                 .intermediate_output_graphs_dir
                 .join(format!("intermediate_{step}.safetensors"));
-            log.info(format!("Saving intermediate result to {}", path.display()));
+            bar.suspend(|| log.info(format!("Saving intermediate result to {}", path.display())));
             let (w, bias) = progress.export_leader(gpu)?;
             snapshot(step, w, bias, HashMap::new())?.write(&path)?;
         }
         Ok(())
     };
+    let data = sweep::TrainingData {
+        features: &b.features,
+        labels: &row_labels,
+        dim: dim as u32,
+        classes: classes as u32,
+        train: &train,
+        validation: &validation,
+    };
+    let distortions = args.distortions();
+    let mut cached;
+    let mut distorted;
+    let batches: &mut dyn sweep::BatchSource = if distortions.any() {
+        log.info(format!(
+            "Distorting training images ({distortions:?}): every step runs {} images through the network",
+            config.batch_size
+        ));
+        distorted = distorted::DistortedBatches::new(
+            &mut engine,
+            distortions,
+            &b.examples,
+            &train,
+            config.batch_size as usize,
+            args.image_cache_mb << 20,
+        );
+        &mut distorted
+    } else {
+        cached = sweep::CachedBatches {
+            train: &train,
+            size: config.batch_size as usize,
+        };
+        &mut cached
+    };
     let trained = sweep::train(
         gpu,
-        &b.features,
-        &row_labels,
-        (dim as u32, classes as u32),
-        &sweep::Split {
-            train: &train,
-            validation: &validation,
-        },
+        &data,
         &config,
         &initial,
         &mut rng,
+        batches,
         sweep::Observers {
             evaluated: &mut evaluated,
             stepped: &mut stepped,
         },
     )?;
+    bar.finish_and_clear();
     let training_secs = t.elapsed().as_secs_f64();
     if heads_count > 1 {
         if trained.selected_on_training {
@@ -406,6 +440,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         "standardized": config.standardize,
         "label_smoothing": config.rule.label_smoothing,
         "dropout": config.rule.dropout,
+        "steps_run": trained.steps,
+        "distortions": {
+            "flip_left_right": distortions.flip_left_right,
+            "random_crop": distortions.random_crop,
+            "random_scale": distortions.random_scale,
+            "random_brightness": distortions.random_brightness,
+            "distorted_images": if distortions.any() { trained.steps as usize * config.batch_size as usize } else { 0 },
+        },
         "train_batch_size": args.train_batch_size,
         "labels": labels,
         "input_size": [input_size.0, input_size.1],

@@ -12,9 +12,9 @@ use bytemuck::{Pod, Zeroable};
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct StandardizeParams {
     selected: u32,
+    first_row: u32,
     rows: u32,
     dim: u32,
-    _pad: u32,
 }
 
 /// x' = (x − mean) · inv_std, per dimension.
@@ -66,60 +66,98 @@ impl Standardization {
     }
 }
 
-/// Standardises the heads' bottlenecks in place with the statistics of `rows`.
-pub fn standardize(gpu: &Gpu, heads: &GpuHeads, rows: &[u32]) -> Result<Standardization> {
-    let dim = heads.dim;
-    let read_write = wgpu::BufferBindingType::Storage { read_only: false };
-    let kinds = [
-        wgpu::BufferBindingType::Uniform,
-        wgpu::BufferBindingType::Storage { read_only: true },
-        read_write,
-        read_write,
-    ];
-    let layout = gpu.buffer_layout("standardize", &kinds);
-    let [moments, apply] = gpu.pipelines(
-        "standardize",
-        include_str!("../../shaders/standardize.wgsl"),
-        &layout,
-        ["moments", "standardize"],
-    );
-    let params = gpu.uniform_buffer(
-        "standardize params",
-        &StandardizeParams {
+/// The kernels and statistics that standardise the heads' bottlenecks in place.
+pub struct Standardizer {
+    pub standardization: Standardization,
+    params: wgpu::Buffer,
+    group: wgpu::BindGroup,
+    apply: wgpu::ComputePipeline,
+    selected: u32,
+    dim: u32,
+}
+
+impl Standardizer {
+    /// Takes the statistics of feature rows `rows` and standardises every row with them.
+    pub fn fit(gpu: &Gpu, heads: &GpuHeads, rows: &[u32]) -> Result<Self> {
+        let dim = heads.dim;
+        let read_write = wgpu::BufferBindingType::Storage { read_only: false };
+        let kinds = [
+            wgpu::BufferBindingType::Uniform,
+            wgpu::BufferBindingType::Storage { read_only: true },
+            read_write,
+            read_write,
+        ];
+        let layout = gpu.buffer_layout("standardize", &kinds);
+        let [moments, apply] = gpu.pipelines(
+            "standardize",
+            include_str!("../../shaders/standardize.wgsl"),
+            &layout,
+            ["moments", "standardize"],
+        );
+        let params = gpu.uniform_buffer("standardize params", &StandardizeParams::zeroed());
+        let selected = gpu.storage_buffer_with("standardize rows", bytemuck::cast_slice(rows));
+        let stats = gpu.storage_buffer("feature statistics", 2 * dim as u64 * 4);
+        let group = gpu.bind_buffers(
+            "standardize",
+            &layout,
+            &[&params, &selected, &heads.features, &stats],
+        );
+        let mut s = Standardizer {
+            standardization: Standardization {
+                mean: Vec::new(),
+                inv_std: Vec::new(),
+            },
+            params,
+            group,
+            apply,
             selected: rows.len() as u32,
-            rows: heads.rows,
             dim,
-            _pad: 0,
-        },
-    );
-    let selected = gpu.storage_buffer_with("standardize rows", bytemuck::cast_slice(rows));
-    let stats = gpu.storage_buffer("feature statistics", 2 * dim as u64 * 4);
-    let group = gpu.bind_buffers(
-        "standardize",
-        &layout,
-        &[&params, &selected, &heads.features, &stats],
-    );
-    let dispatch = |pipeline: &wgpu::ComputePipeline, groups: [u32; 3]| {
+        };
+        s.dispatch(gpu, &moments, 0, 0, [dim.div_ceil(64), 1, 1]);
+        let m: Vec<f32> =
+            bytemuck::pod_collect_to_vec(&gpu.read_buffer(&stats, 2 * dim as u64 * 4)?);
+        s.standardization =
+            Standardization::from_moments(m[..dim as usize].to_vec(), &m[dim as usize..]);
+        gpu.queue.write_buffer(
+            &stats,
+            dim as u64 * 4,
+            bytemuck::cast_slice(&s.standardization.inv_std),
+        );
+        s.apply(gpu, 0, heads.rows);
+        Ok(s)
+    }
+
+    /// Standardises feature rows [first_row, first_row + rows) (written after `fit`).
+    pub fn apply(&self, gpu: &Gpu, first_row: u32, rows: u32) {
+        let groups = (rows as u64 * self.dim as u64).div_ceil(64);
+        let x = groups.min(gpu.limits.max_compute_workgroups_per_dimension as u64);
+        let grid = [x as u32, groups.div_ceil(x.max(1)) as u32, 1];
+        self.dispatch(gpu, &self.apply, first_row, rows, grid);
+    }
+
+    fn dispatch(
+        &self,
+        gpu: &Gpu,
+        pipeline: &wgpu::ComputePipeline,
+        first_row: u32,
+        rows: u32,
+        groups: [u32; 3],
+    ) {
+        let params = StandardizeParams {
+            selected: self.selected,
+            first_row,
+            rows,
+            dim: self.dim,
+        };
+        gpu.queue
+            .write_buffer(&self.params, 0, bytemuck::bytes_of(&params));
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, &group, &[]);
+            pass.set_bind_group(0, &self.group, &[]);
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         }
         gpu.queue.submit([encoder.finish()]);
-    };
-    dispatch(&moments, [dim.div_ceil(64), 1, 1]);
-    let m: Vec<f32> = bytemuck::pod_collect_to_vec(&gpu.read_buffer(&stats, 2 * dim as u64 * 4)?);
-    let standardization =
-        Standardization::from_moments(m[..dim as usize].to_vec(), &m[dim as usize..]);
-    gpu.queue.write_buffer(
-        &stats,
-        dim as u64 * 4,
-        bytemuck::cast_slice(&standardization.inv_std),
-    );
-    let groups = (heads.rows as u64 * dim as u64).div_ceil(64);
-    let x = groups.min(gpu.limits.max_compute_workgroups_per_dimension as u64);
-    dispatch(&apply, [x as u32, groups.div_ceil(x) as u32, 1]);
-    Ok(standardization)
+    }
 }

@@ -8,7 +8,7 @@
 use super::head::{GpuHeads, Metrics};
 use super::optimizer::{HeadSettings, Optimizer, TrainingRule};
 use super::sampling;
-use super::standardize::{standardize, Standardization};
+use super::standardize::{Standardization, Standardizer};
 use crate::cli::TrainArgs;
 use crate::gpu::Gpu;
 use anyhow::Result;
@@ -89,8 +89,13 @@ impl SweepConfig {
     }
 }
 
-/// Feature rows by class for the two sets training looks at.
-pub struct Split<'a> {
+/// The cached bottlenecks ([N, dim]) with their labels, and the feature rows
+/// by class of the two sets training looks at.
+pub struct TrainingData<'a> {
+    pub features: &'a [f32],
+    pub labels: &'a [u32],
+    pub dim: u32,
+    pub classes: u32,
     pub train: &'a [Vec<u32>],
     pub validation: &'a [Vec<u32>],
 }
@@ -124,6 +129,8 @@ pub struct Trained {
     /// True when the heads were chosen on training rows, for want of validation rows.
     pub selected_on_training: bool,
     pub last: Option<EvalPoint>,
+    /// Steps run: fewer than asked when every head stopped early.
+    pub steps: u32,
 }
 
 impl Trained {
@@ -168,6 +175,41 @@ pub struct Observers<'a> {
     pub stepped: &'a mut dyn FnMut(u32, &Progress) -> Result<()>,
 }
 
+/// Where each step's training rows come from.
+pub trait BatchSource {
+    /// Feature rows the source writes into, after the cached bottlenecks.
+    fn spare_rows(&self) -> u32 {
+        0
+    }
+
+    /// The feature rows of the next training step.
+    fn next_rows(
+        &mut self,
+        gpu: &Gpu,
+        heads: &GpuHeads,
+        standardizer: Option<&Standardizer>,
+        rng: &mut StdRng,
+    ) -> Result<Vec<u32>>;
+}
+
+/// retrain.py's batches of cached bottlenecks: class-balanced samples of the training rows.
+pub struct CachedBatches<'a> {
+    pub train: &'a [Vec<u32>],
+    pub size: usize,
+}
+
+impl BatchSource for CachedBatches<'_> {
+    fn next_rows(
+        &mut self,
+        _: &Gpu,
+        _: &GpuHeads,
+        _: Option<&Standardizer>,
+        rng: &mut StdRng,
+    ) -> Result<Vec<u32>> {
+        Ok(sampling::class_balanced(rng, self.train, self.size))
+    }
+}
+
 /// Index of the best metrics: highest accuracy, then lowest cross-entropy.
 fn best_of(metrics: impl Iterator<Item = Metrics>) -> u32 {
     let mut best: Option<(usize, Metrics)> = None;
@@ -186,36 +228,34 @@ fn best_of(metrics: impl Iterator<Item = Metrics>) -> u32 {
     best.map_or(0, |(i, _)| i as u32)
 }
 
-/// Trains the heads of `config` on `features` ([N, dim], `labels` [N]) and
-/// picks one. `initial` holds every head's starting parameters.
-#[allow(clippy::too_many_arguments)]
+/// Trains the heads of `config` on `data` and picks one. `initial` holds
+/// every head's starting parameters.
 pub fn train(
     gpu: &Gpu,
-    features: &[f32],
-    labels: &[u32],
-    (dim, classes): (u32, u32),
-    split: &Split,
+    data: &TrainingData,
     config: &SweepConfig,
     initial: &[f32],
     rng: &mut StdRng,
+    batches: &mut dyn BatchSource,
     observers: Observers,
 ) -> Result<Trained> {
     let mut heads = GpuHeads::new(
         gpu,
-        features,
-        labels,
-        (dim, classes),
+        data.features,
+        data.labels,
+        (data.dim, data.classes),
         initial,
         &config.settings,
         config.rule,
     )?;
-    let train_rows = split.train.concat();
-    let standardization = if config.standardize {
-        Some(standardize(gpu, &heads, &train_rows)?)
+    heads.add_spare_rows(gpu, batches.spare_rows())?;
+    let train_rows = data.train.concat();
+    let standardizer = if config.standardize {
+        Some(Standardizer::fit(gpu, &heads, &train_rows)?)
     } else {
         None
     };
-    let validation_rows = split.validation.concat();
+    let validation_rows = data.validation.concat();
     let selected_on_training = validation_rows.is_empty();
     let selection_rows = if selected_on_training {
         train_rows.clone()
@@ -242,8 +282,10 @@ pub fn train(
     let steps = config.rule.steps;
     let mut last = None;
     let mut leader = 0;
+    let mut steps_run = 0;
     for step in 0..steps {
-        let rows = sampling::class_balanced(rng, split.train, config.batch_size as usize);
+        steps_run = step + 1;
+        let rows = batches.next_rows(gpu, &heads, standardizer.as_ref(), rng)?;
         heads.train_step(gpu, &train_batch, &rows, step, rng.random());
         if step % config.eval_interval == 0 || step + 1 == steps {
             let train_metrics = heads.evaluate(gpu, &train_batch, &rows)?;
@@ -276,7 +318,7 @@ pub fn train(
                 (true, _) => None,
                 (false, None) => Some((selection[leader as usize], selection_rows.len())),
                 (false, Some(size)) => {
-                    let sample = sampling::class_balanced(rng, split.validation, size);
+                    let sample = sampling::class_balanced(rng, data.validation, size);
                     let m = heads.evaluate_rows(gpu, &sample)?;
                     Some((m[leader as usize], sample.len()))
                 }
@@ -297,7 +339,7 @@ pub fn train(
         let progress = Progress {
             heads: &heads,
             leader,
-            standardization: standardization.as_ref(),
+            standardization: standardizer.as_ref().map(|s| &s.standardization),
         };
         (observers.stepped)(step, &progress)?;
     }
@@ -308,9 +350,10 @@ pub fn train(
     Ok(Trained {
         heads,
         chosen,
-        standardization,
+        standardization: standardizer.map(|s| s.standardization),
         outcomes,
         selected_on_training,
         last,
+        steps: steps_run,
     })
 }
