@@ -1,41 +1,64 @@
 //! convert-weights: turns published Inception V3 weights into retrain's weight
 //! file (safetensors, batch norm folded, kernel layout), once.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Parser;
-use retrain::convert::{convert_tfjs, default_weights};
+use retrain::convert::{convert, inspect};
 use retrain::model::weights::Normalization;
 use std::path::PathBuf;
 
 /// Convert Inception V3 weights into retrain's own weight file.
 ///
-/// Reads a Keras Inception V3 in TF.js layers format: a folder holding
-/// model.json or model.min.js and its weight shards, such as the nsfwjs@4.4.0
-/// package's dist/models/inception_v3 folder (`npm pack nsfwjs@4.4.0`, then
-/// `tar xzf nsfwjs-4.4.0.tgz`).
+/// Reads, recognising the format from the content:
+///   - a Keras Inception V3 in TF.js layers format: a folder holding model.json
+///     or model.min.js and its weight shards (nsfwjs@4.4.0's
+///     dist/models/inception_v3);
+///   - Keras HDF5 weights (inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5,
+///     the full-model variant, Keras 3 .weights.h5), Keras 2 or Keras 3 layer names;
+///   - PyTorch weights with torchvision's names: timm's safetensors
+///     (inception_v3.tv_in1k) or torchvision's .pth checkpoint.
 #[derive(Parser)]
 #[command(name = "convert-weights", version)]
 struct Args {
-    /// Folder holding the TF.js model (model.json or model.min.js plus shards).
-    #[arg(long, value_name = "DIR")]
-    from: PathBuf,
+    /// The source: a TF.js model folder, or a .h5, .safetensors or .pth file.
+    #[arg(long, value_name = "FILE_OR_DIR", required_unless_present = "inspect")]
+    from: Option<PathBuf>,
     /// Weight file to write (safetensors); use it with `--weights FILE`.
-    #[arg(long, value_name = "FILE")]
-    output: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "inspect")]
+    output: Option<PathBuf>,
+    /// Stored precision. Only f32 is supported so far.
+    #[arg(long, value_name = "f32", default_value = "f32")]
+    dtype: String,
     /// Input normalisation the weights were trained with: unit (x/255),
     /// signed (x/127.5 - 1) or imagenet (ImageNet mean/std). Default: the
-    /// source's own (x/255 for nsfwjs).
+    /// source's own (x/255 for nsfwjs, x/127.5 - 1 for Keras and torchvision
+    /// ImageNet weights).
     #[arg(long, value_name = "NAME")]
     normalize: Option<String>,
+    /// List the tensors FILE holds and how they would be mapped, without writing anything.
+    #[arg(long, value_name = "FILE_OR_DIR", conflicts_with_all = ["from", "output"])]
+    inspect: Option<PathBuf>,
 }
 
 fn run(args: Args) -> Result<()> {
-    let mut source = default_weights::source_of(&args.from);
-    if let Some(name) = &args.normalize {
-        source.normalization = Normalization::from_name(name)?;
+    if let Some(path) = &args.inspect {
+        println!("{}", inspect(path)?);
+        return Ok(());
     }
-    let info = convert_tfjs(&args.from, &args.output, source)?;
-    println!("wrote {}", args.output.display());
+    if args.dtype != "f32" {
+        bail!(
+            "--dtype {}: only f32 weight files are supported so far",
+            args.dtype
+        );
+    }
+    let (from, output) = (args.from.expect("clap"), args.output.expect("clap"));
+    let normalize = args
+        .normalize
+        .as_deref()
+        .map(Normalization::from_name)
+        .transpose()?;
+    let info = convert(&from, &output, normalize)?;
+    println!("wrote {}", output.display());
     println!("  source:        {}", info.source);
     println!("  normalisation: {}", info.normalization.describe());
     println!("  fingerprint:   {}", info.fingerprint);

@@ -2,7 +2,7 @@
 //! nsfwjs@4.4.0 (MIT), fetched with the ordinary `npm pack` client on first
 //! use, checked against pinned hashes, converted once and cached.
 
-use super::{convert_tfjs, sha256_file, Source};
+use super::{sha256_file, tfjs, write_engine_file, Source};
 use crate::model::weights::Normalization;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -102,6 +102,17 @@ pub fn source_of(dir: &Path) -> Source {
 fn fetch_and_convert(dest: &Path) -> Result<()> {
     eprintln!("Default weights are not cached yet: fetching {PACKAGE} with npm and converting them once to {}", dest.display());
     let temp = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let model_dir = temp.path().join("model");
+    fetch_model(&model_dir)?;
+    write_engine_file(&tfjs::read_source(&model_dir)?, dest)?;
+    eprintln!("Default weights cached at {}", dest.display());
+    Ok(())
+}
+
+/// Fetches nsfwjs's Inception V3 (TF.js files) with npm into `model_dir`,
+/// checking the tarball and every file against their pinned hashes.
+pub fn fetch_model(model_dir: &Path) -> Result<()> {
+    let temp = tempfile::tempdir().context("cannot create a temporary directory")?;
     let output = Command::new("npm")
         .args(["pack", PACKAGE, "--silent"])
         .current_dir(temp.path())
@@ -127,8 +138,7 @@ fn fetch_and_convert(dest: &Path) -> Result<()> {
             by_hand()
         );
     }
-    let model_dir = temp.path().join("model");
-    extract_model(&tarball, &model_dir)?;
+    extract_model(&tarball, model_dir)?;
     for (name, want) in MODEL_FILES {
         let got = sha256_file(&model_dir.join(name))?;
         if got != want {
@@ -138,8 +148,6 @@ fn fetch_and_convert(dest: &Path) -> Result<()> {
             );
         }
     }
-    convert_tfjs(&model_dir, dest, source_of(&model_dir))?;
-    eprintln!("Default weights cached at {}", dest.display());
     Ok(())
 }
 

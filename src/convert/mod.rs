@@ -1,19 +1,22 @@
 //! Converting published Inception V3 weights into the engine's weight file:
-//! read the source, check it against the network definition, fold each batch
-//! norm into its conv, write safetensors in the kernels' layout.
+//! read the source (its format recognised from the content), map its tensors
+//! onto the network's convs, check every shape, fold each batch norm into its
+//! conv, write safetensors in the kernels' layout.
 
 pub mod default_weights;
 pub mod js_literal;
+pub mod keras_h5;
+pub mod pickle;
 pub mod tfjs;
+pub mod torch;
 
-use crate::model::graph::{Conv, Graph, Padding};
+use crate::model::graph::Graph;
 use crate::model::inception_v3::{self, BOTTLENECK};
 use crate::model::weights::{self, ModelInfo, Normalization, Tensor};
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::path::Path;
-use tfjs::{Array, TfjsModel};
 
 /// Keras's batch-norm epsilon, added exactly: two nsfwjs variances are 1.7e-14.
 pub const BN_EPSILON: f64 = 0.001;
@@ -53,116 +56,166 @@ pub struct Source {
     pub normalization: Normalization,
 }
 
-fn get<'a>(model: &'a TfjsModel, name: &str, shape: &[usize]) -> Result<&'a Array> {
-    let a = model.weights.get(name).ok_or_else(|| {
-        anyhow!("tensor \"{name}\" is missing (expected shape {shape:?}): is this an Inception V3?")
-    })?;
-    if a.shape != shape {
-        bail!(
-            "tensor \"{name}\" has shape {:?}, expected {shape:?}: is this an Inception V3?",
-            a.shape
-        );
-    }
-    Ok(a)
+/// What a source tensor is, in the network's terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Part {
+    Kernel,
+    Gamma,
+    Beta,
+    Mean,
+    Variance,
 }
 
-/// Checks a Keras Conv2D layer config against the network's conv.
-fn check_conv_layer(layer: &Value, conv: &Conv) -> Result<()> {
-    let cfg = &layer["config"];
-    let pair = |v: &Value| {
-        v.as_array()
-            .map(|a| a.iter().filter_map(|x| x.as_u64()).collect::<Vec<_>>())
-    };
-    let want_padding = match conv.padding {
-        Padding::Same => "same",
-        Padding::Valid => "valid",
-    };
-    let kernel = pair(&cfg["kernel_size"]);
-    let strides = pair(&cfg["strides"]);
-    let ok = kernel == Some(vec![conv.kernel.0 as u64, conv.kernel.1 as u64])
-        && strides == Some(vec![conv.stride as u64; 2])
-        && cfg["padding"] == want_padding
-        && cfg["filters"] == conv.output.channels;
-    if !ok {
-        bail!(
-            "layer {} is {}×{} stride {:?} {} with {} filters; Inception V3 has {:?} stride {} {want_padding} with {}",
-            cfg["name"],
-            cfg["kernel_size"][0],
-            cfg["kernel_size"][1],
-            strides,
-            cfg["padding"],
-            cfg["filters"],
-            conv.kernel,
-            conv.stride,
-            conv.output.channels
-        );
+impl Part {
+    fn describe(self) -> &'static str {
+        match self {
+            Part::Kernel => "kernel",
+            Part::Gamma => "batch-norm gamma",
+            Part::Beta => "batch-norm beta",
+            Part::Mean => "batch-norm moving mean",
+            Part::Variance => "batch-norm moving variance",
+        }
     }
-    Ok(())
 }
 
-/// Checks the Keras topology, when the model has one: the same 94 convs.
-fn check_topology(model: &TfjsModel, graph: &Graph) -> Result<()> {
-    let layers = model.layers();
-    if layers.is_empty() {
-        return Ok(());
-    }
-    let convs: Vec<&Value> = layers
-        .iter()
-        .copied()
-        .filter(|l| l["class_name"] == "Conv2D")
-        .collect();
-    if convs.len() != graph.convs().count() {
-        bail!(
-            "the model has {} conv layers; Inception V3 has {}",
-            convs.len(),
-            graph.convs().count()
-        );
-    }
-    for conv in graph.convs() {
-        let name = format!("conv2d_{}", conv.index);
-        let layer = convs
-            .iter()
-            .find(|l| l["config"]["name"] == name.as_str())
-            .ok_or_else(|| anyhow!("the model has no layer {name}"))?;
-        check_conv_layer(layer, conv)?;
-    }
-    Ok(())
+/// Keras's weight name (`kernel`, `gamma`, `moving_mean:0`, ...) → part.
+pub(crate) fn keras_part(weight: &str) -> Option<Part> {
+    Some(match weight.trim_end_matches(":0") {
+        "kernel" => Part::Kernel,
+        "gamma" => Part::Gamma,
+        "beta" => Part::Beta,
+        "moving_mean" => Part::Mean,
+        "moving_variance" => Part::Variance,
+        _ => return None,
+    })
 }
 
-/// Converts a Keras Inception V3 in TF.js layers format (conv2d_N/kernel +
-/// batch_normalization_N/{gamma?, beta, moving_mean, moving_variance}).
-pub fn convert_tfjs(dir: &Path, output: &Path, source: Source) -> Result<ModelInfo> {
-    let model = TfjsModel::read(dir)?;
-    let graph = inception_v3::inception_v3(299, 299)?;
-    check_topology(&model, &graph)
-        .with_context(|| format!("{}: not the Inception V3 topology", dir.display()))?;
+/// Keras's name for a part.
+pub(crate) fn keras_weight_name(part: Part) -> &'static str {
+    match part {
+        Part::Kernel => "kernel",
+        Part::Gamma => "gamma",
+        Part::Beta => "beta",
+        Part::Mean => "moving_mean",
+        Part::Variance => "moving_variance",
+    }
+}
+
+/// How a source lays out conv kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelLayout {
+    /// [kh, kw, in, out] (Keras, TF.js): the engine's own.
+    Hwio,
+    /// [out, in, kh, kw] (PyTorch).
+    Oihw,
+}
+
+/// One tensor found in a source and what it is: conv `index` (Keras creation
+/// order, 1-based) and part, or None when it is not used (top layers, ...).
+pub struct Found {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+    pub role: Option<(u32, Part)>,
+}
+
+/// Everything read from a source file or folder.
+pub struct SourceWeights {
+    /// The format as recognised, e.g. "Keras HDF5, Keras 2 layer names".
+    pub format: String,
+    pub layout: KernelLayout,
+    pub tensors: Vec<Found>,
+    pub source: Source,
+    /// The name the source would give conv `index`'s `part`, for messages.
+    pub name_of: Box<dyn Fn(u32, Part) -> String + Send + Sync>,
+}
+
+/// Reads any supported source, recognising the format from the content:
+/// a folder (TF.js layers model), HDF5 (Keras), a zip (PyTorch .pth) or
+/// safetensors (timm).
+pub fn read_source(path: &Path) -> Result<SourceWeights> {
+    if path.is_dir() {
+        return tfjs::read_source(path);
+    }
+    let mut head = [0u8; 8];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let head = &head[..n];
+    if head.starts_with(b"\x89HDF\r\n\x1a\n") {
+        keras_h5::read(path)
+    } else if head.starts_with(b"PK\x03\x04") {
+        torch::read_pth(path)
+    } else if n == 8 && u64::from_le_bytes(head.try_into().unwrap()) < 100_000_000 {
+        torch::read_safetensors(path)
+    } else {
+        bail!(
+            "{}: not a format convert-weights knows (a TF.js model folder, Keras .h5, PyTorch .pth or safetensors)",
+            path.display()
+        )
+    }
+}
+
+/// The engine tensors (folded weights and biases) of every conv of `graph`.
+fn assemble(source: &SourceWeights, graph: &Graph) -> Result<Vec<Tensor>> {
+    let mut parts: BTreeMap<(u32, Part), &Found> = BTreeMap::new();
+    for f in &source.tensors {
+        if let Some(role) = f.role {
+            if parts.insert(role, f).is_some() {
+                bail!(
+                    "two tensors map to {} of conv {}: is this an Inception V3?",
+                    role.1.describe(),
+                    role.0
+                );
+            }
+        }
+    }
+    let expected = graph.convs().count() as u32;
+    if let Some((index, _)) = parts.keys().find(|(i, _)| *i > expected) {
+        bail!(
+            "the source has a conv #{index}; Inception V3 has {expected}: is this an Inception V3?"
+        );
+    }
     let mut tensors = Vec::new();
     for conv in graph.convs() {
-        let k = conv.index;
+        let k = conv.index as u32;
         let out_c = conv.output.channels as usize;
-        let kernel = get(&model, &format!("conv2d_{k}/kernel"), &conv.weight_shape())?;
-        let bn_tensor = |p: &str| {
-            get(&model, &format!("batch_normalization_{k}/{p}"), &[out_c])
-                .map(|a| a.data.as_slice())
+        let get = |part: Part, shape: &[usize]| -> Result<&Found> {
+            let name = (source.name_of)(k, part);
+            let f = parts.get(&(k, part)).ok_or_else(|| {
+                anyhow!(
+                    "{name} ({} of conv {k}, shape {shape:?}) is missing: is this an Inception V3?",
+                    part.describe()
+                )
+            })?;
+            if f.shape != shape {
+                bail!("{} has shape {:?}, expected {shape:?} ({} of conv {k}): is this an Inception V3?", f.name, f.shape, part.describe());
+            }
+            Ok(f)
         };
-        let gamma = model
-            .weights
-            .contains_key(&format!("batch_normalization_{k}/gamma"));
+        let hwio = conv.weight_shape();
+        let kernel = match source.layout {
+            KernelLayout::Hwio => get(Part::Kernel, &hwio)?.data.clone(),
+            KernelLayout::Oihw => oihw_to_hwio(
+                &get(Part::Kernel, &[hwio[3], hwio[2], hwio[0], hwio[1]])?.data,
+                hwio,
+            ),
+        };
+        let gamma = match parts.contains_key(&(k, Part::Gamma)) {
+            true => Some(get(Part::Gamma, &[out_c])?.data.as_slice()),
+            false => None,
+        };
         let bn = BatchNorm {
-            gamma: if gamma {
-                Some(bn_tensor("gamma")?)
-            } else {
-                None
-            },
-            beta: bn_tensor("beta")?,
-            mean: bn_tensor("moving_mean")?,
-            variance: bn_tensor("moving_variance")?,
+            gamma,
+            beta: &get(Part::Beta, &[out_c])?.data,
+            mean: &get(Part::Mean, &[out_c])?.data,
+            variance: &get(Part::Variance, &[out_c])?.data,
             epsilon: BN_EPSILON,
         };
-        let (w, b) = fold_batch_norm(&kernel.data, &bn);
+        let (w, b) = fold_batch_norm(&kernel, &bn);
         tensors.push(Tensor {
             name: conv.weight_name(),
-            shape: conv.weight_shape().to_vec(),
+            shape: hwio.to_vec(),
             data: w,
         });
         tensors.push(Tensor {
@@ -171,18 +224,86 @@ pub fn convert_tfjs(dir: &Path, output: &Path, source: Source) -> Result<ModelIn
             data: b,
         });
     }
+    Ok(tensors)
+}
+
+/// [out, in, kh, kw] -> [kh, kw, in, out].
+fn oihw_to_hwio(oihw: &[f32], [kh, kw, ic, oc]: [usize; 4]) -> Vec<f32> {
+    let mut hwio = vec![0.0; oihw.len()];
+    for o in 0..oc {
+        for i in 0..ic {
+            for y in 0..kh {
+                for x in 0..kw {
+                    hwio[((y * kw + x) * ic + i) * oc + o] = oihw[((o * ic + i) * kh + y) * kw + x];
+                }
+            }
+        }
+    }
+    hwio
+}
+
+/// Converts `from` (any supported source) into the engine's weight file at
+/// `output`; `normalize` overrides the source's input normalisation.
+pub fn convert(from: &Path, output: &Path, normalize: Option<Normalization>) -> Result<ModelInfo> {
+    let mut source = read_source(from)?;
+    if let Some(n) = normalize {
+        source.source.normalization = n;
+    }
+    write_engine_file(&source, output)
+        .with_context(|| format!("{} ({})", from.display(), source.format))
+}
+
+/// Folds and writes `source`'s weights as an engine weight file.
+pub fn write_engine_file(source: &SourceWeights, output: &Path) -> Result<ModelInfo> {
+    let graph = inception_v3::inception_v3(299, 299)?;
+    let tensors = assemble(source, &graph)?;
     let info = ModelInfo {
         architecture: weights::ARCHITECTURE.into(),
-        source: source.description,
+        source: source.source.description.clone(),
         input_height: 299,
         input_width: 299,
         bottleneck_size: BOTTLENECK,
         bottleneck_layer: "mixed10 global average pool".into(),
-        normalization: source.normalization,
+        normalization: source.source.normalization.clone(),
         dtype: "f32".into(),
         fingerprint: String::new(),
     };
     weights::write(output, info, &tensors)
+}
+
+/// What `convert-weights --inspect` prints: the format, every tensor found
+/// and what it maps to, and what is missing.
+pub fn inspect(path: &Path) -> Result<String> {
+    let source = read_source(path)?;
+    let graph = inception_v3::inception_v3(299, 299)?;
+    let mut lines = vec![
+        format!("{}: {}", path.display(), source.format),
+        format!(
+            "  normalisation by default: {}",
+            source.source.normalization.describe()
+        ),
+        format!("  {} tensors:", source.tensors.len()),
+    ];
+    for f in &source.tensors {
+        let target = match f.role {
+            Some((k, part)) => format!("conv2d_{k} {}", part.describe()),
+            None => "not used".into(),
+        };
+        lines.push(format!(
+            "    {:<60} {:<18} -> {target}",
+            f.name,
+            format!("{:?}", f.shape)
+        ));
+    }
+    match assemble(&source, &graph) {
+        Ok(t) => lines.push(format!(
+            "  complete: {} engine tensors for the {} convs",
+            t.len(),
+            t.len() / 2
+        )),
+        Err(e) => lines.push(format!("  cannot convert: {e:#}")),
+    }
+    Ok(lines.join("\n"))
 }
 
 /// Hex sha256 of a file.

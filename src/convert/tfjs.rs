@@ -2,7 +2,9 @@
 //! or `model.min.js` wrapping a JavaScript object literal) and the weight
 //! shards (raw binaries, or `*.min.js` files each wrapping one base64 string).
 
-use super::js_literal;
+use super::{default_weights, js_literal, keras_part, Found, KernelLayout, SourceWeights};
+use crate::model::graph::{Conv, Graph, Padding};
+use crate::model::inception_v3;
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use serde_json::Value;
@@ -207,4 +209,109 @@ impl TfjsModel {
             .map(|l| l.iter().collect())
             .unwrap_or_default()
     }
+}
+
+/// Checks a Keras Conv2D layer config against the network's conv.
+fn check_conv_layer(layer: &Value, conv: &Conv) -> Result<()> {
+    let cfg = &layer["config"];
+    let pair = |v: &Value| {
+        v.as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_u64()).collect::<Vec<_>>())
+    };
+    let want_padding = match conv.padding {
+        Padding::Same => "same",
+        Padding::Valid => "valid",
+    };
+    let kernel = pair(&cfg["kernel_size"]);
+    let strides = pair(&cfg["strides"]);
+    let ok = kernel == Some(vec![conv.kernel.0 as u64, conv.kernel.1 as u64])
+        && strides == Some(vec![conv.stride as u64; 2])
+        && cfg["padding"] == want_padding
+        && cfg["filters"] == conv.output.channels;
+    if !ok {
+        bail!(
+            "layer {} is {}×{} stride {:?} {} with {} filters; Inception V3 has {:?} stride {} {want_padding} with {}",
+            cfg["name"],
+            cfg["kernel_size"][0],
+            cfg["kernel_size"][1],
+            strides,
+            cfg["padding"],
+            cfg["filters"],
+            conv.kernel,
+            conv.stride,
+            conv.output.channels
+        );
+    }
+    Ok(())
+}
+
+/// Checks the Keras topology, when the model has one: the same 94 convs.
+fn check_topology(model: &TfjsModel, graph: &Graph) -> Result<()> {
+    let layers = model.layers();
+    if layers.is_empty() {
+        return Ok(());
+    }
+    let convs: Vec<&Value> = layers
+        .iter()
+        .copied()
+        .filter(|l| l["class_name"] == "Conv2D")
+        .collect();
+    if convs.len() != graph.convs().count() {
+        bail!(
+            "the model has {} conv layers; Inception V3 has {}",
+            convs.len(),
+            graph.convs().count()
+        );
+    }
+    for conv in graph.convs() {
+        let name = format!("conv2d_{}", conv.index);
+        let layer = convs
+            .iter()
+            .find(|l| l["config"]["name"] == name.as_str())
+            .ok_or_else(|| anyhow!("the model has no layer {name}"))?;
+        check_conv_layer(layer, conv)?;
+    }
+    Ok(())
+}
+
+/// A TF.js layers model folder as a source: Keras names `conv2d_N/kernel`,
+/// `batch_normalization_N/{gamma?, beta, moving_mean, moving_variance}`.
+pub fn read_source(dir: &Path) -> Result<SourceWeights> {
+    let model = TfjsModel::read(dir)?;
+    let graph = inception_v3::inception_v3(299, 299)?;
+    check_topology(&model, &graph)
+        .with_context(|| format!("{}: not the Inception V3 topology", dir.display()))?;
+    let mut tensors: Vec<Found> = model
+        .weights
+        .into_iter()
+        .map(|(name, a)| Found {
+            role: keras_role(&name),
+            name,
+            shape: a.shape,
+            data: a.data,
+        })
+        .collect();
+    tensors.sort_by(|a, b| a.role.cmp(&b.role).then(a.name.cmp(&b.name)));
+    Ok(SourceWeights {
+        format: "TF.js layers model (Keras names)".into(),
+        layout: KernelLayout::Hwio,
+        tensors,
+        source: default_weights::source_of(dir),
+        name_of: Box::new(|k, part| match part {
+            super::Part::Kernel => format!("conv2d_{k}/kernel"),
+            _ => format!("batch_normalization_{k}/{}", super::keras_weight_name(part)),
+        }),
+    })
+}
+
+/// `conv2d_N/kernel` or `batch_normalization_N/<weight>` → (N, part).
+fn keras_role(name: &str) -> Option<(u32, super::Part)> {
+    let (layer, weight) = name.split_once('/')?;
+    let part = keras_part(weight)?;
+    let index = if part == super::Part::Kernel {
+        layer.strip_prefix("conv2d_")?
+    } else {
+        layer.strip_prefix("batch_normalization_")?
+    };
+    Some((index.parse().ok()?, part))
 }

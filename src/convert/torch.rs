@@ -1,0 +1,390 @@
+//! PyTorch Inception V3 weights: timm's safetensors (`inception_v3.tv_in1k`)
+//! and torchvision's `.pth` checkpoint (a zip of a pickled state dict and raw
+//! storages), both with torchvision's names — `Conv2d_1a_3x3.conv.weight`
+//! (OIHW), `….bn.weight/bias/running_mean/running_var` (batch norm with gamma,
+//! eps 0.001), `Mixed_5b.branch1x1…`. `AuxLogits.*`, `fc.*` and the
+//! `num_batches_tracked` counters are not used.
+//!
+//! Normalisation: these weights were ported from TensorFlow and expect
+//! x/127.5 − 1. torchvision hides this behind `transform_input=True` (it maps
+//! ImageNet mean/std input back to x/127.5 − 1 inside the model) and timm's
+//! configuration for them uses mean = std = 0.5, which is the same thing; so
+//! the engine file records x/127.5 − 1 unless `--normalize` says otherwise.
+
+use super::pickle::{self, Value};
+use super::{Found, KernelLayout, Part, Source, SourceWeights};
+use crate::model::weights::Normalization;
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+/// torchvision's module names of the 94 conv+bn units, in Keras creation order.
+pub fn unit_names() -> Vec<String> {
+    let mut names: Vec<String> = [
+        "Conv2d_1a_3x3",
+        "Conv2d_2a_3x3",
+        "Conv2d_2b_3x3",
+        "Conv2d_3b_1x1",
+        "Conv2d_4a_3x3",
+    ]
+    .map(String::from)
+    .to_vec();
+    let a = [
+        "branch1x1",
+        "branch5x5_1",
+        "branch5x5_2",
+        "branch3x3dbl_1",
+        "branch3x3dbl_2",
+        "branch3x3dbl_3",
+        "branch_pool",
+    ];
+    let b = [
+        "branch3x3",
+        "branch3x3dbl_1",
+        "branch3x3dbl_2",
+        "branch3x3dbl_3",
+    ];
+    let c = [
+        "branch1x1",
+        "branch7x7_1",
+        "branch7x7_2",
+        "branch7x7_3",
+        "branch7x7dbl_1",
+        "branch7x7dbl_2",
+        "branch7x7dbl_3",
+        "branch7x7dbl_4",
+        "branch7x7dbl_5",
+        "branch_pool",
+    ];
+    let d = [
+        "branch3x3_1",
+        "branch3x3_2",
+        "branch7x7x3_1",
+        "branch7x7x3_2",
+        "branch7x7x3_3",
+        "branch7x7x3_4",
+    ];
+    let e = [
+        "branch1x1",
+        "branch3x3_1",
+        "branch3x3_2a",
+        "branch3x3_2b",
+        "branch3x3dbl_1",
+        "branch3x3dbl_2",
+        "branch3x3dbl_3a",
+        "branch3x3dbl_3b",
+        "branch_pool",
+    ];
+    let blocks: [(&str, &[&str]); 11] = [
+        ("Mixed_5b", &a),
+        ("Mixed_5c", &a),
+        ("Mixed_5d", &a),
+        ("Mixed_6a", &b),
+        ("Mixed_6b", &c),
+        ("Mixed_6c", &c),
+        ("Mixed_6d", &c),
+        ("Mixed_6e", &c),
+        ("Mixed_7a", &d),
+        ("Mixed_7b", &e),
+        ("Mixed_7c", &e),
+    ];
+    for (block, branches) in blocks {
+        names.extend(branches.iter().map(|b| format!("{block}.{b}")));
+    }
+    names
+}
+
+/// torchvision's tensor name for conv `index`'s `part`.
+pub fn tensor_name(units: &[String], index: u32, part: Part) -> String {
+    let unit = &units[index as usize - 1];
+    let suffix = match part {
+        Part::Kernel => "conv.weight",
+        Part::Gamma => "bn.weight",
+        Part::Beta => "bn.bias",
+        Part::Mean => "bn.running_mean",
+        Part::Variance => "bn.running_var",
+    };
+    format!("{unit}.{suffix}")
+}
+
+/// Source weights from (name, shape, values) in torchvision naming.
+fn source(
+    format: &str,
+    path: &Path,
+    raw: Vec<(String, Vec<usize>, Vec<f32>)>,
+) -> Result<SourceWeights> {
+    let units = unit_names();
+    let roles: HashMap<String, (u32, Part)> = (1..=units.len() as u32)
+        .flat_map(|k| {
+            let units = &units;
+            [
+                Part::Kernel,
+                Part::Gamma,
+                Part::Beta,
+                Part::Mean,
+                Part::Variance,
+            ]
+            .map(move |p| (tensor_name(units, k, p), (k, p)))
+        })
+        .collect();
+    let tensors: Vec<Found> = raw
+        .into_iter()
+        .map(|(name, shape, data)| {
+            // Checkpoints saved from a DataParallel model prefix every name with "module.".
+            let role = roles
+                .get(name.strip_prefix("module.").unwrap_or(&name))
+                .copied();
+            Found {
+                name,
+                shape,
+                data,
+                role,
+            }
+        })
+        .collect();
+    if tensors.iter().all(|t| t.role.is_none()) {
+        bail!(
+            "{}: none of its tensors has torchvision's Inception V3 names (Conv2d_1a_3x3.conv.weight, ...)",
+            path.display()
+        );
+    }
+    Ok(SourceWeights {
+        format: format.into(),
+        layout: KernelLayout::Oihw,
+        tensors,
+        source: Source {
+            description: format!("{format} {}", path.display()),
+            normalization: Normalization::signed(),
+        },
+        name_of: Box::new(move |k, part| tensor_name(&units, k, part)),
+    })
+}
+
+/// Little-endian floats of a tensor's dtype as f32.
+fn to_f32(dtype: &str, bytes: &[u8]) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        "F32" => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        "F64" => bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
+            .collect(),
+        "F16" => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        "BF16" => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => bail!("tensors of type {other} are not supported"),
+    })
+}
+
+/// timm's safetensors.
+pub fn read_safetensors(path: &Path) -> Result<SourceWeights> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+        anyhow!(
+            "{}: not a readable safetensors file (truncated?): {e}",
+            path.display()
+        )
+    })?;
+    let mut raw = Vec::new();
+    for (name, view) in st.tensors() {
+        let dtype = format!("{:?}", view.dtype());
+        let skip = name.ends_with("num_batches_tracked");
+        let data = if skip {
+            Vec::new()
+        } else {
+            to_f32(&dtype, view.data()).with_context(|| format!("{}: {name}", path.display()))?
+        };
+        raw.push((name, view.shape().to_vec(), data));
+    }
+    raw.sort_by(|a, b| a.0.cmp(&b.0));
+    source("PyTorch safetensors (timm / torchvision names)", path, raw)
+}
+
+/// torchvision's `.pth`: `<archive>/data.pkl` plus `<archive>/data/<key>` storages.
+pub fn read_pth(path: &Path) -> Result<SourceWeights> {
+    let damaged = |e: &dyn std::fmt::Display| {
+        anyhow!(
+            "{}: not a readable PyTorch checkpoint (truncated or damaged zip?): {e}",
+            path.display()
+        )
+    };
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| damaged(&e))?;
+    let pkl_name = (0..zip.len())
+        .filter_map(|i| {
+            zip.name_for_index(i)
+                .and_then(|n| n.ok())
+                .map(|n| n.to_string())
+        })
+        .find(|n| n.ends_with("data.pkl"))
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: a zip without data.pkl, not a PyTorch checkpoint",
+                path.display()
+            )
+        })?;
+    let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
+    let mut read_entry = |name: &str| -> Result<Vec<u8>> {
+        let mut entry = zip
+            .by_name(name)
+            .map_err(|e| damaged(&format!("{name}: {e}")))?;
+        let mut bytes = Vec::new();
+        entry
+            .read_to_end(&mut bytes)
+            .map_err(|e| damaged(&format!("{name}: {e}")))?;
+        Ok(bytes)
+    };
+    let state = pickle::load(&read_entry(&pkl_name)?)
+        .with_context(|| format!("{}: {pkl_name}", path.display()))?;
+    let state = match state {
+        Value::Dict(items) => items,
+        // A full checkpoint ({"state_dict": ...} or {"model": ...}).
+        other => bail!(
+            "{}: data.pkl holds {} rather than a state dict",
+            path.display(),
+            kind(&other)
+        ),
+    };
+    let state = match state
+        .iter()
+        .find(|(k, _)| matches!(k.as_str(), Some("state_dict" | "model")))
+    {
+        Some((_, Value::Dict(inner))) => inner.clone(),
+        _ => state,
+    };
+    let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut raw = Vec::new();
+    for (key, value) in state {
+        let name = key
+            .as_str()
+            .ok_or_else(|| anyhow!("{}: a state-dict key is not a string", path.display()))?
+            .to_string();
+        let t = TensorRef::parse(&value).with_context(|| format!("{}: {name}", path.display()))?;
+        if !storages.contains_key(&t.key) {
+            let bytes = read_entry(&format!("{prefix}data/{}", t.key))?;
+            storages.insert(t.key.clone(), bytes);
+        }
+        let data = t
+            .gather(&storages[&t.key])
+            .with_context(|| format!("{}: {name}", path.display()))?;
+        raw.push((name, t.shape, data));
+    }
+    source("PyTorch checkpoint (.pth, torchvision names)", path, raw)
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Dict(_) => "a dict",
+        Value::List(_) | Value::Tuple(_) => "a sequence",
+        Value::Call(..) => "an object",
+        _ => "a plain value",
+    }
+}
+
+/// A pickled `_rebuild_tensor_v2(storage, offset, size, stride, ...)`.
+struct TensorRef {
+    key: String,
+    dtype: &'static str,
+    offset: usize,
+    shape: Vec<usize>,
+    stride: Vec<usize>,
+}
+
+impl TensorRef {
+    fn parse(v: &Value) -> Result<Self> {
+        let Value::Call(callable, args) = v else {
+            bail!("not a tensor")
+        };
+        match callable.as_ref() {
+            Value::Global(m, n) if m == "torch._utils" && n == "_rebuild_tensor_v2" => {}
+            other => bail!("not a plain tensor ({other:?})"),
+        }
+        let Some(Value::Persistent(id)) = args.first() else {
+            bail!("tensor without storage")
+        };
+        // ('storage', torch.FloatStorage, key, location, numel)
+        let id = id.items().ok_or_else(|| anyhow!("unexpected storage id"))?;
+        let dtype = match id.get(1) {
+            Some(Value::Global(_, n)) => match n.as_str() {
+                "FloatStorage" => "F32",
+                "DoubleStorage" => "F64",
+                "HalfStorage" => "F16",
+                "BFloat16Storage" => "BF16",
+                "LongStorage" => "I64",
+                other => bail!("storage type {other} is not supported"),
+            },
+            _ => bail!("unexpected storage type"),
+        };
+        let key = id
+            .get(2)
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow!("storage without key"))?;
+        let ints = |v: Option<&Value>| -> Result<Vec<usize>> {
+            v.and_then(Value::items)
+                .ok_or_else(|| anyhow!("tensor size/stride missing"))?
+                .iter()
+                .map(|x| {
+                    x.as_int()
+                        .map(|i| i as usize)
+                        .ok_or_else(|| anyhow!("non-integer size"))
+                })
+                .collect()
+        };
+        Ok(TensorRef {
+            key: key.to_string(),
+            dtype,
+            offset: args.get(1).and_then(Value::as_int).unwrap_or(0) as usize,
+            shape: ints(args.get(2))?,
+            stride: ints(args.get(3))?,
+        })
+    }
+
+    /// The tensor's values in row-major order, read through its strides.
+    fn gather(&self, storage: &[u8]) -> Result<Vec<f32>> {
+        if self.dtype == "I64" {
+            return Ok(Vec::new()); // counters (num_batches_tracked): not used
+        }
+        let values = to_f32(self.dtype, storage)?;
+        let count: usize = self.shape.iter().product();
+        let mut out = Vec::with_capacity(count);
+        for flat in 0..count {
+            let (mut rest, mut at) = (flat, self.offset);
+            for (&dim, &stride) in self.shape.iter().zip(&self.stride).rev() {
+                at += (rest % dim) * stride;
+                rest /= dim;
+            }
+            out.push(
+                *values
+                    .get(at)
+                    .ok_or_else(|| anyhow!("storage too short (truncated?)"))?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn there_is_one_unit_per_conv_with_unique_names() {
+        let units = unit_names();
+        assert_eq!(units.len(), 94);
+        let unique: std::collections::HashSet<_> = units.iter().collect();
+        assert_eq!(unique.len(), 94);
+        assert_eq!(
+            tensor_name(&units, 94, Part::Variance),
+            "Mixed_7c.branch_pool.bn.running_var"
+        );
+    }
+}

@@ -1,0 +1,476 @@
+//! convert-weights on every source format. These files cannot be downloaded
+//! here, so the tests build them: nsfwjs's Inception V3 (fetched with npm, the
+//! raw TF.js weights with their batch norms) written out as each format
+//! writes it — its naming, kernel layout and batch-norm parameterisation —
+//! then converted back and compared with the direct conversion, tensor by
+//! tensor; then the golden bottleneck is checked with each converted file.
+
+mod common;
+
+use hdf5_pure::File as H5File;
+use retrain::convert::{self, default_weights, tfjs, torch, Found, Part, SourceWeights};
+use retrain::engine::Engine;
+use retrain::gpu::Gpu;
+use retrain::model::weights::{Normalization, WeightFile};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// nsfwjs's raw weights and their direct conversion, once per test binary.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    source: SourceWeights,
+    direct: PathBuf,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model");
+        default_weights::fetch_model(&model).expect("npm pack nsfwjs@4.4.0");
+        let source = tfjs::read_source(&model).unwrap();
+        let direct = dir.path().join("direct.safetensors");
+        convert::write_engine_file(&source, &direct).unwrap();
+        Fixture {
+            _dir: dir,
+            source,
+            direct,
+        }
+    })
+}
+
+/// Conv `k`'s parts (Keras order, HWIO kernel) from the nsfwjs source.
+fn parts() -> BTreeMap<(u32, Part), &'static Found> {
+    fixture()
+        .source
+        .tensors
+        .iter()
+        .filter_map(|f| f.role.map(|r| (r, f)))
+        .collect()
+}
+
+/// [kh, kw, in, out] -> [out, in, kh, kw].
+fn hwio_to_oihw(hwio: &[f32], shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
+    let (kh, kw, ic, oc) = (shape[0], shape[1], shape[2], shape[3]);
+    let mut out = vec![0.0; hwio.len()];
+    for y in 0..kh {
+        for x in 0..kw {
+            for i in 0..ic {
+                for o in 0..oc {
+                    out[((o * ic + i) * kh + y) * kw + x] = hwio[((y * kw + x) * ic + i) * oc + o];
+                }
+            }
+        }
+    }
+    (out, vec![oc, ic, kh, kw])
+}
+
+const BN_PARTS: [(Part, &str); 3] = [
+    (Part::Beta, "beta"),
+    (Part::Mean, "moving_mean"),
+    (Part::Variance, "moving_variance"),
+];
+
+/// Keras 2 `save_weights` layout: /<layer>/<layer>/<weight>:0, BN without gamma,
+/// plus the classifier on top (not used), optionally under model_weights/.
+fn write_keras2_h5(path: &Path, under: &str) {
+    let file = H5File::create(path).unwrap();
+    let root = if under.is_empty() {
+        file.root()
+    } else {
+        file.root().create_group(under).unwrap()
+    };
+    let p = parts();
+    for k in 1..=94u32 {
+        let conv = root.create_group(&format!("conv2d_{k}")).unwrap();
+        let inner = conv.create_group(&format!("conv2d_{k}")).unwrap();
+        let kernel = p[&(k, Part::Kernel)];
+        write_h5(&inner, "kernel:0", kernel);
+        let layer = format!("batch_normalization_{k}");
+        let bn = root
+            .create_group(&layer)
+            .unwrap()
+            .create_group(&layer)
+            .unwrap();
+        for (part, name) in BN_PARTS {
+            write_h5(&bn, &format!("{name}:0"), p[&(k, part)]);
+        }
+    }
+    let top = root
+        .create_group("predictions")
+        .unwrap()
+        .create_group("predictions")
+        .unwrap();
+    top.create_dataset("kernel:0", |b| {
+        b.with_f32_data(&[0.5; 2048 * 3]).with_shape(&[2048, 3]);
+    })
+    .unwrap();
+    file.commit().unwrap();
+}
+
+/// Keras 3 `.weights.h5` layout: layers/<layer>/vars/<i>, layers named
+/// conv2d, conv2d_1 … conv2d_93; BN (scale=False) vars: beta, mean, variance.
+fn write_keras3_h5(path: &Path) {
+    let file = H5File::create(path).unwrap();
+    let layers = file.root().create_group("layers").unwrap();
+    let name = |base: &str, k: u32| match k {
+        1 => base.to_string(),
+        _ => format!("{base}_{}", k - 1),
+    };
+    let p = parts();
+    for k in 1..=94u32 {
+        let vars = layers
+            .create_group(&name("conv2d", k))
+            .unwrap()
+            .create_group("vars")
+            .unwrap();
+        write_h5(&vars, "0", p[&(k, Part::Kernel)]);
+        let vars = layers
+            .create_group(&name("batch_normalization", k))
+            .unwrap()
+            .create_group("vars")
+            .unwrap();
+        for (i, (part, _)) in BN_PARTS.iter().enumerate() {
+            write_h5(&vars, &i.to_string(), p[&(k, *part)]);
+        }
+    }
+    file.commit().unwrap();
+}
+
+fn write_h5(group: &hdf5_pure::Group, name: &str, f: &Found) {
+    let shape: Vec<u64> = f.shape.iter().map(|&d| d as u64).collect();
+    group
+        .create_dataset(name, |b| {
+            b.with_f32_data(&f.data).with_shape(&shape);
+        })
+        .unwrap();
+}
+
+/// (name, shape, values) in torchvision's naming: OIHW kernels, BN with
+/// gamma = 1, plus the tensors a real checkpoint has that are not used.
+fn torchvision_tensors() -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let units = torch::unit_names();
+    let p = parts();
+    let mut out = Vec::new();
+    for k in 1..=94u32 {
+        let kernel = p[&(k, Part::Kernel)];
+        let (oihw, shape) = hwio_to_oihw(&kernel.data, &kernel.shape);
+        out.push((torch::tensor_name(&units, k, Part::Kernel), shape, oihw));
+        let out_c = kernel.shape[3];
+        out.push((
+            torch::tensor_name(&units, k, Part::Gamma),
+            vec![out_c],
+            vec![1.0; out_c],
+        ));
+        for (part, _) in BN_PARTS {
+            let f = p[&(k, part)];
+            out.push((
+                torch::tensor_name(&units, k, part),
+                f.shape.clone(),
+                f.data.clone(),
+            ));
+        }
+    }
+    out.push((
+        "fc.weight".into(),
+        vec![1000, 2048],
+        vec![0.25; 2048 * 1000],
+    ));
+    out.push(("fc.bias".into(), vec![1000], vec![0.0; 1000]));
+    out.push((
+        "AuxLogits.conv0.conv.weight".into(),
+        vec![128, 768, 1, 1],
+        vec![0.5; 128 * 768],
+    ));
+    out
+}
+
+/// timm's safetensors (with the num_batches_tracked counters as I64 scalars).
+fn write_safetensors(path: &Path) {
+    use safetensors::tensor::{Dtype, TensorView};
+    let tensors = torchvision_tensors();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>, Dtype)> = tensors
+        .iter()
+        .map(|(n, s, d)| {
+            (
+                n.clone(),
+                s.clone(),
+                bytemuck::cast_slice(d).to_vec(),
+                Dtype::F32,
+            )
+        })
+        .chain((1..=94).map(|k| {
+            let name = torch::tensor_name(&torch::unit_names(), k, Part::Mean)
+                .replace("running_mean", "num_batches_tracked");
+            (name, vec![], 7i64.to_le_bytes().to_vec(), Dtype::I64)
+        }))
+        .collect();
+    let views: Vec<(String, TensorView)> = bytes
+        .iter()
+        .map(|(n, s, b, t)| (n.clone(), TensorView::new(*t, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// A pickle writer for what torch.save emits (protocol 2).
+struct Pickle(Vec<u8>);
+
+impl Pickle {
+    fn op(&mut self, bytes: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(bytes);
+        self
+    }
+    fn global(&mut self, module: &str, name: &str) -> &mut Self {
+        self.op(format!("c{module}\n{name}\n").as_bytes())
+    }
+    fn string(&mut self, s: &str) -> &mut Self {
+        self.op(b"X")
+            .op(&(s.len() as u32).to_le_bytes())
+            .op(s.as_bytes())
+    }
+    fn int(&mut self, v: usize) -> &mut Self {
+        self.op(b"J").op(&(v as u32).to_le_bytes())
+    }
+    fn ints(&mut self, v: &[usize]) -> &mut Self {
+        self.op(b"(");
+        for &x in v {
+            self.int(x);
+        }
+        self.op(b"t")
+    }
+}
+
+/// torchvision's .pth: archive/data.pkl (an OrderedDict of
+/// _rebuild_tensor_v2 calls on persistent storages) and archive/data/<key>.
+fn write_pth(path: &Path) {
+    let tensors = torchvision_tensors();
+    let mut p = Pickle(Vec::new());
+    p.op(b"\x80\x02")
+        .global("collections", "OrderedDict")
+        .op(b"q\x00)Rq\x01(");
+    for (key, (name, shape, data)) in tensors.iter().enumerate() {
+        let strides: Vec<usize> = (0..shape.len())
+            .map(|i| shape[i + 1..].iter().product())
+            .collect();
+        p.string(name)
+            .global("torch._utils", "_rebuild_tensor_v2")
+            .op(b"(")
+            .op(b"(")
+            .string("storage")
+            .global("torch", "FloatStorage")
+            .string(&key.to_string())
+            .string("cpu")
+            .int(data.len())
+            .op(b"tQ")
+            .int(0)
+            .ints(shape)
+            .ints(&strides)
+            .op(b"\x89")
+            .global("collections", "OrderedDict")
+            .op(b")R")
+            .op(b"tR");
+    }
+    p.op(b"u}b."); // items, then the OrderedDict's (empty) state
+    let file = std::fs::File::create(path).unwrap();
+    let mut zip = zip::ZipWriter::new(file);
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("archive/data.pkl", stored).unwrap();
+    zip.write_all(&p.0).unwrap();
+    for (key, (_, _, data)) in tensors.iter().enumerate() {
+        zip.start_file(format!("archive/data/{key}"), stored)
+            .unwrap();
+        zip.write_all(bytemuck::cast_slice(data)).unwrap();
+    }
+    zip.start_file("archive/version", stored).unwrap();
+    zip.write_all(b"3\n").unwrap();
+    zip.finish().unwrap();
+}
+
+/// Converts `source` (normalisation overridden to nsfwjs's x/255) and checks
+/// every tensor against the direct conversion, within 1e-6 relative.
+fn convert_and_compare(source: &Path, what: &str) -> PathBuf {
+    let out = source.with_extension("engine.safetensors");
+    let info = convert::convert(source, &out, Some(Normalization::unit())).unwrap();
+    assert_eq!(info.normalization, Normalization::unit());
+    let ours = WeightFile::open(&out).unwrap();
+    let direct = WeightFile::open(&fixture().direct).unwrap();
+    let graph = retrain::model::inception_v3::inception_v3(299, 299).unwrap();
+    for conv in graph.convs() {
+        for (name, shape) in [
+            (conv.weight_name(), conv.weight_shape().to_vec()),
+            (conv.bias_name(), vec![conv.output.channels as usize]),
+        ] {
+            let a: Vec<f32> =
+                bytemuck::pod_collect_to_vec(ours.tensor_bytes(&name, &shape).unwrap());
+            let b: Vec<f32> =
+                bytemuck::pod_collect_to_vec(direct.tensor_bytes(&name, &shape).unwrap());
+            let err = common::rel_l2(&a, &b);
+            assert!(err <= 1e-6, "{what}: {name} differs by {err:e}");
+        }
+    }
+    out
+}
+
+/// The small golden bottleneck with a converted weight file.
+fn check_golden(weights: &Path, what: &str) {
+    let file = WeightFile::open(weights).unwrap();
+    let mut engine = Engine::new(Gpu::new().unwrap(), &file, Some((139, 139))).unwrap();
+    let reference = |name: &str| {
+        let bytes = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../shared/reference")
+                .join(name),
+        )
+        .unwrap();
+        bytemuck::pod_collect_to_vec::<u8, f32>(&bytes)
+    };
+    let input = reference("input_small_astronaut_139x139.bin");
+    let out = engine.run_tensors(&input, 1, &["bottleneck"]).unwrap();
+    let err = common::rel_l2(
+        &out[0],
+        &reference("bottleneck_small_astronaut_139x139.bin"),
+    );
+    assert!(err <= 1e-4, "{what}: golden bottleneck off by {err:e}");
+}
+
+fn inspect_says(path: &Path, format: &str) {
+    let text = convert::inspect(path).unwrap();
+    assert!(text.contains(format), "{text}");
+    assert!(text.contains("complete: 188 engine tensors"), "{text}");
+}
+
+#[test]
+fn keras2_h5_notop_and_full_model_convert_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let notop = dir
+        .path()
+        .join("inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5");
+    write_keras2_h5(&notop, "");
+    let out = convert_and_compare(&notop, "Keras 2 notop");
+    inspect_says(&notop, "Keras 2 layer names");
+    check_golden(&out, "Keras 2 notop");
+    let full = dir.path().join("full_model.h5");
+    write_keras2_h5(&full, "model_weights");
+    convert_and_compare(&full, "Keras 2 full model");
+    // The default normalisation of Keras ImageNet weights is x/127.5 - 1.
+    let plain = dir.path().join("plain.safetensors");
+    let info = convert::convert(&notop, &plain, None).unwrap();
+    assert_eq!(info.normalization, Normalization::signed());
+}
+
+#[test]
+fn keras3_weights_h5_converts_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inception_v3.weights.h5");
+    write_keras3_h5(&path);
+    inspect_says(&path, "Keras 3 layer names");
+    let out = convert_and_compare(&path, "Keras 3");
+    check_golden(&out, "Keras 3");
+}
+
+#[test]
+fn timm_safetensors_converts_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    write_safetensors(&path);
+    inspect_says(&path, "PyTorch safetensors");
+    let out = convert_and_compare(&path, "timm safetensors");
+    check_golden(&out, "timm safetensors");
+}
+
+#[test]
+fn torchvision_pth_converts_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inception_v3_google-0cc3c7bd.pth");
+    write_pth(&path);
+    inspect_says(&path, "PyTorch checkpoint");
+    let out = convert_and_compare(&path, "torchvision .pth");
+    check_golden(&out, "torchvision .pth");
+    let plain = dir.path().join("plain.safetensors");
+    let info = convert::convert(&path, &plain, None).unwrap();
+    assert_eq!(info.normalization, Normalization::signed());
+}
+
+fn convert_weights(args: &[&str]) -> (bool, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_convert-weights"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
+    (o.status.success(), text)
+}
+
+#[test]
+fn bad_sources_are_named_and_leave_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let full_h5 = d.join("good.h5");
+    write_keras2_h5(&full_h5, "");
+    let full_pth = d.join("good.pth");
+    write_pth(&full_pth);
+    let truncate = |from: &Path, to: &str| {
+        let bytes = std::fs::read(from).unwrap();
+        let path = d.join(to);
+        std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
+        path
+    };
+    // A mis-shaped tensor in a timm file.
+    let misshaped = d.join("misshaped.safetensors");
+    {
+        use safetensors::tensor::{Dtype, TensorView};
+        let mut tensors = torchvision_tensors();
+        let t = tensors
+            .iter_mut()
+            .find(|t| t.0 == "Mixed_6b.branch7x7_2.conv.weight")
+            .unwrap();
+        t.1 = vec![128, 128, 7, 1];
+        let views: Vec<(String, TensorView)> = tensors
+            .iter()
+            .map(|(n, s, v)| {
+                (
+                    n.clone(),
+                    TensorView::new(Dtype::F32, s.clone(), bytemuck::cast_slice(v)).unwrap(),
+                )
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, &misshaped).unwrap();
+    }
+    // Another architecture's names.
+    let other = d.join("resnet.safetensors");
+    {
+        use safetensors::tensor::{Dtype, TensorView};
+        let data = [0u8; 16];
+        let view = TensorView::new(Dtype::F32, vec![4], &data).unwrap();
+        safetensors::serialize_to_file([("layer1.0.conv1.weight".to_string(), view)], None, &other)
+            .unwrap();
+    }
+    let cases = [
+        (truncate(&full_h5, "truncated.h5"), "truncated"),
+        (truncate(&full_pth, "truncated.pth"), "truncated"),
+        (truncate(&misshaped, "truncated.safetensors"), "truncated"),
+        (misshaped.clone(), "Mixed_6b.branch7x7_2.conv.weight has shape [128, 128, 7, 1], expected [128, 128, 1, 7]"),
+        (other.clone(), "torchvision's Inception V3 names"),
+    ];
+    for (source, expected) in cases {
+        let out = d.join("out.safetensors");
+        let (ok, text) = convert_weights(&[
+            "--from",
+            source.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        assert!(!ok, "{source:?} converted");
+        assert!(text.contains(expected), "{source:?}: {text}");
+        assert!(!out.exists(), "{source:?} left an output");
+    }
+    let (ok, text) = convert_weights(&["--inspect", misshaped.to_str().unwrap()]);
+    assert!(
+        ok && text.contains("cannot convert") && text.contains("not used"),
+        "{text}"
+    );
+}
