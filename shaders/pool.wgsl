@@ -3,6 +3,8 @@
 // max_pool: padding cells count as −∞ (the network only uses VALID max pools).
 // avg_pool: the divisor is the number of window cells inside the input, so
 //           SAME padding is left out of the mean (TensorFlow's AvgPool).
+// avg_pool_counting_padding: the divisor is the whole window (PyTorch's
+//           count_include_pad=True, for windows that stay inside the padded input).
 //
 // Bindings:
 //   0 params (uniform)  struct Params
@@ -85,4 +87,14 @@ fn avg_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let w = window_of(index);
     let stats = window_stats(w);
     output[output_index(w)] = stats.y / stats.z;
+}
+
+@compute @workgroup_size(256)
+fn avg_pool_counting_padding(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let index = element_index(gid, groups);
+    if (index >= p.batch * p.out_h * p.out_w * p.channels) {
+        return;
+    }
+    let w = window_of(index);
+    output[output_index(w)] = window_stats(w).y / f32(p.window_h * p.window_w);
 }

@@ -69,6 +69,7 @@ pub fn pool(kind: PoolKind, p: &PoolParams, input: &[f32], output: &mut [f32]) {
                     let value = match kind {
                         PoolKind::Max => best,
                         PoolKind::Average => sum / count as f64,
+                        PoolKind::AverageCountingPadding => sum / (p.window_h * p.window_w) as f64,
                     };
                     output[out_pixel * p.out_stride as usize + p.out_offset as usize + c] =
                         value as f32;

@@ -32,7 +32,10 @@ impl Engine {
     /// size), checks the weight file against it and uploads the weights.
     pub fn new(gpu: Gpu, file: &WeightFile, input: Option<(u32, u32)>) -> Result<Self> {
         let (h, w) = input.unwrap_or((file.info.input_height, file.info.input_width));
-        let graph = inception_v3::inception_v3(h, w)?;
+        let mut graph = inception_v3::inception_v3(h, w)?;
+        if file.info.average_pool_counts_padding {
+            graph.count_padding_in_average_pools();
+        }
         // Uploading checks every tensor's presence and shape against the graph.
         let weights = GpuWeights::upload(&gpu, file, &graph)?;
         let kernels = Kernels::new(&gpu);

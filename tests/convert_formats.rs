@@ -8,7 +8,7 @@
 mod common;
 
 use hdf5_pure::File as H5File;
-use retrain::convert::{self, default_weights, tfjs, torch, Found, Part, SourceWeights};
+use retrain::convert::{self, default_weights, tfjs, torch, Found, Overrides, Part, SourceWeights};
 use retrain::engine::Engine;
 use retrain::gpu::Gpu;
 use retrain::model::weights::{Normalization, WeightFile};
@@ -290,11 +290,16 @@ fn write_pth(path: &Path) {
     zip.finish().unwrap();
 }
 
-/// Converts `source` (normalisation overridden to nsfwjs's x/255) and checks
-/// every tensor against the direct conversion, within 1e-6 relative.
+/// Converts `source` as the golden tensors were computed (nsfwjs's x/255,
+/// Keras's average pools) and checks every tensor against the direct
+/// conversion, within 1e-6 relative.
 fn convert_and_compare(source: &Path, what: &str) -> PathBuf {
     let out = source.with_extension("engine.safetensors");
-    let info = convert::convert(source, &out, Some(Normalization::unit())).unwrap();
+    let overrides = Overrides {
+        normalization: Some(Normalization::unit()),
+        average_pool_counts_padding: Some(false),
+    };
+    let info = convert::convert(source, &out, &overrides).unwrap();
     assert_eq!(info.normalization, Normalization::unit());
     let ours = WeightFile::open(&out).unwrap();
     let direct = WeightFile::open(&fixture().direct).unwrap();
@@ -317,6 +322,12 @@ fn convert_and_compare(source: &Path, what: &str) -> PathBuf {
 
 /// The small golden bottleneck with a converted weight file.
 fn check_golden(weights: &Path, what: &str) {
+    let err = golden_error(weights);
+    assert!(err <= 1e-4, "{what}: golden bottleneck off by {err:e}");
+}
+
+/// Relative L2 error of the small golden bottleneck computed with `weights`.
+fn golden_error(weights: &Path) -> f64 {
     let file = WeightFile::open(weights).unwrap();
     let mut engine = Engine::new(Gpu::new().unwrap(), &file, Some((139, 139))).unwrap();
     let reference = |name: &str| {
@@ -330,11 +341,30 @@ fn check_golden(weights: &Path, what: &str) {
     };
     let input = reference("input_small_astronaut_139x139.bin");
     let out = engine.run_tensors(&input, 1, &["bottleneck"]).unwrap();
-    let err = common::rel_l2(
+    common::rel_l2(
         &out[0],
         &reference("bottleneck_small_astronaut_139x139.bin"),
+    )
+}
+
+/// A PyTorch source converted with its own defaults: x/127.5 − 1 and average
+/// pools that count padding, which changes the bottleneck.
+fn check_pytorch_defaults(source: &Path) {
+    let out = source.with_extension("defaults.safetensors");
+    let info = convert::convert(source, &out, &Overrides::default()).unwrap();
+    assert_eq!(info.normalization, Normalization::signed());
+    assert!(info.average_pool_counts_padding);
+    let unit = source.with_extension("unit.safetensors");
+    let overrides = Overrides {
+        normalization: Some(Normalization::unit()),
+        ..Overrides::default()
+    };
+    convert::convert(source, &unit, &overrides).unwrap();
+    let err = golden_error(&unit);
+    assert!(
+        err > 1e-4,
+        "PyTorch's average pooling must change the bottleneck (at 139×139 most pooled cells are on a border): {err:e}"
     );
-    assert!(err <= 1e-4, "{what}: golden bottleneck off by {err:e}");
 }
 
 fn inspect_says(path: &Path, format: &str) {
@@ -356,10 +386,11 @@ fn keras2_h5_notop_and_full_model_convert_back_exactly() {
     let full = dir.path().join("full_model.h5");
     write_keras2_h5(&full, "model_weights");
     convert_and_compare(&full, "Keras 2 full model");
-    // The default normalisation of Keras ImageNet weights is x/127.5 - 1.
+    // Keras ImageNet weights default to x/127.5 - 1 and Keras's pooling.
     let plain = dir.path().join("plain.safetensors");
-    let info = convert::convert(&notop, &plain, None).unwrap();
+    let info = convert::convert(&notop, &plain, &Overrides::default()).unwrap();
     assert_eq!(info.normalization, Normalization::signed());
+    assert!(!info.average_pool_counts_padding);
 }
 
 #[test]
@@ -380,6 +411,7 @@ fn timm_safetensors_converts_back_exactly() {
     inspect_says(&path, "PyTorch safetensors");
     let out = convert_and_compare(&path, "timm safetensors");
     check_golden(&out, "timm safetensors");
+    check_pytorch_defaults(&path);
 }
 
 #[test]
@@ -390,9 +422,7 @@ fn torchvision_pth_converts_back_exactly() {
     inspect_says(&path, "PyTorch checkpoint");
     let out = convert_and_compare(&path, "torchvision .pth");
     check_golden(&out, "torchvision .pth");
-    let plain = dir.path().join("plain.safetensors");
-    let info = convert::convert(&path, &plain, None).unwrap();
-    assert_eq!(info.normalization, Normalization::signed());
+    check_pytorch_defaults(&path);
 }
 
 fn convert_weights(args: &[&str]) -> (bool, String) {

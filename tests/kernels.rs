@@ -192,6 +192,13 @@ fn max_pool_3x3_stride_2_valid() {
 }
 
 #[test]
+fn avg_pool_3x3_same_counting_padding_like_pytorch() {
+    for seed in 0..4 {
+        run_pool(750 + seed, PoolKind::AverageCountingPadding, 3, 1, true);
+    }
+}
+
+#[test]
 fn avg_pool_3x3_same_excludes_padding() {
     for seed in 0..4 {
         run_pool(700 + seed, PoolKind::Average, 3, 1, true);

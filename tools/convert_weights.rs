@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use retrain::convert::{convert, inspect};
+use retrain::convert::{convert, inspect, Overrides};
 use retrain::model::weights::Normalization;
 use std::path::PathBuf;
 
@@ -35,6 +35,10 @@ struct Args {
     /// ImageNet weights).
     #[arg(long, value_name = "NAME")]
     normalize: Option<String>,
+    /// How the network's average pools treat padding: tensorflow (left out of
+    /// the mean) or pytorch (counted). Default: the source framework's.
+    #[arg(long, value_name = "RULE", value_parser = ["tensorflow", "pytorch"])]
+    average_pool: Option<String>,
     /// List the tensors FILE holds and how they would be mapped, without writing anything.
     #[arg(long, value_name = "FILE_OR_DIR", conflicts_with_all = ["from", "output"])]
     inspect: Option<PathBuf>,
@@ -52,15 +56,24 @@ fn run(args: Args) -> Result<()> {
         );
     }
     let (from, output) = (args.from.expect("clap"), args.output.expect("clap"));
-    let normalize = args
-        .normalize
-        .as_deref()
-        .map(Normalization::from_name)
-        .transpose()?;
-    let info = convert(&from, &output, normalize)?;
+    let overrides = Overrides {
+        normalization: args
+            .normalize
+            .as_deref()
+            .map(Normalization::from_name)
+            .transpose()?,
+        average_pool_counts_padding: args.average_pool.map(|rule| rule == "pytorch"),
+    };
+    let info = convert(&from, &output, &overrides)?;
     println!("wrote {}", output.display());
     println!("  source:        {}", info.source);
     println!("  normalisation: {}", info.normalization.describe());
+    let pools = if info.average_pool_counts_padding {
+        "pytorch (padding counted)"
+    } else {
+        "tensorflow (padding left out)"
+    };
+    println!("  average pools: {pools}");
     println!("  fingerprint:   {}", info.fingerprint);
     Ok(())
 }

@@ -96,6 +96,7 @@ pub fn source_of(dir: &Path) -> Source {
     Source {
         description,
         normalization: Normalization::unit(),
+        average_pool_counts_padding: false,
     }
 }
 

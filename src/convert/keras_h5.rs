@@ -141,6 +141,7 @@ pub fn read(path: &Path) -> Result<SourceWeights> {
         source: Source {
             description: format!("Keras HDF5 weights {}", path.display()),
             normalization: Normalization::signed(),
+            average_pool_counts_padding: false,
         },
         name_of: Box::new(move |k, part| {
             names.get(&(k, part)).cloned().unwrap_or_else(|| {

@@ -54,6 +54,8 @@ pub fn fold_batch_norm(kernel: &[f32], bn: &BatchNorm) -> (Vec<f32>, Vec<f32>) {
 pub struct Source {
     pub description: String,
     pub normalization: Normalization,
+    /// The framework's average pools count padding (PyTorch) or not (Keras).
+    pub average_pool_counts_padding: bool,
 }
 
 /// What a source tensor is, in the network's terms.
@@ -242,12 +244,21 @@ fn oihw_to_hwio(oihw: &[f32], [kh, kw, ic, oc]: [usize; 4]) -> Vec<f32> {
     hwio
 }
 
-/// Converts `from` (any supported source) into the engine's weight file at
-/// `output`; `normalize` overrides the source's input normalisation.
-pub fn convert(from: &Path, output: &Path, normalize: Option<Normalization>) -> Result<ModelInfo> {
+/// What the user says about the weights, over the source's defaults.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub normalization: Option<Normalization>,
+    pub average_pool_counts_padding: Option<bool>,
+}
+
+/// Converts `from` (any supported source) into the engine's weight file at `output`.
+pub fn convert(from: &Path, output: &Path, overrides: &Overrides) -> Result<ModelInfo> {
     let mut source = read_source(from)?;
-    if let Some(n) = normalize {
-        source.source.normalization = n;
+    if let Some(n) = &overrides.normalization {
+        source.source.normalization = n.clone();
+    }
+    if let Some(counts) = overrides.average_pool_counts_padding {
+        source.source.average_pool_counts_padding = counts;
     }
     write_engine_file(&source, output)
         .with_context(|| format!("{} ({})", from.display(), source.format))
@@ -265,6 +276,7 @@ pub fn write_engine_file(source: &SourceWeights, output: &Path) -> Result<ModelI
         bottleneck_size: BOTTLENECK,
         bottleneck_layer: "mixed10 global average pool".into(),
         normalization: source.source.normalization.clone(),
+        average_pool_counts_padding: source.source.average_pool_counts_padding,
         dtype: "f32".into(),
         fingerprint: String::new(),
     };

@@ -156,6 +156,7 @@ fn source(
         source: Source {
             description: format!("{format} {}", path.display()),
             normalization: Normalization::signed(),
+            average_pool_counts_padding: true,
         },
         name_of: Box::new(move |k, part| tensor_name(&units, k, part)),
     })

@@ -81,11 +81,14 @@ pub struct PreprocessParams {
     pub offset: [f32; 4],
 }
 
-/// The pool kernel's two entry points.
+/// The pool kernel's entry points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolKind {
     Max,
+    /// The mean of the window's cells inside the input (TensorFlow).
     Average,
+    /// The window's sum over its full size, padding included (PyTorch).
+    AverageCountingPadding,
 }
 
 /// One recorded kernel launch: pipeline, bound resources, grid size.
@@ -108,6 +111,7 @@ pub struct Kernels {
     conv2d: wgpu::ComputePipeline,
     max_pool: wgpu::ComputePipeline,
     avg_pool: wgpu::ComputePipeline,
+    avg_pool_counting_padding: wgpu::ComputePipeline,
     global_avg_pool: wgpu::ComputePipeline,
     preprocess: wgpu::ComputePipeline,
     max_groups: u32,
@@ -146,6 +150,12 @@ impl Kernels {
             ),
             max_pool: pipeline(gpu, "max_pool", pool_src, "max_pool"),
             avg_pool: pipeline(gpu, "avg_pool", pool_src, "avg_pool"),
+            avg_pool_counting_padding: pipeline(
+                gpu,
+                "avg_pool_counting_padding",
+                pool_src,
+                "avg_pool_counting_padding",
+            ),
             global_avg_pool: pipeline(
                 gpu,
                 "global_avg_pool",
@@ -237,6 +247,7 @@ impl Kernels {
         let pipeline = match kind {
             PoolKind::Max => &self.max_pool,
             PoolKind::Average => &self.avg_pool,
+            PoolKind::AverageCountingPadding => &self.avg_pool_counting_padding,
         };
         let count = p.batch as u64 * p.out_h as u64 * p.out_w as u64 * p.channels as u64;
         Self::dispatch(gpu, pipeline, p, &[input, output], self.linear_grid(count))

@@ -148,6 +148,7 @@ impl Plan {
                     let kind = match p.kind {
                         PoolOp::Max => PoolKind::Max,
                         PoolOp::Average => PoolKind::Average,
+                        PoolOp::AverageCountingPadding => PoolKind::AverageCountingPadding,
                     };
                     let params = pool_params(graph, p, batch);
                     kernels.pool(

@@ -103,7 +103,10 @@ impl Conv {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolOp {
     Max,
+    /// Padding left out of the mean (Keras).
     Average,
+    /// Padding counted in the mean (PyTorch's count_include_pad).
+    AverageCountingPadding,
 }
 
 #[derive(Clone, Debug)]
@@ -293,6 +296,18 @@ impl Graph {
             output: output.tensor,
         });
         output
+    }
+
+    /// Makes every average pool count padding in its mean, as PyTorch's
+    /// Inception V3 does (for weights trained that way).
+    pub fn count_padding_in_average_pools(&mut self) {
+        for op in &mut self.ops {
+            if let Op::Pool(p) = op {
+                if p.kind == PoolOp::Average {
+                    p.kind = PoolOp::AverageCountingPadding;
+                }
+            }
+        }
     }
 
     pub fn convs(&self) -> impl Iterator<Item = &Conv> {

@@ -78,6 +78,9 @@ pub struct ModelInfo {
     pub bottleneck_size: u32,
     pub bottleneck_layer: String,
     pub normalization: Normalization,
+    /// Whether the network's average pools count padding in their mean
+    /// (PyTorch-trained weights) or not (Keras).
+    pub average_pool_counts_padding: bool,
     pub dtype: String,
     /// Hash of every tensor's name, shape and bytes: identifies the weights
     /// (bottleneck caches are keyed by it).
@@ -100,6 +103,15 @@ impl ModelInfo {
             ("normalization", n.name.clone()),
             ("input_scale", format!("{:?}", n.scale)),
             ("input_offset", format!("{:?}", n.offset)),
+            (
+                "average_pool_padding",
+                if self.average_pool_counts_padding {
+                    "included"
+                } else {
+                    "excluded"
+                }
+                .into(),
+            ),
             ("dtype", self.dtype.clone()),
             ("fingerprint", self.fingerprint.clone()),
         ]
@@ -142,6 +154,10 @@ impl ModelInfo {
                 scale: floats("input_scale")?,
                 offset: floats("input_offset")?,
             },
+            // Files written before this key existed are Keras-style.
+            average_pool_counts_padding: meta
+                .get("average_pool_padding")
+                .is_some_and(|v| v == "included"),
             dtype: get("dtype")?,
             fingerprint: get("fingerprint")?,
         })
