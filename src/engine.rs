@@ -2,8 +2,9 @@
 //! weights uploaded, turning decoded images into bottleneck vectors.
 
 use crate::data::distortion::Distortion;
-use crate::gpu::kernels::{Dispatch, Kernels};
-use crate::gpu::scheduler::{assign_slots, GpuWeights, Plan};
+use crate::gpu::kernels::{ConvParams, ConvVariant, Dispatch, Kernels};
+use crate::gpu::scheduler::{assign_slots, conv_params, GpuWeights, Plan};
+use crate::gpu::tuning::{shape_key, Tuning};
 use crate::gpu::Gpu;
 use crate::model::graph::Graph;
 use crate::model::inception_v3::{self, INPUT, OUTPUT};
@@ -19,6 +20,7 @@ pub struct Engine {
     pub gpu: Gpu,
     pub info: ModelInfo,
     kernels: Kernels,
+    tuning: Tuning,
     graph: Graph,
     weights: GpuWeights,
     plan: Option<Plan>,
@@ -40,16 +42,52 @@ impl Engine {
         let weights = GpuWeights::upload(&gpu, file, &graph)?;
         let kernels = Kernels::new(&gpu);
         let max_batch = max_batch(&gpu, &kernels, &graph)?;
+        let tuning = Tuning::load(&gpu);
         Ok(Engine {
             gpu,
             info: file.info.clone(),
             kernels,
+            tuning,
             graph,
             weights,
             plan: None,
             pixels: None,
             max_batch,
         })
+    }
+
+    /// The parameters of every conv of the network at `batch`, one per tuning shape.
+    pub fn distinct_convs(&self, batch: u32) -> Vec<ConvParams> {
+        let mut seen = std::collections::HashSet::new();
+        self.graph
+            .convs()
+            .map(|c| conv_params(&self.graph, c, batch))
+            .filter(|p| seen.insert(shape_key(p)))
+            .collect()
+    }
+
+    /// Whether every conv has a measured kernel variant for this device.
+    pub fn is_tuned(&self) -> bool {
+        self.tuning.covers(&self.distinct_convs(1))
+    }
+
+    /// Measures the kernel variants on each conv not yet tuned (at batch 1)
+    /// and caches the winners for this device.
+    pub fn tune(&mut self, progress: &mut dyn FnMut(&str, ConvVariant)) -> Result<()> {
+        let convs = self.distinct_convs(1);
+        self.tuning
+            .tune(&self.gpu, &self.kernels, &convs, progress)?;
+        self.plan = None;
+        self.tuning.save()
+    }
+
+    /// The kernel variant each conv runs with, by tuning shape.
+    pub fn tuning(&self) -> &Tuning {
+        &self.tuning
+    }
+
+    pub fn kernels(&self) -> &Kernels {
+        &self.kernels
     }
 
     pub fn input_size(&self) -> (u32, u32) {
@@ -80,6 +118,7 @@ impl Engine {
                 &self.kernels,
                 &self.graph,
                 &self.weights,
+                &self.tuning,
                 batch,
                 outputs,
             )?);

@@ -7,7 +7,9 @@ use common::*;
 use rand::Rng;
 use retrain::cpu_reference;
 use retrain::data::distortion::Distortion;
-use retrain::gpu::kernels::{submit, ConvParams, GlobalPoolParams, PoolKind, PoolParams};
+use retrain::gpu::kernels::{
+    submit, ConvParams, ConvVariant, GlobalPoolParams, PoolKind, PoolParams,
+};
 use retrain::model::weights::Normalization;
 
 /// Output size along one axis for a window of `k` with `stride` and total padding `pad`.
@@ -16,13 +18,20 @@ fn out_size(input: u32, k: u32, stride: u32, pad: u32) -> u32 {
 }
 
 fn run_conv(seed: u64, kernel: (u32, u32), stride: u32, same: bool, slices: bool) {
+    run_conv_with(seed, kernel, stride, same, slices, 1);
+}
+
+/// A random conv whose channel counts, offsets and strides are multiples of
+/// `align` (4 lets the register-tiled variants run it).
+fn run_conv_with(seed: u64, kernel: (u32, u32), stride: u32, same: bool, slices: bool, align: u32) {
     let mut rng = rng(seed);
+    let a = |v: u32| v.div_ceil(align) * align;
     let (kh, kw) = kernel;
     let batch = rng.random_range(1..=3);
     let in_h = rng.random_range(kh.max(3)..20);
     let in_w = rng.random_range(kw.max(3)..20);
-    let in_c = rng.random_range(1..40);
-    let out_c = rng.random_range(1..80);
+    let in_c = a(rng.random_range(1..40));
+    let out_c = a(rng.random_range(1..80));
     let (pad_top, pad_left) = if same {
         ((kh - 1) / 2, (kw - 1) / 2)
     } else {
@@ -31,12 +40,12 @@ fn run_conv(seed: u64, kernel: (u32, u32), stride: u32, same: bool, slices: bool
     let out_h = out_size(in_h, kh, stride, 2 * pad_top);
     let out_w = out_size(in_w, kw, stride, 2 * pad_left);
     let (in_offset, in_extra) = if slices {
-        (rng.random_range(0..5), rng.random_range(0..5))
+        (a(rng.random_range(0..5)), a(rng.random_range(0..5)))
     } else {
         (0, 0)
     };
     let (out_offset, out_extra) = if slices {
-        (rng.random_range(1..7), rng.random_range(0..7))
+        (a(rng.random_range(1..7)), a(rng.random_range(0..7)))
     } else {
         (0, 0)
     };
@@ -62,11 +71,26 @@ fn run_conv(seed: u64, kernel: (u32, u32), stride: u32, same: bool, slices: bool
         relu: rng.random_range(0..2),
         _unused: 0,
     };
+    let fitting = ConvVariant::CANDIDATES
+        .iter()
+        .filter(|v| v.fits(&p, gpu().0.limits.max_compute_workgroups_per_dimension))
+        .count();
+    assert!(
+        align == 1 || fitting == ConvVariant::CANDIDATES.len(),
+        "{p:?}"
+    );
     check_conv(&p, &mut rng);
 }
 
-/// Runs one conv on random data into a poisoned buffer and compares with the CPU reference.
+/// Runs one conv on random data into a poisoned buffer with every kernel
+/// variant and compares each with the CPU reference.
 fn check_conv(p: &ConvParams, rng: &mut rand::rngs::StdRng) {
+    for variant in ConvVariant::CANDIDATES {
+        check_conv_variant(p, variant, rng);
+    }
+}
+
+fn check_conv_variant(p: &ConvParams, variant: ConvVariant, rng: &mut rand::rngs::StdRng) {
     let (gpu, kernels) = gpu();
     let input = random_vec(rng, (p.batch * p.in_h * p.in_w * p.in_stride) as usize);
     let weights = random_vec(rng, (p.kernel_h * p.kernel_w * p.in_c * p.out_c) as usize);
@@ -80,13 +104,25 @@ fn check_conv(p: &ConvParams, rng: &mut rand::rngs::StdRng) {
         upload(gpu, &weights),
         upload(gpu, &bias),
     );
-    submit(gpu, &[&kernels.conv2d(gpu, p, &bi, &bw, &bb, &output)]);
+    submit(
+        gpu,
+        &[&kernels.conv2d(gpu, p, variant, &bi, &bw, &bb, &output)],
+    );
     assert_close(
         &download(gpu, &output, out_len),
         &expected,
         1e-5,
-        &format!("conv {p:?}"),
+        &format!("conv {variant:?} {p:?}"),
     );
+}
+
+#[test]
+fn conv_aligned_shapes_in_every_variant() {
+    let shapes = [(1, 1), (3, 3), (5, 5), (1, 7), (7, 1), (1, 3), (3, 1)];
+    for (i, &k) in shapes.iter().enumerate() {
+        run_conv_with(800 + i as u64, k, 1, true, true, 4);
+        run_conv_with(850 + i as u64, k, 2, false, false, 4);
+    }
 }
 
 #[test]

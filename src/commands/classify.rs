@@ -83,6 +83,7 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
         );
     }
     let mut engine = Engine::new(Gpu::new()?, &file, Some(classifier.input_size))?;
+    super::tune_on_first_use(&mut engine)?;
     engine.info.normalization = classifier.normalization.clone();
     let classes = classifier.labels.len();
     let dim = classifier.dim() as u32;

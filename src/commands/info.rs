@@ -64,5 +64,10 @@ pub fn run(args: &ModelArgs) -> Result<()> {
     println!("  weights dtype: {}", m.dtype);
     println!("  fingerprint:   {}", m.fingerprint);
     println!("  max batch:     {} images at {h}x{w}", engine.max_batch());
+    let tuned = match engine.is_tuned() {
+        true => "tuned for this device",
+        false => "not tuned yet (the first retrain, features or classify run tunes them)",
+    };
+    println!("  conv kernels:  {tuned}");
     Ok(())
 }

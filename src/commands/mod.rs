@@ -9,6 +9,7 @@ use crate::convert::default_weights;
 use crate::engine::Engine;
 use crate::gpu::Gpu;
 use crate::model::weights::WeightFile;
+use crate::progress::progress_bar;
 use anyhow::Result;
 
 /// Opens the GPU and the weights the user asked for (default weights fetched
@@ -16,5 +17,25 @@ use anyhow::Result;
 pub fn open_engine(args: &ModelArgs) -> Result<Engine> {
     let path = default_weights::resolve(args.weights.as_deref())?;
     let file = WeightFile::open(&path)?;
-    Engine::new(Gpu::new()?, &file, args.input_size)
+    let mut engine = Engine::new(Gpu::new()?, &file, args.input_size)?;
+    tune_on_first_use(&mut engine)?;
+    Ok(engine)
+}
+
+/// On an adapter's first use, times the conv kernel variants on each conv
+/// shape and caches the fastest (RETRAIN_TUNE=0 skips this and runs with
+/// the defaults for the adapter's kind).
+pub fn tune_on_first_use(engine: &mut Engine) -> Result<()> {
+    if engine.is_tuned() || std::env::var("RETRAIN_TUNE").is_ok_and(|v| v == "0") {
+        return Ok(());
+    }
+    let shapes = engine.distinct_convs(1).len();
+    eprintln!(
+        "Tuning the conv kernels for \"{}\" (once for this device; RETRAIN_TUNE=0 skips it)",
+        engine.gpu.info.name
+    );
+    let bar = progress_bar(shapes, "conv shapes");
+    engine.tune(&mut |_, _| bar.inc(1))?;
+    bar.finish_and_clear();
+    Ok(())
 }

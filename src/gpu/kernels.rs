@@ -2,6 +2,8 @@
 
 use super::context::Gpu;
 use bytemuck::{Pod, Zeroable};
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 /// Parameters of `shaders/conv2d.wgsl` (field order matches the WGSL struct).
 #[repr(C)]
@@ -106,9 +108,67 @@ impl Dispatch {
     }
 }
 
+/// How a conv is computed: conv2d.wgsl's workgroup-memory tiles, or
+/// conv2d_direct.wgsl's register tiles of `rows` pixels × 4·`cols` channels
+/// in workgroups of `group` invocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum ConvVariant {
+    Tiled,
+    Direct { rows: u32, cols: u32, group: u32 },
+}
+
+impl ConvVariant {
+    /// What the autotuner tries.
+    pub const CANDIDATES: [ConvVariant; 5] = [
+        ConvVariant::Tiled,
+        ConvVariant::Direct {
+            rows: 4,
+            cols: 1,
+            group: 64,
+        },
+        ConvVariant::Direct {
+            rows: 4,
+            cols: 2,
+            group: 64,
+        },
+        ConvVariant::Direct {
+            rows: 8,
+            cols: 1,
+            group: 64,
+        },
+        ConvVariant::Direct {
+            rows: 8,
+            cols: 2,
+            group: 16,
+        },
+    ];
+
+    /// Whether this variant can run the conv `p` (the direct one needs every
+    /// channel count and offset aligned to 4, and its grid within the limit).
+    pub fn fits(&self, p: &ConvParams, max_groups: u32) -> bool {
+        match *self {
+            ConvVariant::Tiled => true,
+            ConvVariant::Direct { rows, .. } => {
+                [
+                    p.in_c,
+                    p.in_stride,
+                    p.in_offset,
+                    p.out_c,
+                    p.out_stride,
+                    p.out_offset,
+                ]
+                .iter()
+                .all(|v| v % 4 == 0)
+                    && p.m.div_ceil(rows) <= max_groups
+            }
+        }
+    }
+}
+
 /// Every pipeline the engine uses, compiled once per device.
 pub struct Kernels {
     conv2d: wgpu::ComputePipeline,
+    direct: Mutex<HashMap<ConvVariant, wgpu::ComputePipeline>>,
     max_pool: wgpu::ComputePipeline,
     avg_pool: wgpu::ComputePipeline,
     avg_pool_counting_padding: wgpu::ComputePipeline,
@@ -148,6 +208,7 @@ impl Kernels {
                 include_str!("../../shaders/conv2d.wgsl"),
                 "main",
             ),
+            direct: Mutex::default(),
             max_pool: pipeline(gpu, "max_pool", pool_src, "max_pool"),
             avg_pool: pipeline(gpu, "avg_pool", pool_src, "avg_pool"),
             avg_pool_counting_padding: pipeline(
@@ -217,23 +278,71 @@ impl Kernels {
         [x as u32, groups.div_ceil(x) as u32, 1]
     }
 
+    /// The conv `p` with `variant` (or the tiled kernel where it does not fit).
+    #[allow(clippy::too_many_arguments)]
     pub fn conv2d(
         &self,
         gpu: &Gpu,
         p: &ConvParams,
+        variant: ConvVariant,
         input: &wgpu::Buffer,
         weights: &wgpu::Buffer,
         bias: &wgpu::Buffer,
         output: &wgpu::Buffer,
     ) -> Dispatch {
-        let groups = [p.m.div_ceil(CONV_TILE), p.out_c.div_ceil(CONV_TILE), 1];
-        Self::dispatch(
-            gpu,
-            &self.conv2d,
-            p,
-            &[input, weights, bias, output],
-            groups,
-        )
+        let buffers = [input, weights, bias, output];
+        match variant {
+            ConvVariant::Direct { rows, cols, group } if variant.fits(p, self.max_groups) => {
+                let pipeline = self.direct_pipeline(gpu, variant);
+                let column_groups = (p.out_c / 4).div_ceil(cols);
+                let groups = [column_groups.div_ceil(group), p.m.div_ceil(rows), 1];
+                Self::dispatch(gpu, &pipeline, p, &buffers, groups)
+            }
+            _ => {
+                let groups = [p.m.div_ceil(CONV_TILE), p.out_c.div_ceil(CONV_TILE), 1];
+                Self::dispatch(gpu, &self.conv2d, p, &buffers, groups)
+            }
+        }
+    }
+
+    /// conv2d_direct.wgsl with the variant's tile constants, compiled on first use.
+    fn direct_pipeline(&self, gpu: &Gpu, variant: ConvVariant) -> wgpu::ComputePipeline {
+        let ConvVariant::Direct { rows, cols, group } = variant else {
+            unreachable!("only direct variants are compiled here")
+        };
+        let mut cache = self.direct.lock().expect("pipeline cache");
+        cache
+            .entry(variant)
+            .or_insert_with(|| {
+                let source = include_str!("../../shaders/conv2d_direct.wgsl")
+                    .replace(
+                        "const ROWS: u32 = 4u;",
+                        &format!("const ROWS: u32 = {rows}u;"),
+                    )
+                    .replace(
+                        "const COLS: u32 = 2u;",
+                        &format!("const COLS: u32 = {cols}u;"),
+                    );
+                let module = gpu
+                    .device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some("conv2d_direct"),
+                        source: wgpu::ShaderSource::Wgsl(source.into()),
+                    });
+                gpu.device
+                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                        label: Some("conv2d_direct"),
+                        layout: None,
+                        module: &module,
+                        entry_point: Some("main"),
+                        compilation_options: wgpu::PipelineCompilationOptions {
+                            constants: &[("GROUP", group as f64)],
+                            ..Default::default()
+                        },
+                        cache: None,
+                    })
+            })
+            .clone()
     }
 
     pub fn pool(

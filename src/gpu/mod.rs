@@ -4,5 +4,6 @@
 pub mod context;
 pub mod kernels;
 pub mod scheduler;
+pub mod tuning;
 
 pub use context::Gpu;

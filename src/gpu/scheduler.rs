@@ -4,6 +4,7 @@
 
 use super::context::Gpu;
 use super::kernels::{ConvParams, Dispatch, GlobalPoolParams, Kernels, PoolKind, PoolParams};
+use super::tuning::Tuning;
 use crate::model::graph::{Conv, Graph, Op, Padding, Pool, PoolOp, TensorId};
 use crate::model::weights::WeightFile;
 use anyhow::{Context, Result};
@@ -110,6 +111,7 @@ impl Plan {
         kernels: &Kernels,
         graph: &Graph,
         weights: &GpuWeights,
+        tuning: &Tuning,
         batch: u32,
         outputs: &[&str],
     ) -> Result<Self> {
@@ -138,6 +140,7 @@ impl Plan {
                     kernels.conv2d(
                         gpu,
                         &p,
+                        tuning.variant(gpu, &p),
                         buffer(c.input.tensor),
                         w,
                         b,
@@ -246,7 +249,7 @@ fn pad_before(padding: Padding, input: u32, window: u32, stride: u32) -> u32 {
         .map_or(0, |(_, pad)| pad)
 }
 
-fn conv_params(graph: &Graph, c: &Conv, batch: u32) -> ConvParams {
+pub fn conv_params(graph: &Graph, c: &Conv, batch: u32) -> ConvParams {
     let i = graph.shape(c.input.tensor);
     let o = graph.shape(c.output.tensor);
     ConvParams {

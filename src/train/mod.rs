@@ -151,6 +151,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let weights_path = default_weights::resolve(args.weights.as_deref())?;
     let file = WeightFile::open(&weights_path)?;
     let mut engine = Engine::new(Gpu::new()?, &file, args.input_size)?;
+    crate::commands::tune_on_first_use(&mut engine)?;
     let input_size = engine.input_size();
     let norm = &file.info.normalization;
     let cache = BottleneckCache::new(

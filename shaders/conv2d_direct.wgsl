@@ -1,0 +1,114 @@
+// conv2d_direct: the same convolution as conv2d.wgsl (implicit GEMM, bias and
+// optional ReLU fused, channel slices in and out), tiled in registers only:
+// no workgroup memory and no barriers, which suits CPU drivers (lavapipe),
+// where each invocation is a SIMD lane and the caches do the staging.
+//
+// Each invocation computes ROWS output pixels × 4·COLS output channels,
+// walking K one kernel tap and four input channels at a time. Neighbouring
+// invocations (x) take neighbouring channel groups, so their weight reads are
+// contiguous and their input reads identical. ROWS and COLS are substituted
+// per variant by the host (the autotuner picks one per conv shape and device);
+// the workgroup size is the override constant GROUP.
+//
+// Needs in_c, in_stride, in_offset, out_c, out_stride and out_offset to be
+// multiples of 4 (the host falls back to conv2d.wgsl otherwise).
+//
+// Bindings (as conv2d.wgsl, viewed as vec4):
+//   0 params  (uniform)  struct Params (same as conv2d.wgsl)
+//   1 input   (storage)  NHWC vec4 [batch, in_h, in_w, in_stride/4]
+//   2 weights (storage)  HWIO vec4 [kernel_h, kernel_w, in_c, out_c/4]
+//   3 bias    (storage)  vec4 [out_c/4]
+//   4 output  (storage)  NHWC vec4 [batch, out_h, out_w, out_stride/4]
+//
+// Grid: x over channel groups (out_c / (4·COLS)), y over row groups (m / ROWS).
+
+struct Params {
+    batch: u32, in_h: u32, in_w: u32, in_c: u32,
+    out_h: u32, out_w: u32, out_c: u32, m: u32,
+    kernel_h: u32, kernel_w: u32, stride_h: u32, stride_w: u32,
+    pad_top: u32, pad_left: u32, in_stride: u32, in_offset: u32,
+    out_stride: u32, out_offset: u32, relu: u32, _unused: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> input: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> weights: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> output: array<vec4<f32>>;
+
+const ROWS: u32 = 4u;
+const COLS: u32 = 2u;
+override GROUP: u32 = 64u;
+
+@compute @workgroup_size(GROUP, 1, 1)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let groups_n = p.out_c / 4u;
+    let g0 = gid.x * COLS;
+    let r0 = gid.y * ROWS;
+    if (g0 >= groups_n || r0 >= p.m) {
+        return;
+    }
+
+    // Top-left input corner of each row's receptive field.
+    var iy0: array<i32, ROWS>;
+    var ix0: array<i32, ROWS>;
+    var base: array<u32, ROWS>;
+    for (var i = 0u; i < ROWS; i++) {
+        let row = min(r0 + i, p.m - 1u);
+        let ox = row % p.out_w;
+        let oy = (row / p.out_w) % p.out_h;
+        let img = row / (p.out_w * p.out_h);
+        iy0[i] = i32(oy * p.stride_h) - i32(p.pad_top);
+        ix0[i] = i32(ox * p.stride_w) - i32(p.pad_left);
+        base[i] = img * p.in_h;
+    }
+
+    var acc: array<array<vec4<f32>, COLS>, ROWS>;
+    let in_c4 = p.in_c / 4u;
+    for (var ky = 0u; ky < p.kernel_h; ky++) {
+        for (var kx = 0u; kx < p.kernel_w; kx++) {
+            var pixel: array<u32, ROWS>;
+            var inside: array<bool, ROWS>;
+            for (var i = 0u; i < ROWS; i++) {
+                let iy = iy0[i] + i32(ky);
+                let ix = ix0[i] + i32(kx);
+                inside[i] = iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
+                pixel[i] = select(0u, ((base[i] + u32(iy)) * p.in_w + u32(ix)) * (p.in_stride / 4u) + p.in_offset / 4u, inside[i]);
+            }
+            let tap = (ky * p.kernel_w + kx) * p.in_c;
+            for (var c4 = 0u; c4 < in_c4; c4++) {
+                var a: array<vec4<f32>, ROWS>;
+                for (var i = 0u; i < ROWS; i++) {
+                    a[i] = select(vec4<f32>(0.0), input[pixel[i] + c4], inside[i]);
+                }
+                for (var kk = 0u; kk < 4u; kk++) {
+                    let w_row = (tap + c4 * 4u + kk) * groups_n + g0;
+                    for (var j = 0u; j < COLS; j++) {
+                        let w = weights[min(w_row + j, w_row - g0 + groups_n - 1u)];
+                        for (var i = 0u; i < ROWS; i++) {
+                            acc[i][j] = fma(vec4<f32>(a[i][kk]), w, acc[i][j]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    for (var i = 0u; i < ROWS; i++) {
+        let r = r0 + i;
+        if (r >= p.m) {
+            break;
+        }
+        for (var j = 0u; j < COLS; j++) {
+            let g = g0 + j;
+            if (g >= groups_n) {
+                break;
+            }
+            var v = acc[i][j] + bias[g];
+            if (p.relu != 0u) {
+                v = max(v, vec4<f32>(0.0));
+            }
+            output[(r * p.out_stride + p.out_offset) / 4u + g] = v;
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! The kernel autotuner: it measures every conv shape of the network once,
+//! caches its choices per device, and the tuned network computes what the
+//! untuned one does.
+
+mod common;
+
+use retrain::convert::default_weights;
+use retrain::engine::Engine;
+use retrain::gpu::tuning::Tuning;
+use retrain::gpu::Gpu;
+use retrain::model::weights::WeightFile;
+
+#[test]
+fn tuning_is_cached_per_device_and_changes_no_result() {
+    let weights = default_weights::resolve(None).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    // This test binary holds this one test, so setting the variable is safe.
+    unsafe { std::env::set_var("RETRAIN_CACHE_DIR", cache.path()) };
+    let file = WeightFile::open(&weights).unwrap();
+    let size = Some((75, 90));
+    let mut engine = Engine::new(Gpu::new().unwrap(), &file, size).unwrap();
+    assert!(!engine.is_tuned());
+    let mut rng = common::rng(3);
+    let input = common::random_vec(&mut rng, 2 * 75 * 90 * 3);
+    let before = engine.run_tensors(&input, 2, &["bottleneck"]).unwrap();
+
+    let mut shapes = 0;
+    engine.tune(&mut |_, _| shapes += 1).unwrap();
+    assert_eq!(shapes, engine.distinct_convs(1).len());
+    assert!(engine.is_tuned());
+    let after = engine.run_tensors(&input, 2, &["bottleneck"]).unwrap();
+    let err = common::rel_l2(&after[0], &before[0]);
+    assert!(err < 1e-5, "tuned network differs by {err:e}");
+
+    // A new engine on the same device starts tuned, from the cache file.
+    let files: Vec<_> = std::fs::read_dir(cache.path()).unwrap().collect();
+    assert_eq!(files.len(), 1, "one tuning file");
+    let again = Engine::new(Gpu::new().unwrap(), &file, size).unwrap();
+    assert!(again.is_tuned());
+    assert_eq!(
+        Tuning::load(&again.gpu).choices,
+        engine.tuning().choices,
+        "the cache holds what was measured"
+    );
+}
