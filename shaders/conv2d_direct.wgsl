@@ -10,12 +10,15 @@
 // per variant by the host (the autotuner picks one per conv shape and device);
 // the workgroup size is the override constant GROUP.
 //
-// Needs in_c, in_stride, in_offset, out_c, out_stride and out_offset to be
-// multiples of 4 (the host falls back to conv2d.wgsl otherwise).
+// Needs out_c, out_stride and out_offset to be multiples of 4 (the host
+// falls back to conv2d.wgsl otherwise). Input channels are read four at a
+// time as one vec4 when in_c, in_stride and in_offset are multiples of 4;
+// otherwise the host swaps in the scalar `input` binding and `input_quad`
+// below (marked INPUT), which read them one by one (the RGB first layer).
 //
 // Bindings (as conv2d.wgsl, viewed as vec4):
 //   0 params  (uniform)  struct Params (same as conv2d.wgsl)
-//   1 input   (storage)  NHWC vec4 [batch, in_h, in_w, in_stride/4]
+//   1 input   (storage)  NHWC vec4 [batch, in_h, in_w, in_stride/4] (or f32)
 //   2 weights (storage)  HWIO vec4 [kernel_h, kernel_w, in_c, out_c/4]
 //   3 bias    (storage)  vec4 [out_c/4]
 //   4 output  (storage)  NHWC vec4 [batch, out_h, out_w, out_stride/4]
@@ -31,7 +34,13 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+// INPUT BEGIN
 @group(0) @binding(1) var<storage, read> input: array<vec4<f32>>;
+// Channels 4·c4 .. 4·c4+3 of the input pixel whose channel 0 is at `pixel`.
+fn input_quad(pixel: u32, c4: u32) -> vec4<f32> {
+    return input[pixel / 4u + c4];
+}
+// INPUT END
 @group(0) @binding(2) var<storage, read> weights: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> output: array<vec4<f32>>;
@@ -64,7 +73,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 
     var acc: array<array<vec4<f32>, COLS>, ROWS>;
-    let in_c4 = p.in_c / 4u;
+    let in_c4 = (p.in_c + 3u) / 4u;
+    let last_weight = arrayLength(&weights) - 1u;
     for (var ky = 0u; ky < p.kernel_h; ky++) {
         for (var kx = 0u; kx < p.kernel_w; kx++) {
             var pixel: array<u32, ROWS>;
@@ -73,18 +83,19 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
                 let iy = iy0[i] + i32(ky);
                 let ix = ix0[i] + i32(kx);
                 inside[i] = iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
-                pixel[i] = select(0u, ((base[i] + u32(iy)) * p.in_w + u32(ix)) * (p.in_stride / 4u) + p.in_offset / 4u, inside[i]);
+                pixel[i] = select(0u, ((base[i] + u32(iy)) * p.in_w + u32(ix)) * p.in_stride + p.in_offset, inside[i]);
             }
             let tap = (ky * p.kernel_w + kx) * p.in_c;
             for (var c4 = 0u; c4 < in_c4; c4++) {
                 var a: array<vec4<f32>, ROWS>;
                 for (var i = 0u; i < ROWS; i++) {
-                    a[i] = select(vec4<f32>(0.0), input[pixel[i] + c4], inside[i]);
+                    a[i] = select(vec4<f32>(0.0), input_quad(pixel[i], c4), inside[i]);
                 }
                 for (var kk = 0u; kk < 4u; kk++) {
+                    // Past in_c (unaligned input) a[i][kk] is 0; the clamp keeps the read in bounds.
                     let w_row = (tap + c4 * 4u + kk) * groups_n + g0;
                     for (var j = 0u; j < COLS; j++) {
-                        let w = weights[min(w_row + j, w_row - g0 + groups_n - 1u)];
+                        let w = weights[min(min(w_row + j, w_row - g0 + groups_n - 1u), last_weight)];
                         for (var i = 0u; i < ROWS; i++) {
                             acc[i][j] = fma(vec4<f32>(a[i][kk]), w, acc[i][j]);
                         }

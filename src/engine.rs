@@ -4,6 +4,7 @@
 use crate::data::distortion::Distortion;
 use crate::gpu::kernels::{ConvParams, ConvVariant, Dispatch, Kernels};
 use crate::gpu::scheduler::{assign_slots, conv_params, GpuWeights, Plan};
+use crate::gpu::timer::GpuTimer;
 use crate::gpu::tuning::{shape_key, Tuning};
 use crate::gpu::Gpu;
 use crate::model::graph::Graph;
@@ -124,6 +125,27 @@ impl Engine {
             )?);
         }
         Ok(self.plan.as_ref().expect("plan"))
+    }
+
+    /// GPU time of each dispatch of a forward pass at `batch`, as (what it
+    /// computes, floating-point operations, seconds), from timestamp queries;
+    /// None without them.
+    pub fn profile(&mut self, batch: u32) -> Result<Option<Vec<(String, f64, f64)>>> {
+        self.plan(batch, &[OUTPUT])?;
+        let plan = self.plan.as_ref().expect("plan");
+        let ops: Vec<(&(String, f64), &Dispatch)> = plan.dispatches().collect();
+        let Some(timer) = GpuTimer::new(&self.gpu, ops.len() as u32) else {
+            return Ok(None);
+        };
+        let groups: Vec<[&Dispatch; 1]> = ops.iter().map(|(_, d)| [*d]).collect();
+        let slices: Vec<&[&Dispatch]> = groups.iter().map(|g| g.as_slice()).collect();
+        let times = timer.time(&self.gpu, &slices)?;
+        Ok(Some(
+            ops.iter()
+                .zip(times)
+                .map(|(((label, flops), _), t)| (label.clone(), *flops, t))
+                .collect(),
+        ))
     }
 
     /// Runs already-normalised input tensors (NHWC f32, `batch` images) and

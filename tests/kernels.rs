@@ -18,19 +18,28 @@ fn out_size(input: u32, k: u32, stride: u32, pad: u32) -> u32 {
 }
 
 fn run_conv(seed: u64, kernel: (u32, u32), stride: u32, same: bool, slices: bool) {
-    run_conv_with(seed, kernel, stride, same, slices, 1);
+    run_conv_with(seed, kernel, stride, same, slices, (1, 1));
 }
 
-/// A random conv whose channel counts, offsets and strides are multiples of
-/// `align` (4 lets the register-tiled variants run it).
-fn run_conv_with(seed: u64, kernel: (u32, u32), stride: u32, same: bool, slices: bool, align: u32) {
+/// A random conv whose input and output channel counts, offsets and strides
+/// are multiples of `align` (input, output); an output aligned to 4 lets the
+/// register-tiled variants run it.
+fn run_conv_with(
+    seed: u64,
+    kernel: (u32, u32),
+    stride: u32,
+    same: bool,
+    slices: bool,
+    align: (u32, u32),
+) {
     let mut rng = rng(seed);
-    let a = |v: u32| v.div_ceil(align) * align;
+    let a_in = |v: u32| v.div_ceil(align.0) * align.0;
+    let a = |v: u32| v.div_ceil(align.1) * align.1;
     let (kh, kw) = kernel;
     let batch = rng.random_range(1..=3);
     let in_h = rng.random_range(kh.max(3)..20);
     let in_w = rng.random_range(kw.max(3)..20);
-    let in_c = a(rng.random_range(1..40));
+    let in_c = a_in(rng.random_range(1..40));
     let out_c = a(rng.random_range(1..80));
     let (pad_top, pad_left) = if same {
         ((kh - 1) / 2, (kw - 1) / 2)
@@ -40,7 +49,7 @@ fn run_conv_with(seed: u64, kernel: (u32, u32), stride: u32, same: bool, slices:
     let out_h = out_size(in_h, kh, stride, 2 * pad_top);
     let out_w = out_size(in_w, kw, stride, 2 * pad_left);
     let (in_offset, in_extra) = if slices {
-        (a(rng.random_range(0..5)), a(rng.random_range(0..5)))
+        (a_in(rng.random_range(0..5)), a_in(rng.random_range(0..5)))
     } else {
         (0, 0)
     };
@@ -76,7 +85,7 @@ fn run_conv_with(seed: u64, kernel: (u32, u32), stride: u32, same: bool, slices:
         .filter(|v| v.fits(&p, gpu().0.limits.max_compute_workgroups_per_dimension))
         .count();
     assert!(
-        align == 1 || fitting == ConvVariant::CANDIDATES.len(),
+        align.1 == 1 || fitting == ConvVariant::CANDIDATES.len(),
         "{p:?}"
     );
     check_conv(&p, &mut rng);
@@ -120,8 +129,10 @@ fn check_conv_variant(p: &ConvParams, variant: ConvVariant, rng: &mut rand::rngs
 fn conv_aligned_shapes_in_every_variant() {
     let shapes = [(1, 1), (3, 3), (5, 5), (1, 7), (7, 1), (1, 3), (3, 1)];
     for (i, &k) in shapes.iter().enumerate() {
-        run_conv_with(800 + i as u64, k, 1, true, true, 4);
-        run_conv_with(850 + i as u64, k, 2, false, false, 4);
+        run_conv_with(800 + i as u64, k, 1, true, true, (4, 4));
+        run_conv_with(850 + i as u64, k, 2, false, false, (4, 4));
+        // Input channels not a multiple of 4 (the RGB first layer): scalar input reads.
+        run_conv_with(870 + i as u64, k, 2, false, true, (1, 4));
     }
 }
 

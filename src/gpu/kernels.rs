@@ -143,32 +143,48 @@ impl ConvVariant {
         },
     ];
 
-    /// Whether this variant can run the conv `p` (the direct one needs every
-    /// channel count and offset aligned to 4, and its grid within the limit).
+    /// Whether this variant can run the conv `p` (the direct one needs the
+    /// output channel count and slice aligned to 4, and its grid within the limit).
     pub fn fits(&self, p: &ConvParams, max_groups: u32) -> bool {
         match *self {
             ConvVariant::Tiled => true,
             ConvVariant::Direct { rows, .. } => {
-                [
-                    p.in_c,
-                    p.in_stride,
-                    p.in_offset,
-                    p.out_c,
-                    p.out_stride,
-                    p.out_offset,
-                ]
-                .iter()
-                .all(|v| v % 4 == 0)
+                [p.out_c, p.out_stride, p.out_offset]
+                    .iter()
+                    .all(|v| v % 4 == 0)
                     && p.m.div_ceil(rows) <= max_groups
             }
         }
     }
 }
 
+/// Whether a conv's input channels can be read as vec4s.
+fn input_aligned(p: &ConvParams) -> bool {
+    [p.in_c, p.in_stride, p.in_offset]
+        .iter()
+        .all(|v| v % 4 == 0)
+}
+
+/// conv2d_direct.wgsl's input binding and reader for channels not aligned to 4.
+const SCALAR_INPUT: &str = "
+@group(0) @binding(1) var<storage, read> input: array<f32>;
+fn input_quad(pixel: u32, c4: u32) -> vec4<f32> {
+    var q = vec4<f32>(0.0);
+    for (var j = 0u; j < 4u; j++) {
+        let c = c4 * 4u + j;
+        if (c < p.in_c) {
+            q[j] = input[pixel + c];
+        }
+    }
+    return q;
+}
+";
+
 /// Every pipeline the engine uses, compiled once per device.
 pub struct Kernels {
     conv2d: wgpu::ComputePipeline,
-    direct: Mutex<HashMap<ConvVariant, wgpu::ComputePipeline>>,
+    /// conv2d_direct.wgsl pipelines by variant and whether the input is vec4-aligned.
+    direct: Mutex<HashMap<(ConvVariant, bool), wgpu::ComputePipeline>>,
     max_pool: wgpu::ComputePipeline,
     avg_pool: wgpu::ComputePipeline,
     avg_pool_counting_padding: wgpu::ComputePipeline,
@@ -293,7 +309,7 @@ impl Kernels {
         let buffers = [input, weights, bias, output];
         match variant {
             ConvVariant::Direct { rows, cols, group } if variant.fits(p, self.max_groups) => {
-                let pipeline = self.direct_pipeline(gpu, variant);
+                let pipeline = self.direct_pipeline(gpu, variant, input_aligned(p));
                 let column_groups = (p.out_c / 4).div_ceil(cols);
                 let groups = [column_groups.div_ceil(group), p.m.div_ceil(rows), 1];
                 Self::dispatch(gpu, &pipeline, p, &buffers, groups)
@@ -305,16 +321,22 @@ impl Kernels {
         }
     }
 
-    /// conv2d_direct.wgsl with the variant's tile constants, compiled on first use.
-    fn direct_pipeline(&self, gpu: &Gpu, variant: ConvVariant) -> wgpu::ComputePipeline {
+    /// conv2d_direct.wgsl with the variant's tile constants (and scalar input
+    /// reads unless `aligned`), compiled on first use.
+    fn direct_pipeline(
+        &self,
+        gpu: &Gpu,
+        variant: ConvVariant,
+        aligned: bool,
+    ) -> wgpu::ComputePipeline {
         let ConvVariant::Direct { rows, cols, group } = variant else {
             unreachable!("only direct variants are compiled here")
         };
         let mut cache = self.direct.lock().expect("pipeline cache");
         cache
-            .entry(variant)
+            .entry((variant, aligned))
             .or_insert_with(|| {
-                let source = include_str!("../../shaders/conv2d_direct.wgsl")
+                let mut source = include_str!("../../shaders/conv2d_direct.wgsl")
                     .replace(
                         "const ROWS: u32 = 4u;",
                         &format!("const ROWS: u32 = {rows}u;"),
@@ -323,6 +345,11 @@ impl Kernels {
                         "const COLS: u32 = 2u;",
                         &format!("const COLS: u32 = {cols}u;"),
                     );
+                if !aligned {
+                    let start = source.find("// INPUT BEGIN").expect("marker");
+                    let end = source.find("// INPUT END").expect("marker");
+                    source.replace_range(start..end, SCALAR_INPUT);
+                }
                 let module = gpu
                     .device
                     .create_shader_module(wgpu::ShaderModuleDescriptor {

@@ -4,6 +4,7 @@
 pub mod context;
 pub mod kernels;
 pub mod scheduler;
+pub mod timer;
 pub mod tuning;
 
 pub use context::Gpu;

@@ -4,7 +4,7 @@
 
 use super::context::Gpu;
 use super::kernels::{ConvParams, Dispatch, GlobalPoolParams, Kernels, PoolKind, PoolParams};
-use super::tuning::Tuning;
+use super::tuning::{shape_key, Tuning};
 use crate::model::graph::{Conv, Graph, Op, Padding, Pool, PoolOp, TensorId};
 use crate::model::weights::WeightFile;
 use anyhow::{Context, Result};
@@ -100,6 +100,7 @@ pub struct Plan {
     slots: Vec<wgpu::Buffer>,
     input_slot: usize,
     dispatches: Vec<Dispatch>,
+    labels: Vec<(String, f64)>,
     readbacks: Vec<Readback>,
     staging: wgpu::Buffer,
 }
@@ -130,6 +131,20 @@ impl Plan {
             .map(|(i, &s)| gpu.storage_buffer(&format!("activation slot {i}"), s))
             .collect();
         let buffer = |t: TensorId| &slots[slot_of[t.0]];
+        let labels = graph
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Conv(c) => {
+                    let p = conv_params(graph, c, batch);
+                    let macs =
+                        p.m as f64 * p.out_c as f64 * (p.kernel_h * p.kernel_w * p.in_c) as f64;
+                    (format!("conv {}", shape_key(&p)), 2.0 * macs)
+                }
+                Op::Pool(p) => (format!("{:?} pool", p.kind).to_lowercase(), 0.0),
+                Op::GlobalAvgPool { .. } => ("global average pool".into(), 0.0),
+            })
+            .collect();
         let dispatches = graph
             .ops
             .iter()
@@ -201,6 +216,7 @@ impl Plan {
             input_slot: slot_of[input.0],
             slots,
             dispatches,
+            labels,
             readbacks,
             staging,
         })
@@ -214,6 +230,13 @@ impl Plan {
     /// Total bytes of activation memory this plan holds.
     pub fn activation_bytes(&self) -> u64 {
         self.slots.iter().map(|b| b.size()).sum()
+    }
+
+    /// The network's dispatches, in order, each with what it computes
+    /// ("conv 3x3s1_64to96_map2048", "max pool", ...) and its floating-point
+    /// operations (convs only; 0 for the rest), for profiling.
+    pub fn dispatches(&self) -> impl Iterator<Item = (&(String, f64), &Dispatch)> {
+        self.labels.iter().zip(&self.dispatches)
     }
 
     /// Runs `before` (e.g. preprocessing into the input) and then the network,

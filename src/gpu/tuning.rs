@@ -33,24 +33,35 @@ pub struct Tuning {
     pub choices: BTreeMap<String, ConvVariant>,
 }
 
-/// Identifies what the measurements depend on.
+/// Identifies what the measurements depend on: the adapter, its driver, the
+/// engine version and the conv kernels themselves (any change re-tunes).
 fn device_key(gpu: &Gpu) -> String {
     let i = &gpu.info;
+    let kernels = Sha256::digest(
+        [
+            include_str!("../../shaders/conv2d.wgsl"),
+            include_str!("../../shaders/conv2d_direct.wgsl"),
+            &format!("{:?}", ConvVariant::CANDIDATES),
+        ]
+        .concat(),
+    );
     format!(
-        "{} | {:?} | {} {} | retrain {}",
+        "{} | {:?} | {} {} | retrain {} | kernels {}",
         i.name,
         i.backend,
         i.driver,
         i.driver_info,
-        env!("CARGO_PKG_VERSION")
+        env!("CARGO_PKG_VERSION"),
+        hex(&kernels[..6])
     )
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn cache_path(device: &str) -> PathBuf {
-    let hash: String = Sha256::digest(device.as_bytes())[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = hex(&Sha256::digest(device.as_bytes())[..8]);
     crate::convert::default_weights::cache_dir().join(format!("tuning-{hash}.json"))
 }
 

@@ -1,0 +1,324 @@
+//! The engine against the device's own ceiling (cargo bench --bench kernels):
+//!
+//! - the ceiling: the project's own GEMM (a 1×1 conv, N×N×N) in GFLOPS, the
+//!   best of the conv kernel variants, in the same process;
+//! - every distinct conv shape of Inception V3 (batch 1 and 8): time, GFLOPS,
+//!   % of the ceiling, the variant the tuning chose; pools as time;
+//! - the forward pass in images/s at batch 1, 8 and 32 (capped at what the
+//!   device holds) and each layer family's share of its time;
+//! - `retrain features`' path (decoding on CPU threads + forward) on the
+//!   example JPEGs, beside the forward-only rate;
+//! - head training steps for 2, 100 and 1000 classes, and a 16-head sweep step.
+//!
+//! GPU times come from timestamp queries (median of repeats after a warm-up);
+//! rates from wall-clock. Every line names the adapter. Results also go to
+//! target/bench-kernels.json. BENCH_INPUT sets the input size (default 299),
+//! BENCH_GEMM the GEMM size (default 2048 on GPUs, 1024 on CPU adapters).
+
+use retrain::commands::tune_on_first_use;
+use retrain::convert::default_weights;
+use retrain::data::{images, loader};
+use retrain::engine::Engine;
+use retrain::gpu::kernels::{ConvParams, ConvVariant};
+use retrain::gpu::timer::GpuTimer;
+use retrain::gpu::tuning::shape_key;
+use retrain::gpu::Gpu;
+use retrain::model::weights::WeightFile;
+use retrain::train::head::GpuHeads;
+use retrain::train::optimizer::{HeadSettings, Optimizer, TrainingRule};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+fn env_u32(name: &str) -> Option<u32> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
+/// Median seconds of `f` after a warm-up: 3 runs, or fewer when a run is long.
+fn wall_secs(mut f: impl FnMut()) -> f64 {
+    f();
+    let mut times = Vec::new();
+    let started = Instant::now();
+    while times.len() < 3 && (times.is_empty() || started.elapsed().as_secs_f64() < 20.0) {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// GFLOPS of an n×n×n GEMM (a 1×1 conv over a 1×n map with n channels) per variant.
+fn gemm_ceiling(gpu: &Gpu, engine: &Engine, timer: &GpuTimer, n: u32) -> Vec<(ConvVariant, f64)> {
+    let p = ConvParams {
+        batch: 1,
+        in_h: 1,
+        in_w: n,
+        in_c: n,
+        out_h: 1,
+        out_w: n,
+        out_c: n,
+        m: n,
+        kernel_h: 1,
+        kernel_w: 1,
+        stride_h: 1,
+        stride_w: 1,
+        in_stride: n,
+        out_stride: n,
+        ..Default::default()
+    };
+    let buffer = |label: &str, floats: u32| gpu.storage_buffer(label, floats as u64 * 4);
+    let (a, b, bias, c) = (
+        buffer("A", n * n),
+        buffer("B", n * n),
+        buffer("bias", n),
+        buffer("C", n * n),
+    );
+    let flops = 2.0 * (n as f64).powi(3);
+    ConvVariant::CANDIDATES
+        .iter()
+        .filter(|v| v.fits(&p, gpu.limits.max_compute_workgroups_per_dimension))
+        .map(|&v| {
+            let d = engine.kernels().conv2d(gpu, &p, v, &a, &b, &bias, &c);
+            timer.time(gpu, &[&[&d]]).expect("warm-up");
+            let times: Vec<f64> = (0..3)
+                .map(|_| timer.time(gpu, &[&[&d]]).expect("time")[0])
+                .collect();
+            (v, flops / median(times) / 1e9)
+        })
+        .collect()
+}
+
+/// Per-label GPU seconds and FLOPs of a forward pass at `batch` (median of 3 profiles).
+fn profile(engine: &mut Engine, batch: u32) -> Vec<(String, f64, f64, usize)> {
+    engine.profile(batch).expect("profile"); // warm-up
+    let runs: Vec<Vec<(String, f64, f64)>> = (0..3)
+        .map(|_| engine.profile(batch).expect("profile").expect("timestamps"))
+        .collect();
+    let mut by_label: BTreeMap<String, (f64, f64, usize)> = BTreeMap::new();
+    for (i, (label, flops, _)) in runs[0].iter().enumerate() {
+        let t = median(runs.iter().map(|r| r[i].2).collect());
+        let e = by_label.entry(label.clone()).or_default();
+        e.0 += flops;
+        e.1 += t;
+        e.2 += 1;
+    }
+    let mut rows: Vec<_> = by_label
+        .into_iter()
+        .map(|(l, (f, t, n))| (l, f, t, n))
+        .collect();
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+    rows
+}
+
+fn family(label: &str) -> &'static str {
+    if label.starts_with("conv 1x1") {
+        "1x1 conv"
+    } else if label.starts_with("conv") {
+        "spatial conv"
+    } else if label.contains("pool") {
+        "pooling"
+    } else {
+        "other"
+    }
+}
+
+fn main() {
+    let size = env_u32("BENCH_INPUT").unwrap_or(299);
+    let file =
+        WeightFile::open(&default_weights::resolve(None).expect("weights")).expect("weights");
+    let mut engine =
+        Engine::new(Gpu::new().expect("gpu"), &file, Some((size, size))).expect("engine");
+    tune_on_first_use(&mut engine).expect("tuning");
+    let gpu = engine.gpu.clone();
+    let adapter = format!("{} ({:?})", gpu.info.name, gpu.info.backend);
+    println!(
+        "adapter: {adapter}; driver: {} {}",
+        gpu.info.driver, gpu.info.driver_info
+    );
+    let timer =
+        GpuTimer::new(&gpu, 1).expect("this bench needs timestamp queries (TIMESTAMP_QUERY)");
+    let mut out = json!({"adapter": adapter, "input": size});
+
+    // 1. The ceiling.
+    let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
+    let n = env_u32("BENCH_GEMM").unwrap_or(if cpu { 1024 } else { 2048 });
+    let gemm = gemm_ceiling(&gpu, &engine, &timer, n);
+    for (v, g) in &gemm {
+        println!("[{adapter}] GEMM {n}³ {v:?}: {g:.2} GFLOPS");
+    }
+    let ceiling = gemm.iter().map(|g| g.1).fold(0.0, f64::max);
+    println!("[{adapter}] ceiling: {ceiling:.2} GFLOPS");
+    out["gemm"] = json!({"n": n, "variants": gemm.iter().map(|(v, g)| json!({"variant": format!("{v:?}"), "gflops": g})).collect::<Vec<_>>(), "ceiling_gflops": ceiling});
+
+    // 2. Every conv shape, and the pools.
+    let max_batch = engine.max_batch();
+    let mut layers = Vec::new();
+    for batch in [1, 8.min(max_batch)] {
+        println!(
+            "\n[{adapter}] layers at {size}×{size}, batch {batch} (GPU time per forward pass)"
+        );
+        println!(
+            "{:<36} {:>5} {:>10} {:>8} {:>8}  variant",
+            "layer", "count", "ms", "GFLOPS", "% ceil"
+        );
+        let variants: BTreeMap<String, ConvVariant> = engine
+            .distinct_convs(batch)
+            .iter()
+            .map(|p| (shape_key(p), engine.tuning().variant(&gpu, p)))
+            .collect();
+        let rows = profile(&mut engine, batch);
+        let (conv_flops, conv_secs) = rows
+            .iter()
+            .filter(|r| r.1 > 0.0)
+            .fold((0.0, 0.0), |(f, t), r| (f + r.1, t + r.2));
+        for (label, flops, secs, count) in &rows {
+            let gflops = flops / secs / 1e9;
+            let variant = label
+                .strip_prefix("conv ")
+                .and_then(|k| variants.get(k))
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_default();
+            if *flops > 0.0 {
+                println!(
+                    "{label:<36} {count:>5} {:>10.3} {gflops:>8.2} {:>7.1}%  {variant}",
+                    secs * 1e3,
+                    100.0 * gflops / ceiling
+                );
+            } else {
+                println!("{label:<36} {count:>5} {:>10.3}", secs * 1e3);
+            }
+            layers.push(json!({"batch": batch, "layer": label, "count": count, "ms": secs * 1e3, "gflops": gflops, "percent_of_ceiling": 100.0 * gflops / ceiling, "variant": variant}));
+        }
+        let conv_gflops = conv_flops / conv_secs / 1e9;
+        println!(
+            "[{adapter}] all convs at batch {batch}: {conv_gflops:.2} GFLOPS = {:.1}% of the ceiling",
+            100.0 * conv_gflops / ceiling
+        );
+        out[format!("convs_batch_{batch}")] =
+            json!({"gflops": conv_gflops, "percent_of_ceiling": 100.0 * conv_gflops / ceiling});
+    }
+    out["layers"] = Value::Array(layers);
+
+    // 3. The forward pass.
+    println!();
+    let mut forward = Vec::new();
+    let mut batches: Vec<u32> = [1, 8, 32].iter().map(|&b| b.min(max_batch)).collect();
+    batches.dedup();
+    for &batch in &batches {
+        let input: Vec<f32> = (0..batch * size * size * 3)
+            .map(|i| (i % 255) as f32 / 255.0)
+            .collect();
+        let secs = wall_secs(|| {
+            engine
+                .run_tensors(&input, batch, &["bottleneck"])
+                .expect("forward");
+        });
+        let rows = profile(&mut engine, batch);
+        let total: f64 = rows.iter().map(|r| r.2).sum();
+        let mut shares: BTreeMap<&str, f64> = BTreeMap::new();
+        for r in &rows {
+            *shares.entry(family(&r.0)).or_default() += r.2 / total;
+        }
+        let share_text: Vec<String> = shares
+            .iter()
+            .map(|(f, s)| format!("{f} {:.0}%", s * 100.0))
+            .collect();
+        println!(
+            "[{adapter}] forward {size}×{size} batch {batch:>2}: {:8.2} images/s  ({})",
+            batch as f64 / secs,
+            share_text.join(", ")
+        );
+        forward
+            .push(json!({"batch": batch, "images_per_s": batch as f64 / secs, "shares": shares}));
+    }
+    out["forward"] = Value::Array(forward);
+
+    // 4. End to end, as `retrain features` runs.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/webstyle");
+    let paths = images::list_images(&root).expect("example images");
+    let batch = max_batch.min(paths.len() as u32) as usize;
+    let t = Instant::now();
+    for decoded in loader::decode_batches(paths.clone(), batch) {
+        let imgs: Vec<_> = decoded
+            .into_iter()
+            .map(|d| d.image.expect("decode"))
+            .collect();
+        engine.bottlenecks(&imgs).expect("forward");
+    }
+    let e2e = paths.len() as f64 / t.elapsed().as_secs_f64();
+    let input: Vec<f32> = vec![0.5; batch * (size * size * 3) as usize];
+    let fwd = batch as f64
+        / wall_secs(|| {
+            engine
+                .run_tensors(&input, batch as u32, &["bottleneck"])
+                .expect("forward");
+        });
+    println!(
+        "[{adapter}] features on {} JPEGs (decode + forward, batch {batch}): {e2e:.2} images/s = {:.0}% of forward-only {fwd:.2}",
+        paths.len(),
+        100.0 * e2e / fwd
+    );
+    out["features_end_to_end"] =
+        json!({"images": paths.len(), "images_per_s": e2e, "forward_only_images_per_s": fwd});
+
+    // 5. Head steps.
+    let sweep = TrainingRule {
+        optimizer: Optimizer::ADAM,
+        cosine_decay: true,
+        ..TrainingRule::retrain_py(4000)
+    };
+    let mut heads_out = Vec::new();
+    for (classes, heads, rule) in [
+        (2u32, 1usize, TrainingRule::retrain_py(4000)),
+        (100, 1, TrainingRule::retrain_py(4000)),
+        (1000, 1, TrainingRule::retrain_py(4000)),
+        (2, 16, sweep),
+    ] {
+        let n = 2000usize;
+        let features: Vec<f32> = (0..n * 2048).map(|i| (i % 97) as f32 / 97.0).collect();
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % classes).collect();
+        let initial = vec![0.001f32; heads * (2048 * classes + classes) as usize];
+        let settings = vec![
+            HeadSettings {
+                learning_rate: 0.01,
+                l2: 0.001
+            };
+            heads
+        ];
+        let head = GpuHeads::new(
+            &gpu,
+            &features,
+            &labels,
+            (2048, classes),
+            &initial,
+            &settings,
+            rule,
+        )
+        .expect("head");
+        let slot = head.batch(&gpu, 100);
+        let rows: Vec<u32> = (0..100).map(|i| (i * 17) % n as u32).collect();
+        let secs = wall_secs(|| {
+            for step in 0..20 {
+                head.train_step(&gpu, &slot, &rows, step, step);
+            }
+            head.evaluate(&gpu, &slot, &rows).expect("sync");
+        }) / 20.0;
+        println!(
+            "[{adapter}] head step, {classes:>4} classes, {heads:>2} heads, batch 100: {:8.3} ms",
+            secs * 1e3
+        );
+        heads_out.push(json!({"classes": classes, "heads": heads, "batch": 100, "ms": secs * 1e3}));
+    }
+    out["head_steps"] = Value::Array(heads_out);
+
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-kernels.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&out).unwrap()).expect("write results");
+    println!("wrote {}", path.display());
+}
