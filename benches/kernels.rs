@@ -1,7 +1,8 @@
 //! The engine against the device's own ceiling (cargo bench --bench kernels):
 //!
 //! - the ceiling: the project's own GEMM (a 1×1 conv, N×N×N) in GFLOPS, the
-//!   best of the conv kernel variants, in the same process;
+//!   best of the conv kernel variants over a few sizes N (best of 5 runs
+//!   each), in the same process;
 //! - every distinct conv shape of Inception V3 (batch 1 and 8): time, GFLOPS,
 //!   % of the ceiling, the variant the tuning chose; pools as time;
 //! - the forward pass in images/s at batch 1, 8 and 32 (capped at what the
@@ -13,7 +14,8 @@
 //! GPU times come from timestamp queries (median of repeats after a warm-up);
 //! rates from wall-clock. Every line names the adapter. Results also go to
 //! target/bench-kernels.json. BENCH_INPUT sets the input size (default 299),
-//! BENCH_GEMM the GEMM size (default 2048 on GPUs, 1024 on CPU adapters).
+//! BENCH_GEMM the GEMM sizes (default 1024,2048,4096 on GPUs, 512,1024 on
+//! CPU adapters).
 
 use retrain::commands::tune_on_first_use;
 use retrain::convert::default_weights;
@@ -87,10 +89,10 @@ fn gemm_ceiling(gpu: &Gpu, engine: &Engine, timer: &GpuTimer, n: u32) -> Vec<(Co
         .map(|&v| {
             let d = engine.kernels().conv2d(gpu, &p, v, &a, &b, &bias, &c);
             timer.time(gpu, &[&[&d]]).expect("warm-up");
-            let times: Vec<f64> = (0..3)
+            let best = (0..5)
                 .map(|_| timer.time(gpu, &[&[&d]]).expect("time")[0])
-                .collect();
-            (v, flops / median(times) / 1e9)
+                .fold(f64::INFINITY, f64::min);
+            (v, flops / best / 1e9)
         })
         .collect()
 }
@@ -148,14 +150,24 @@ fn main() {
 
     // 1. The ceiling.
     let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
-    let n = env_u32("BENCH_GEMM").unwrap_or(if cpu { 1024 } else { 2048 });
-    let gemm = gemm_ceiling(&gpu, &engine, &timer, n);
-    for (v, g) in &gemm {
-        println!("[{adapter}] GEMM {n}³ {v:?}: {g:.2} GFLOPS");
+    let sizes: Vec<u32> = std::env::var("BENCH_GEMM")
+        .unwrap_or_else(|_| if cpu { "512,1024" } else { "1024,2048,4096" }.into())
+        .split(',')
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let mut gemm = Vec::new();
+    for &n in &sizes {
+        for (v, g) in gemm_ceiling(&gpu, &engine, &timer, n) {
+            println!("[{adapter}] GEMM {n}³ {v:?}: {g:.2} GFLOPS");
+            gemm.push(json!({"n": n, "variant": format!("{v:?}"), "gflops": g}));
+        }
     }
-    let ceiling = gemm.iter().map(|g| g.1).fold(0.0, f64::max);
+    let ceiling = gemm
+        .iter()
+        .filter_map(|g| g["gflops"].as_f64())
+        .fold(0.0, f64::max);
     println!("[{adapter}] ceiling: {ceiling:.2} GFLOPS");
-    out["gemm"] = json!({"n": n, "variants": gemm.iter().map(|(v, g)| json!({"variant": format!("{v:?}"), "gflops": g})).collect::<Vec<_>>(), "ceiling_gflops": ceiling});
+    out["gemm"] = json!({"runs": gemm, "ceiling_gflops": ceiling});
 
     // 2. Every conv shape, and the pools.
     let max_batch = engine.max_batch();

@@ -8,7 +8,9 @@
 //   0 params  (uniform)  shapes, strides, padding, channel slices (struct Params)
 //   1 input   (storage)  NHWC f32 [batch, in_h, in_w, in_stride]; reads channels
 //                        in_offset .. in_offset+in_c of each pixel
-//   2 weights (storage)  f32 [kernel_h, kernel_w, in_c, out_c] (HWIO, row-major)
+//   2 weights (storage)  f32 [kernel_h, kernel_w, in_c, out_c] (HWIO, row-major);
+//                        for f16 weight files the host swaps in the block marked
+//                        WEIGHTS: u32 pairs of f16 read with unpack2x16float
 //   3 bias    (storage)  f32 [out_c]
 //   4 output  (storage)  NHWC f32 [batch, out_h, out_w, out_stride]; writes
 //                        channels out_offset .. out_offset+out_c, so a mixed
@@ -28,7 +30,12 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> input: array<f32>;
+// WEIGHTS BEGIN
 @group(0) @binding(2) var<storage, read> weights: array<f32>;
+fn weight_at(i: u32) -> f32 {
+    return weights[i];
+}
+// WEIGHTS END
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> output: array<f32>;
 
@@ -91,7 +98,7 @@ fn main(
                     let co = n0 + b_col + j;
                     var w = 0.0;
                     if (kc < p.in_c && co < p.out_c) {
-                        w = weights[(tap * p.in_c + kc) * p.out_c + co];
+                        w = weight_at((tap * p.in_c + kc) * p.out_c + co);
                     }
                     b_tile[b_k * TILE_N + b_col + j] = w;
                 }

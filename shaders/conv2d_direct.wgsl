@@ -19,7 +19,9 @@
 // Bindings (as conv2d.wgsl, viewed as vec4):
 //   0 params  (uniform)  struct Params (same as conv2d.wgsl)
 //   1 input   (storage)  NHWC vec4 [batch, in_h, in_w, in_stride/4] (or f32)
-//   2 weights (storage)  HWIO vec4 [kernel_h, kernel_w, in_c, out_c/4]
+//   2 weights (storage)  HWIO vec4 [kernel_h, kernel_w, in_c, out_c/4]; for f16
+//                        weight files the host swaps in the block marked WEIGHTS
+//                        (vec2<u32>: four f16, read with unpack2x16float)
 //   3 bias    (storage)  vec4 [out_c/4]
 //   4 output  (storage)  NHWC vec4 [batch, out_h, out_w, out_stride/4]
 //
@@ -41,7 +43,12 @@ fn input_quad(pixel: u32, c4: u32) -> vec4<f32> {
     return input[pixel / 4u + c4];
 }
 // INPUT END
+// WEIGHTS BEGIN
 @group(0) @binding(2) var<storage, read> weights: array<vec4<f32>>;
+fn weight4_at(i: u32) -> vec4<f32> {
+    return weights[i];
+}
+// WEIGHTS END
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> output: array<vec4<f32>>;
 
@@ -95,7 +102,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
                     // Past in_c (unaligned input) a[i][kk] is 0; the clamp keeps the read in bounds.
                     let w_row = (tap + c4 * 4u + kk) * groups_n + g0;
                     for (var j = 0u; j < COLS; j++) {
-                        let w = weights[min(min(w_row + j, w_row - g0 + groups_n - 1u), last_weight)];
+                        let w = weight4_at(min(min(w_row + j, w_row - g0 + groups_n - 1u), last_weight));
                         for (var i = 0u; i < ROWS; i++) {
                             acc[i][j] = fma(vec4<f32>(a[i][kk]), w, acc[i][j]);
                         }

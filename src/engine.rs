@@ -41,7 +41,7 @@ impl Engine {
         }
         // Uploading checks every tensor's presence and shape against the graph.
         let weights = GpuWeights::upload(&gpu, file, &graph)?;
-        let kernels = Kernels::new(&gpu);
+        let kernels = Kernels::new(&gpu, file.half_weights());
         let max_batch = max_batch(&gpu, &kernels, &graph)?;
         let tuning = Tuning::load(&gpu);
         Ok(Engine {

@@ -33,7 +33,7 @@ fn fixture() -> &'static Fixture {
         default_weights::fetch_model(&model).expect("npm pack nsfwjs@4.4.0");
         let source = tfjs::read_source(&model).unwrap();
         let direct = dir.path().join("direct.safetensors");
-        convert::write_engine_file(&source, &direct).unwrap();
+        convert::write_engine_file(&source, &direct, false).unwrap();
         Fixture {
             _dir: dir,
             source,
@@ -298,6 +298,7 @@ fn convert_and_compare(source: &Path, what: &str) -> PathBuf {
     let overrides = Overrides {
         normalization: Some(Normalization::unit()),
         average_pool_counts_padding: Some(false),
+        half_weights: false,
     };
     let info = convert::convert(source, &out, &overrides).unwrap();
     assert_eq!(info.normalization, Normalization::unit());
@@ -328,8 +329,13 @@ fn check_golden(weights: &Path, what: &str) {
 
 /// Relative L2 error of the small golden bottleneck computed with `weights`.
 fn golden_error(weights: &Path) -> f64 {
+    golden_error_of(weights, "small_astronaut_139x139", 139)
+}
+
+/// Relative L2 error of golden bottleneck `name` (input `input_{name}.bin`, size `side`).
+fn golden_error_of(weights: &Path, name: &str, side: u32) -> f64 {
     let file = WeightFile::open(weights).unwrap();
-    let mut engine = Engine::new(Gpu::new().unwrap(), &file, Some((139, 139))).unwrap();
+    let mut engine = Engine::new(Gpu::new().unwrap(), &file, Some((side, side))).unwrap();
     let reference = |name: &str| {
         let bytes = std::fs::read(
             Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -339,11 +345,11 @@ fn golden_error(weights: &Path) -> f64 {
         .unwrap();
         bytemuck::pod_collect_to_vec::<u8, f32>(&bytes)
     };
-    let input = reference("input_small_astronaut_139x139.bin");
+    let input = reference(&format!("input_{name}.bin"));
     let out = engine.run_tensors(&input, 1, &["bottleneck"]).unwrap();
     common::rel_l2(
         &out[0],
-        &reference("bottleneck_small_astronaut_139x139.bin"),
+        &reference(&format!("bottleneck_{}.bin", name.trim_end_matches("_299"))),
     )
 }
 
@@ -503,4 +509,26 @@ fn bad_sources_are_named_and_leave_no_output() {
         ok && text.contains("cannot convert") && text.contains("not used"),
         "{text}"
     );
+}
+
+#[test]
+fn f16_weights_halve_the_file_and_stay_within_1e_2_of_the_golden_bottleneck() {
+    let dir = tempfile::tempdir().unwrap();
+    let half = dir.path().join("half.safetensors");
+    let info = convert::write_engine_file(&fixture().source, &half, true).unwrap();
+    assert_eq!(info.dtype, "f16");
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len() as f64;
+    let ratio = size(&half) / size(&fixture().direct);
+    assert!(
+        (0.49..0.52).contains(&ratio),
+        "f16 file is {ratio} of the f32 one"
+    );
+    for (name, side) in [("small_astronaut_139x139", 139), ("0_astronaut_299", 299)] {
+        let err = golden_error_of(&half, name, side);
+        assert!(
+            err <= 1e-2 && err > 0.0,
+            "{name}: f16 bottleneck off by {err:e}"
+        );
+        eprintln!("f16 weights, {name}: golden bottleneck relative L2 {err:e}");
+    }
 }

@@ -8,9 +8,10 @@ use rand::Rng;
 use retrain::cpu_reference;
 use retrain::data::distortion::Distortion;
 use retrain::gpu::kernels::{
-    submit, ConvParams, ConvVariant, GlobalPoolParams, PoolKind, PoolParams,
+    submit, ConvParams, ConvVariant, GlobalPoolParams, Kernels, PoolKind, PoolParams,
 };
 use retrain::model::weights::Normalization;
+use std::sync::OnceLock;
 
 /// Output size along one axis for a window of `k` with `stride` and total padding `pad`.
 fn out_size(input: u32, k: u32, stride: u32, pad: u32) -> u32 {
@@ -95,22 +96,46 @@ fn run_conv_with(
 /// variant and compares each with the CPU reference.
 fn check_conv(p: &ConvParams, rng: &mut rand::rngs::StdRng) {
     for variant in ConvVariant::CANDIDATES {
-        check_conv_variant(p, variant, rng);
+        for half in [false, true] {
+            check_conv_variant(p, variant, half, rng);
+        }
     }
 }
 
-fn check_conv_variant(p: &ConvParams, variant: ConvVariant, rng: &mut rand::rngs::StdRng) {
-    let (gpu, kernels) = gpu();
+/// The kernels for f16 weight files.
+fn half_kernels() -> &'static Kernels {
+    static KERNELS: OnceLock<Kernels> = OnceLock::new();
+    KERNELS.get_or_init(|| Kernels::new(&gpu().0, true))
+}
+
+/// One conv with `variant`, weights as f32 or (`half`) as f16 — then the
+/// reference uses the f16-rounded weights.
+fn check_conv_variant(
+    p: &ConvParams,
+    variant: ConvVariant,
+    half: bool,
+    rng: &mut rand::rngs::StdRng,
+) {
+    let (gpu, f32_kernels) = gpu();
+    let kernels = if half { half_kernels() } else { f32_kernels };
     let input = random_vec(rng, (p.batch * p.in_h * p.in_w * p.in_stride) as usize);
-    let weights = random_vec(rng, (p.kernel_h * p.kernel_w * p.in_c * p.out_c) as usize);
+    let mut weights = random_vec(rng, (p.kernel_h * p.kernel_w * p.in_c * p.out_c) as usize);
     let bias = random_vec(rng, p.out_c as usize);
+    let weight_bytes: Vec<u8> = if half {
+        let halves: Vec<half::f16> = weights.iter().map(|&w| half::f16::from_f32(w)).collect();
+        weights = halves.iter().map(|h| h.to_f32()).collect();
+        let bits: Vec<u16> = halves.iter().map(|h| h.to_bits()).collect();
+        bytemuck::cast_slice(&bits).to_vec()
+    } else {
+        bytemuck::cast_slice(&weights).to_vec()
+    };
     let out_len = (p.m * p.out_stride) as usize;
     let mut expected = vec![POISON; out_len];
     cpu_reference::conv2d(p, &input, &weights, &bias, &mut expected);
     let output = poisoned(gpu, out_len);
     let (bi, bw, bb) = (
         upload(gpu, &input),
-        upload(gpu, &weights),
+        gpu.storage_buffer_with("weights", &weight_bytes),
         upload(gpu, &bias),
     );
     submit(
@@ -121,7 +146,7 @@ fn check_conv_variant(p: &ConvParams, variant: ConvVariant, rng: &mut rand::rngs
         &download(gpu, &output, out_len),
         &expected,
         1e-5,
-        &format!("conv {variant:?} {p:?}"),
+        &format!("conv {variant:?} f16 weights: {half} {p:?}"),
     );
 }
 

@@ -1,7 +1,7 @@
 //! convert-weights: turns published Inception V3 weights into retrain's weight
 //! file (safetensors, batch norm folded, kernel layout), once.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Parser;
 use retrain::convert::{convert, inspect, Overrides};
 use retrain::model::weights::Normalization;
@@ -26,8 +26,9 @@ struct Args {
     /// Weight file to write (safetensors); use it with `--weights FILE`.
     #[arg(long, value_name = "FILE", required_unless_present = "inspect")]
     output: Option<PathBuf>,
-    /// Stored precision. Only f32 is supported so far.
-    #[arg(long, value_name = "f32", default_value = "f32")]
+    /// Precision of the stored conv weights: f32, or f16 (half the file and
+    /// GPU memory; the kernels widen them to f32 and accumulate in f32).
+    #[arg(long, value_name = "f32|f16", default_value = "f32", value_parser = ["f32", "f16"])]
     dtype: String,
     /// Input normalisation the weights were trained with: unit (x/255),
     /// signed (x/127.5 - 1) or imagenet (ImageNet mean/std). Default: the
@@ -49,12 +50,6 @@ fn run(args: Args) -> Result<()> {
         println!("{}", inspect(path)?);
         return Ok(());
     }
-    if args.dtype != "f32" {
-        bail!(
-            "--dtype {}: only f32 weight files are supported so far",
-            args.dtype
-        );
-    }
     let (from, output) = (args.from.expect("clap"), args.output.expect("clap"));
     let overrides = Overrides {
         normalization: args
@@ -63,6 +58,7 @@ fn run(args: Args) -> Result<()> {
             .map(Normalization::from_name)
             .transpose()?,
         average_pool_counts_padding: args.average_pool.map(|rule| rule == "pytorch"),
+        half_weights: args.dtype == "f16",
     };
     let info = convert(&from, &output, &overrides)?;
     println!("wrote {}", output.display());
@@ -74,6 +70,7 @@ fn run(args: Args) -> Result<()> {
         "tensorflow (padding left out)"
     };
     println!("  average pools: {pools}");
+    println!("  weights dtype: {}", info.dtype);
     println!("  fingerprint:   {}", info.fingerprint);
     Ok(())
 }

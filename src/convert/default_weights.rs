@@ -105,7 +105,7 @@ fn fetch_and_convert(dest: &Path) -> Result<()> {
     let temp = tempfile::tempdir().context("cannot create a temporary directory")?;
     let model_dir = temp.path().join("model");
     fetch_model(&model_dir)?;
-    write_engine_file(&tfjs::read_source(&model_dir)?, dest)?;
+    write_engine_file(&tfjs::read_source(&model_dir)?, dest, false)?;
     eprintln!("Default weights cached at {}", dest.display());
     Ok(())
 }

@@ -249,6 +249,8 @@ fn oihw_to_hwio(oihw: &[f32], [kh, kw, ic, oc]: [usize; 4]) -> Vec<f32> {
 pub struct Overrides {
     pub normalization: Option<Normalization>,
     pub average_pool_counts_padding: Option<bool>,
+    /// Store conv weights as f16 (half the file and the GPU memory).
+    pub half_weights: bool,
 }
 
 /// Converts `from` (any supported source) into the engine's weight file at `output`.
@@ -260,12 +262,17 @@ pub fn convert(from: &Path, output: &Path, overrides: &Overrides) -> Result<Mode
     if let Some(counts) = overrides.average_pool_counts_padding {
         source.source.average_pool_counts_padding = counts;
     }
-    write_engine_file(&source, output)
+    write_engine_file(&source, output, overrides.half_weights)
         .with_context(|| format!("{} ({})", from.display(), source.format))
 }
 
-/// Folds and writes `source`'s weights as an engine weight file.
-pub fn write_engine_file(source: &SourceWeights, output: &Path) -> Result<ModelInfo> {
+/// Folds and writes `source`'s weights as an engine weight file, conv
+/// weights as f16 when `half_weights` (folding is done in f64 first).
+pub fn write_engine_file(
+    source: &SourceWeights,
+    output: &Path,
+    half_weights: bool,
+) -> Result<ModelInfo> {
     let graph = inception_v3::inception_v3(299, 299)?;
     let tensors = assemble(source, &graph)?;
     let info = ModelInfo {
@@ -277,7 +284,7 @@ pub fn write_engine_file(source: &SourceWeights, output: &Path) -> Result<ModelI
         bottleneck_layer: "mixed10 global average pool".into(),
         normalization: source.source.normalization.clone(),
         average_pool_counts_padding: source.source.average_pool_counts_padding,
-        dtype: "f32".into(),
+        dtype: if half_weights { "f16" } else { "f32" }.into(),
         fingerprint: String::new(),
     };
     weights::write(output, info, &tensors)

@@ -180,8 +180,39 @@ fn input_quad(pixel: u32, c4: u32) -> vec4<f32> {
 }
 ";
 
+/// conv2d.wgsl's weight binding and reader for f16 weights (pairs in a u32).
+const HALF_WEIGHTS_TILED: &str = "
+@group(0) @binding(2) var<storage, read> weights: array<u32>;
+fn weight_at(i: u32) -> f32 {
+    let pair = unpack2x16float(weights[i >> 1u]);
+    return select(pair.x, pair.y, (i & 1u) == 1u);
+}
+";
+
+/// conv2d_direct.wgsl's weight binding and reader for f16 weights (four in a vec2<u32>).
+const HALF_WEIGHTS_DIRECT: &str = "
+@group(0) @binding(2) var<storage, read> weights: array<vec2<u32>>;
+fn weight4_at(i: u32) -> vec4<f32> {
+    let q = weights[i];
+    return vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+}
+";
+
+/// `source` with the block between `// NAME BEGIN` and `// NAME END` replaced.
+fn swap_block(source: &str, name: &str, replacement: &str) -> String {
+    let start = source
+        .find(&format!("// {name} BEGIN"))
+        .expect("block start");
+    let end = source.find(&format!("// {name} END")).expect("block end");
+    let mut out = source.to_string();
+    out.replace_range(start..end, replacement);
+    out
+}
+
 /// Every pipeline the engine uses, compiled once per device.
 pub struct Kernels {
+    /// Conv weights are f16 (read with unpack2x16float) rather than f32.
+    half_weights: bool,
     conv2d: wgpu::ComputePipeline,
     /// conv2d_direct.wgsl pipelines by variant and whether the input is vec4-aligned.
     direct: Mutex<HashMap<(ConvVariant, bool), wgpu::ComputePipeline>>,
@@ -215,15 +246,16 @@ const CONV_TILE: u32 = 64;
 const POOL_GROUP: u32 = 256;
 
 impl Kernels {
-    pub fn new(gpu: &Gpu) -> Self {
+    /// The pipelines for conv weights stored as f32, or as f16 when `half_weights`.
+    pub fn new(gpu: &Gpu, half_weights: bool) -> Self {
         let pool_src = include_str!("../../shaders/pool.wgsl");
+        let mut conv_src = include_str!("../../shaders/conv2d.wgsl").to_string();
+        if half_weights {
+            conv_src = swap_block(&conv_src, "WEIGHTS", HALF_WEIGHTS_TILED);
+        }
         Kernels {
-            conv2d: pipeline(
-                gpu,
-                "conv2d",
-                include_str!("../../shaders/conv2d.wgsl"),
-                "main",
-            ),
+            half_weights,
+            conv2d: pipeline(gpu, "conv2d", &conv_src, "main"),
             direct: Mutex::default(),
             max_pool: pipeline(gpu, "max_pool", pool_src, "max_pool"),
             avg_pool: pipeline(gpu, "avg_pool", pool_src, "avg_pool"),
@@ -346,9 +378,10 @@ impl Kernels {
                         &format!("const COLS: u32 = {cols}u;"),
                     );
                 if !aligned {
-                    let start = source.find("// INPUT BEGIN").expect("marker");
-                    let end = source.find("// INPUT END").expect("marker");
-                    source.replace_range(start..end, SCALAR_INPUT);
+                    source = swap_block(&source, "INPUT", SCALAR_INPUT);
+                }
+                if self.half_weights {
+                    source = swap_block(&source, "WEIGHTS", HALF_WEIGHTS_DIRECT);
                 }
                 let module = gpu
                     .device

@@ -186,17 +186,31 @@ pub struct Tensor {
     pub data: Vec<f32>,
 }
 
-fn fingerprint(tensors: &[Tensor]) -> String {
-    let mut sorted: Vec<&Tensor> = tensors.iter().collect();
-    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+/// How a tensor is stored: conv weights in the file's dtype, everything else f32.
+fn stored(t: &Tensor, half_weights: bool) -> (Dtype, Vec<u8>) {
+    if half_weights && t.name.ends_with(".weight") {
+        let halves: Vec<u16> = t
+            .data
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_bits())
+            .collect();
+        (Dtype::F16, bytemuck::cast_slice(&halves).to_vec())
+    } else {
+        (Dtype::F32, bytemuck::cast_slice(&t.data).to_vec())
+    }
+}
+
+fn fingerprint(tensors: &[(&Tensor, Vec<u8>)]) -> String {
+    let mut sorted: Vec<&(&Tensor, Vec<u8>)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     let mut hash = Sha256::new();
-    for t in sorted {
+    for (t, bytes) in sorted {
         hash.update(t.name.as_bytes());
         hash.update([0]);
         for &d in &t.shape {
             hash.update((d as u64).to_le_bytes());
         }
-        hash.update(bytemuck::cast_slice::<f32, u8>(&t.data));
+        hash.update(bytes);
     }
     hash.finalize()[..16]
         .iter()
@@ -204,11 +218,27 @@ fn fingerprint(tensors: &[Tensor]) -> String {
         .collect()
 }
 
-/// Writes a weight file atomically (temp file in the same folder, then rename);
-/// fills in `info.fingerprint` and returns the info written.
+/// Writes a weight file atomically (temp file in the same folder, then rename),
+/// conv weights as f16 when `info.dtype` is "f16"; fills in `info.fingerprint`
+/// and returns the info written.
 pub fn write(path: &Path, mut info: ModelInfo, tensors: &[Tensor]) -> Result<ModelInfo> {
-    info.fingerprint = fingerprint(tensors);
-    write_tensors(path, tensors, info.to_metadata())?;
+    let half_weights = info.dtype == "f16";
+    let stored: Vec<(&Tensor, (Dtype, Vec<u8>))> = tensors
+        .iter()
+        .map(|t| (t, stored(t, half_weights)))
+        .collect();
+    let bytes: Vec<(&Tensor, Vec<u8>)> = stored.iter().map(|(t, (_, b))| (*t, b.clone())).collect();
+    info.fingerprint = fingerprint(&bytes);
+    let views = stored
+        .iter()
+        .map(|(t, (dtype, data))| {
+            Ok((
+                t.name.clone(),
+                TensorView::new(*dtype, t.shape.clone(), data)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    serialize(path, views, info.to_metadata())?;
     Ok(info)
 }
 
@@ -225,6 +255,14 @@ pub fn write_tensors(
             Ok((t.name.clone(), view))
         })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    serialize(path, views, metadata)
+}
+
+fn serialize(
+    path: &Path,
+    views: Vec<(String, TensorView<'_>)>,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
     crate::atomic_file::replace_file(path, |temp| {
         safetensors::serialize_to_file(views, Some(metadata), temp)
             .with_context(|| format!("cannot write {}", temp.display()))
@@ -268,7 +306,13 @@ impl WeightFile {
         })
     }
 
-    /// The raw little-endian f32 bytes of a tensor, checked against the shape the network expects.
+    /// Whether conv weights are stored as f16 (biases are always f32).
+    pub fn half_weights(&self) -> bool {
+        self.info.dtype == "f16"
+    }
+
+    /// The raw little-endian bytes of a tensor (f32, or f16 for the weights of
+    /// an f16 file), checked against the shape the network expects.
     pub fn tensor_bytes(&self, name: &str, shape: &[usize]) -> Result<&[u8]> {
         let tensors = SafeTensors::deserialize(&self.map)?;
         let view = tensors.tensor(name).map_err(|_| {
@@ -277,9 +321,13 @@ impl WeightFile {
                 self.path.display()
             )
         })?;
-        if view.dtype() != Dtype::F32 {
+        let expected = match self.half_weights() && name.ends_with(".weight") {
+            true => Dtype::F16,
+            false => Dtype::F32,
+        };
+        if view.dtype() != expected {
             bail!(
-                "{}: tensor \"{name}\" is {:?}, expected F32",
+                "{}: tensor \"{name}\" is {:?}, expected {expected:?}",
                 self.path.display(),
                 view.dtype()
             );

@@ -13,7 +13,7 @@ pub fn gpu() -> &'static (Gpu, Kernels) {
     static GPU: OnceLock<(Gpu, Kernels)> = OnceLock::new();
     GPU.get_or_init(|| {
         let gpu = Gpu::new().expect("a Vulkan adapter (install mesa-vulkan-drivers)");
-        let kernels = Kernels::new(&gpu);
+        let kernels = Kernels::new(&gpu, false);
         (gpu, kernels)
     })
 }
