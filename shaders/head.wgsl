@@ -54,12 +54,14 @@ fn pcg(v: u32) -> u32 {
     return (word >> 22u) ^ word;
 }
 
-// Bottleneck value k of batch row b, with inverted dropout while training.
-fn bottleneck(b: u32, k: u32) -> f32 {
-    let x = features[rows[b] * p.dim + k];
-    if (p.training == 0u || p.dropout <= 0.0) { return x; }
+fn dropping() -> bool {
+    return p.training == 1u && p.dropout > 0.0;
+}
+
+// Inverted dropout's factor for value k of batch row b: 0, or 1 / (1 − rate).
+fn kept(b: u32, k: u32) -> f32 {
     let u = f32(pcg(p.dropout_seed ^ pcg(b * p.dim + k)) >> 8u) / 16777216.0;
-    return select(0.0, x / (1.0 - p.dropout), u >= p.dropout);
+    return select(0.0, 1.0 / (1.0 - p.dropout), u >= p.dropout);
 }
 
 fn params_per_head() -> u32 {
@@ -75,9 +77,17 @@ fn logits(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let b = (i / p.classes) % p.batch;
     let c = i % p.classes;
     let w = h * params_per_head();
+    let x = rows[b] * p.dim;
     var sum = 0.0;
-    for (var k = 0u; k < p.dim; k++) {
-        sum = fma(bottleneck(b, k), head[w + k * p.classes + c], sum);
+    // Two loops, so that the common case (no dropout) stays a plain dot product.
+    if (dropping()) {
+        for (var k = 0u; k < p.dim; k++) {
+            sum = fma(features[x + k] * kept(b, k), head[w + k * p.classes + c], sum);
+        }
+    } else {
+        for (var k = 0u; k < p.dim; k++) {
+            sum = fma(features[x + k], head[w + k * p.classes + c], sum);
+        }
     }
     scores[i] = sum + head[w + p.dim * p.classes + c];
 }
@@ -132,8 +142,15 @@ fn update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     if (i < n_weights) {
         let k = i / p.classes;
         let c = i % p.classes;
-        for (var b = 0u; b < p.batch; b++) {
-            g = fma(bottleneck(b, k), scores[grads + b * p.classes + c], g);
+        if (dropping()) {
+            for (var b = 0u; b < p.batch; b++) {
+                let x = features[rows[b] * p.dim + k] * kept(b, k);
+                g = fma(x, scores[grads + b * p.classes + c], g);
+            }
+        } else {
+            for (var b = 0u; b < p.batch; b++) {
+                g = fma(features[rows[b] * p.dim + k], scores[grads + b * p.classes + c], g);
+            }
         }
         g = fma(hp.y, head[hi], g);
     } else {
