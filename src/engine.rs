@@ -73,7 +73,8 @@ impl Engine {
     }
 
     /// Measures the kernel variants on each conv not yet tuned (at batch 1)
-    /// and caches the winners for this device.
+    /// and caches the winners for this device. The choices apply at once; an
+    /// error writing the cache is returned after that (the run can go on).
     pub fn tune(&mut self, progress: &mut dyn FnMut(&str, ConvVariant)) -> Result<()> {
         let convs = self.distinct_convs(1);
         self.tuning

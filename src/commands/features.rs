@@ -32,7 +32,7 @@ pub fn paths_file(output: &Path) -> PathBuf {
 
 pub fn run(args: &FeaturesArgs) -> Result<()> {
     let paths = input_paths(args)?;
-    let mut engine = open_engine(&args.model)?;
+    let mut engine = open_engine(&args.model, true)?;
     let batch = args.batch_size.unwrap_or(u32::MAX).min(engine.max_batch()) as usize;
     let (h, w) = engine.input_size();
     eprintln!(

@@ -13,12 +13,15 @@ use crate::progress::progress_bar;
 use anyhow::Result;
 
 /// Opens the GPU and the weights the user asked for (default weights fetched
-/// on first use) and builds the engine at the requested input size.
-pub fn open_engine(args: &ModelArgs) -> Result<Engine> {
+/// on first use) and builds the engine at the requested input size, its
+/// kernels tuned first when `tune` and the adapter is new.
+pub fn open_engine(args: &ModelArgs, tune: bool) -> Result<Engine> {
     let path = default_weights::resolve(args.weights.as_deref())?;
     let file = WeightFile::open(&path)?;
     let mut engine = Engine::new(Gpu::new()?, &file, args.input_size)?;
-    tune_on_first_use(&mut engine)?;
+    if tune {
+        tune_on_first_use(&mut engine)?;
+    }
     Ok(engine)
 }
 
@@ -35,7 +38,11 @@ pub fn tune_on_first_use(engine: &mut Engine) -> Result<()> {
         engine.gpu.info.name
     );
     let bar = progress_bar(shapes, "conv shapes");
-    engine.tune(&mut |_, _| bar.inc(1))?;
+    let saved = engine.tune(&mut |_, _| bar.inc(1));
     bar.finish_and_clear();
+    if let Err(e) = saved {
+        // The measured choices are in use for this run; only the cache is missing.
+        eprintln!("warning: {e:#}; the kernels will be tuned again next time");
+    }
     Ok(())
 }
