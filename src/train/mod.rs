@@ -5,6 +5,7 @@
 pub mod bottlenecks;
 pub mod distorted;
 pub mod head;
+pub mod log;
 pub mod optimizer;
 pub mod outputs;
 pub mod report;
@@ -20,39 +21,14 @@ use crate::data::dataset::{Dataset, Set};
 use crate::engine::Engine;
 use crate::gpu::Gpu;
 use crate::model::weights::WeightFile;
-use crate::progress::progress_bar;
 use anyhow::{bail, Result};
 use bottlenecks::Bottlenecks;
+use log::{Logger, TrainingLog};
 use outputs::Classifier;
 use rand::{rngs::StdRng, SeedableRng};
 use report::TestReport;
 use std::collections::HashMap;
 use std::time::Instant;
-
-/// Log lines at or above the chosen verbosity go to stderr, retrain.py style.
-pub struct Logger {
-    level: u8,
-}
-
-impl Logger {
-    pub fn new(verbosity: &str) -> Self {
-        let level = ["DEBUG", "INFO", "WARN", "ERROR", "FATAL"]
-            .iter()
-            .position(|l| *l == verbosity)
-            .unwrap_or(1);
-        Logger { level: level as u8 }
-    }
-    pub fn info(&self, msg: impl AsRef<str>) {
-        if self.level <= 1 {
-            eprintln!("INFO: {}", msg.as_ref());
-        }
-    }
-    pub fn warn(&self, msg: impl AsRef<str>) {
-        if self.level <= 2 {
-            eprintln!("WARNING: {}", msg.as_ref());
-        }
-    }
-}
 
 /// Rejects flag values that cannot work, before any work, naming the flag.
 pub fn validate(a: &TrainArgs) -> Result<()> {
@@ -171,21 +147,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         b.skipped
     ));
 
-    let train = rows_by_class(&b, classes, Set::Training);
-    let validation = rows_by_class(&b, classes, Set::Validation);
-    let test = rows_by_class(&b, classes, Set::Testing);
-    if let Some(c) = train.iter().position(|r| r.is_empty()) {
-        bail!(
-            "class \"{}\" has no training images (it has too few images for the split); add images to {}",
-            labels[c],
-            image_dir.join(&dataset.classes[c].folder).display()
-        );
-    }
-    for (set, rows) in [("validation", &validation), ("testing", &test)] {
-        for c in (0..classes).filter(|&c| rows[c].is_empty()) {
-            log.warn(format!("class \"{}\" has no {set} images", labels[c]));
-        }
-    }
+    let [train, validation, test] = split_rows(&b, &dataset, image_dir, &log)?;
 
     let seed = args.seed.unwrap_or_else(rand::random);
     log.info(format!(
@@ -194,33 +156,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         labels.join(", ")
     ));
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut config = sweep::SweepConfig::from_args(args);
     let dim = b.dim;
-    let fit = head::GpuHeads::max_heads(&engine.gpu, (dim as u32, classes as u32)).max(1);
-    if config.settings.len() > fit {
-        log.warn(format!(
-            "this device holds only {fit} heads of {classes} classes side by side: sweeping {fit} of the {} learning rate × L2 pairs",
-            config.settings.len()
-        ));
-        let all = std::mem::take(&mut config.settings);
-        config.settings = (0..fit).map(|i| all[i * all.len() / fit]).collect();
-    }
-    let initial: Vec<f32> = (0..config.settings.len())
-        .flat_map(|_| {
-            let mut head = sampling::truncated_normal(&mut rng, dim * classes, 0.001);
-            head.extend(std::iter::repeat_n(0.0, classes));
-            head
-        })
-        .collect();
-    if config.settings.len() > 1 {
-        log.info(format!(
-            "Training {} heads side by side ({} learning rates × {} L2 penalties, {:?}); the best on the validation images is kept",
-            config.settings.len(),
-            args.sweep_learning_rates.len(),
-            args.sweep_l2.len(),
-            config.rule.optimizer
-        ));
-    }
+    let config = heads_config(args, &engine.gpu, (dim, classes), &log);
+    let initial = initial_heads(&mut rng, config.settings.len(), dim, classes);
     let row_labels: Vec<u32> = b.examples.iter().map(|e| e.class as u32).collect();
     let gpu = &engine.gpu.clone();
     let snapshot =
@@ -238,49 +176,15 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         };
 
     let t = Instant::now();
-    let mut writers = match &args.summaries_dir {
-        Some(dir) => Some((
-            summaries::SummaryWriter::create(&dir.join("train"))?,
-            summaries::SummaryWriter::create(&dir.join("validation"))?,
-        )),
-        None => None,
-    };
     let heads_count = config.settings.len();
-    let bar = progress_bar(config.rule.steps as usize, "steps");
-    let mut evaluated = |p: &sweep::EvalPoint| -> Result<()> {
-        let step = p.step;
-        let who = if heads_count > 1 {
-            format!(
-                " (best head: {}, {} of {heads_count} still training)",
-                p.leader, p.active
-            )
-        } else {
-            String::new()
-        };
-        let mut lines = vec![
-            format!(
-                "Step {step}: Train accuracy = {:.1}%{who}",
-                p.train.accuracy * 100.0
-            ),
-            format!("Step {step}: Cross entropy = {:.6}", p.train.cross_entropy),
-        ];
-        if let Some((train_writer, _)) = writers.as_mut() {
-            train_writer.scalar("accuracy", p.train.accuracy, step)?;
-            train_writer.scalar("cross_entropy", p.train.cross_entropy, step)?;
-        }
-        if let Some((v, n)) = p.validation {
-            lines.push(format!(
-                "Step {step}: Validation accuracy = {:.1}% (N={n})",
-                v.accuracy * 100.0
-            ));
-            if let Some((_, validation_writer)) = writers.as_mut() {
-                validation_writer.scalar("accuracy", v.accuracy, step)?;
-                validation_writer.scalar("cross_entropy", v.cross_entropy, step)?;
-            }
-        }
-        bar.suspend(|| lines.iter().for_each(|l| log.info(l)));
-        Ok(())
-    };
+    let mut training_log = TrainingLog::new(
+        &log,
+        args.summaries_dir.as_deref(),
+        heads_count,
+        config.rule.steps,
+    )?;
+    let bar = training_log.bar.clone();
+    let mut evaluated = |p: &sweep::EvalPoint| training_log.evaluated(p);
     let mut stepped = |step: u32, progress: &sweep::Progress| -> Result<()> {
         bar.inc(1);
         let images_per_s = (step + 1) as f64 * config.batch_size as f64 / t.elapsed().as_secs_f64();
@@ -351,49 +255,12 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             sweep_table(&trained)
         ));
     }
-    let validation_count: usize = validation.iter().map(Vec::len).sum();
     let last = trained.last.expect("at least one evaluation");
     let chosen = &trained.outcomes[trained.chosen as usize];
 
     let t = Instant::now();
     let test_rows = eval_rows(&mut rng, &test, args.test_batch_size);
-    let report = if test_rows.is_empty() {
-        log.warn("no test images: skipping the final evaluation");
-        None
-    } else {
-        let predicted = trained
-            .heads
-            .predict_rows(gpu, &test_rows, trained.chosen)?;
-        let truth: Vec<usize> = test_rows
-            .iter()
-            .map(|&r| b.examples[r as usize].class)
-            .collect();
-        let predicted: Vec<usize> = predicted.iter().map(|&p| p as usize).collect();
-        let report = TestReport::new(classes, &truth, &predicted);
-        log.info(format!(
-            "Final test accuracy = {:.1}% (N={})",
-            report.accuracy * 100.0,
-            report.n
-        ));
-        log.info(format!("Per class:\n{}", report.table(&labels)));
-        if args.print_misclassified_test_images {
-            log.info("=== MISCLASSIFIED TEST IMAGES ===");
-            for ((&row, &t), &p) in test_rows
-                .iter()
-                .zip(&truth)
-                .zip(&predicted)
-                .filter(|((_, t), p)| t != p)
-            {
-                log.info(format!(
-                    "{:>40}  true: {}  predicted: {}",
-                    b.examples[row as usize].path.display(),
-                    labels[t],
-                    labels[p]
-                ));
-            }
-        }
-        Some(report)
-    };
+    let report = final_test(gpu, &trained, &test_rows, &b, &labels, args, &log)?;
     let eval_secs = t.elapsed().as_secs_f64();
 
     let validation_accuracy = last.validation.map(|(v, _)| v.accuracy);
@@ -419,68 +286,25 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if let Some(dir) = &args.saved_model_dir {
         outputs::write_saved_model(dir, &weights_path, &final_classifier)?;
     }
-    let sweep: Vec<_> = trained
-        .outcomes
-        .iter()
-        .map(|o| {
-            serde_json::json!({
-                "learning_rate": o.settings.learning_rate,
-                "l2": o.settings.l2,
-                "kept_step": o.step,
-                "stopped_at": o.stopped_at,
-                "validation_accuracy": o.selection.accuracy,
-                "validation_cross_entropy": o.selection.cross_entropy,
-            })
-        })
-        .collect();
-    let metrics = serde_json::json!({
-        "seed": seed,
-        "steps": config.rule.steps,
-        "head_training": if args.retrain_py_head { "retrain.py" } else { "sweep" },
-        "optimizer": format!("{:?}", config.rule.optimizer),
-        "standardized": config.standardize,
-        "label_smoothing": config.rule.label_smoothing,
-        "dropout": config.rule.dropout,
-        "steps_run": trained.steps,
-        "distortions": {
-            "flip_left_right": distortions.flip_left_right,
-            "random_crop": distortions.random_crop,
-            "random_scale": distortions.random_scale,
-            "random_brightness": distortions.random_brightness,
-            "distorted_images": if distortions.any() { trained.steps as usize * config.batch_size as usize } else { 0 },
-        },
-        "train_batch_size": args.train_batch_size,
-        "labels": labels,
-        "input_size": [input_size.0, input_size.1],
-        "device": engine.gpu.info.name,
-        "images": {
-            "training": train.iter().map(Vec::len).sum::<usize>(),
-            "validation": validation_count,
-            "testing": test.iter().map(Vec::len).sum::<usize>(),
-            "skipped": b.skipped,
-        },
-        "bottlenecks": { "computed": b.computed, "from_cache": b.examples.len() - b.computed },
-        "sweep": {
-            "heads": sweep,
-            "chosen": trained.chosen,
-            "compared_on": if trained.selected_on_training { "training" } else { "validation" },
-        },
-        "final": {
-            "learning_rate": chosen.settings.learning_rate,
-            "l2": chosen.settings.l2,
-            "kept_step": chosen.step,
-            "train_accuracy": last.train.accuracy,
-            "cross_entropy": last.train.cross_entropy,
-            "validation_accuracy": validation_accuracy,
-            "test": report,
-        },
-        "timings_seconds": {
-            "bottlenecks": bottleneck_secs,
-            "training": training_secs,
-            "evaluation": eval_secs,
-            "total": started.elapsed().as_secs_f64(),
-        },
-    });
+    let timings = Timings {
+        bottlenecks: bottleneck_secs,
+        training: training_secs,
+        evaluation: eval_secs,
+        total: started.elapsed().as_secs_f64(),
+    };
+    let sets = [&train, &validation, &test];
+    let device = &engine.gpu.info.name;
+    let metrics = metrics_json(
+        args,
+        &config,
+        &trained,
+        report.as_ref(),
+        sets,
+        (&b, &labels),
+        (input_size, device),
+        seed,
+        &timings,
+    );
     let metrics_path = args.output_graph.with_file_name("metrics.json");
     crate::atomic_file::write_bytes(
         &metrics_path,
@@ -544,4 +368,208 @@ fn sweep_table(t: &sweep::Trained) -> String {
         ));
     }
     lines.join("\n")
+}
+
+/// Feature rows by class of the training, validation and test sets; an error
+/// when a class has no training image, a warning when it lacks the others.
+fn split_rows(
+    b: &Bottlenecks,
+    dataset: &Dataset,
+    image_dir: &std::path::Path,
+    log: &Logger,
+) -> Result<[Vec<Vec<u32>>; 3]> {
+    let labels = dataset.labels();
+    let classes = labels.len();
+    let [train, validation, test] =
+        [Set::Training, Set::Validation, Set::Testing].map(|set| rows_by_class(b, classes, set));
+    if let Some(c) = train.iter().position(|r| r.is_empty()) {
+        bail!(
+            "class \"{}\" has no training images (it has too few images for the split); add images to {}",
+            labels[c],
+            image_dir.join(&dataset.classes[c].folder).display()
+        );
+    }
+    for (set, rows) in [("validation", &validation), ("testing", &test)] {
+        for c in (0..classes).filter(|&c| rows[c].is_empty()) {
+            log.warn(format!("class \"{}\" has no {set} images", labels[c]));
+        }
+    }
+    Ok([train, validation, test])
+}
+
+/// The flags' training, with the sweep thinned to the heads the device holds.
+fn heads_config(
+    args: &TrainArgs,
+    gpu: &Gpu,
+    (dim, classes): (usize, usize),
+    log: &Logger,
+) -> sweep::SweepConfig {
+    let mut config = sweep::SweepConfig::from_args(args);
+    let fit = head::GpuHeads::max_heads(gpu, (dim as u32, classes as u32)).max(1);
+    if config.settings.len() > fit {
+        log.warn(format!(
+            "this device holds only {fit} heads of {classes} classes side by side: sweeping {fit} of the {} learning rate × L2 pairs",
+            config.settings.len()
+        ));
+        let all = std::mem::take(&mut config.settings);
+        config.settings = (0..fit).map(|i| all[i * all.len() / fit]).collect();
+    }
+    if config.settings.len() > 1 {
+        log.info(format!(
+            "Training {} heads side by side ({} learning rates × {} L2 penalties, {:?}); the best on the validation images is kept",
+            config.settings.len(),
+            args.sweep_learning_rates.len(),
+            args.sweep_l2.len(),
+            config.rule.optimizer
+        ));
+    }
+    config
+}
+
+/// retrain.py's initialisation for each head: weights ~ truncated normal
+/// (σ 0.001), biases 0.
+fn initial_heads(rng: &mut StdRng, heads: usize, dim: usize, classes: usize) -> Vec<f32> {
+    (0..heads)
+        .flat_map(|_| {
+            let mut head = sampling::truncated_normal(rng, dim * classes, 0.001);
+            head.extend(std::iter::repeat_n(0.0, classes));
+            head
+        })
+        .collect()
+}
+
+/// The chosen head on the test rows: accuracy, per-class table and, if
+/// asked, every misclassified image; None without test images.
+fn final_test(
+    gpu: &Gpu,
+    trained: &sweep::Trained,
+    test_rows: &[u32],
+    b: &Bottlenecks,
+    labels: &[String],
+    args: &TrainArgs,
+    log: &Logger,
+) -> Result<Option<TestReport>> {
+    if test_rows.is_empty() {
+        log.warn("no test images: skipping the final evaluation");
+        return Ok(None);
+    }
+    let predicted = trained.heads.predict_rows(gpu, test_rows, trained.chosen)?;
+    let truth: Vec<usize> = test_rows
+        .iter()
+        .map(|&r| b.examples[r as usize].class)
+        .collect();
+    let predicted: Vec<usize> = predicted.iter().map(|&p| p as usize).collect();
+    let report = TestReport::new(labels.len(), &truth, &predicted);
+    log.info(format!(
+        "Final test accuracy = {:.1}% (N={})",
+        report.accuracy * 100.0,
+        report.n
+    ));
+    log.info(format!("Per class:\n{}", report.table(labels)));
+    if args.print_misclassified_test_images {
+        log.info("=== MISCLASSIFIED TEST IMAGES ===");
+        for ((&row, &t), &p) in test_rows
+            .iter()
+            .zip(&truth)
+            .zip(&predicted)
+            .filter(|((_, t), p)| t != p)
+        {
+            log.info(format!(
+                "{:>40}  true: {}  predicted: {}",
+                b.examples[row as usize].path.display(),
+                labels[t],
+                labels[p]
+            ));
+        }
+    }
+    Ok(Some(report))
+}
+
+/// Seconds spent in each phase of the run.
+struct Timings {
+    bottlenecks: f64,
+    training: f64,
+    evaluation: f64,
+    total: f64,
+}
+
+/// metrics.json: the run's settings, the sweep's grid, the final numbers and timings.
+#[allow(clippy::too_many_arguments)]
+fn metrics_json(
+    args: &TrainArgs,
+    config: &sweep::SweepConfig,
+    trained: &sweep::Trained,
+    report: Option<&TestReport>,
+    [train, validation, test]: [&Vec<Vec<u32>>; 3],
+    (b, labels): (&Bottlenecks, &[String]),
+    (input_size, device): ((u32, u32), &str),
+    seed: u64,
+    timings: &Timings,
+) -> serde_json::Value {
+    let distortions = args.distortions();
+    let last = trained.last.expect("at least one evaluation");
+    let validation_accuracy = last.validation.map(|(v, _)| v.accuracy);
+    let chosen = &trained.outcomes[trained.chosen as usize];
+    let sweep: Vec<_> = trained
+        .outcomes
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "learning_rate": o.settings.learning_rate,
+                "l2": o.settings.l2,
+                "kept_step": o.step,
+                "stopped_at": o.stopped_at,
+                "validation_accuracy": o.selection.accuracy,
+                "validation_cross_entropy": o.selection.cross_entropy,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "seed": seed,
+        "steps": config.rule.steps,
+        "head_training": if args.retrain_py_head { "retrain.py" } else { "sweep" },
+        "optimizer": format!("{:?}", config.rule.optimizer),
+        "standardized": config.standardize,
+        "label_smoothing": config.rule.label_smoothing,
+        "dropout": config.rule.dropout,
+        "steps_run": trained.steps,
+        "distortions": {
+            "flip_left_right": distortions.flip_left_right,
+            "random_crop": distortions.random_crop,
+            "random_scale": distortions.random_scale,
+            "random_brightness": distortions.random_brightness,
+            "distorted_images": if distortions.any() { trained.steps as usize * config.batch_size as usize } else { 0 },
+        },
+        "train_batch_size": args.train_batch_size,
+        "labels": labels,
+        "input_size": [input_size.0, input_size.1],
+        "device": device,
+        "images": {
+            "training": train.iter().map(Vec::len).sum::<usize>(),
+            "validation": validation.iter().map(Vec::len).sum::<usize>(),
+            "testing": test.iter().map(Vec::len).sum::<usize>(),
+            "skipped": b.skipped,
+        },
+        "bottlenecks": { "computed": b.computed, "from_cache": b.examples.len() - b.computed },
+        "sweep": {
+            "heads": sweep,
+            "chosen": trained.chosen,
+            "compared_on": if trained.selected_on_training { "training" } else { "validation" },
+        },
+        "final": {
+            "learning_rate": chosen.settings.learning_rate,
+            "l2": chosen.settings.l2,
+            "kept_step": chosen.step,
+            "train_accuracy": last.train.accuracy,
+            "cross_entropy": last.train.cross_entropy,
+            "validation_accuracy": validation_accuracy,
+            "test": report,
+        },
+        "timings_seconds": {
+            "bottlenecks": timings.bottlenecks,
+            "training": timings.training,
+            "evaluation": timings.evaluation,
+            "total": timings.total,
+        },
+    })
 }
