@@ -225,6 +225,17 @@ pub struct Kernels {
 }
 
 fn pipeline(gpu: &Gpu, name: &str, source: &str, entry: &str) -> wgpu::ComputePipeline {
+    pipeline_with(gpu, name, source, entry, &[])
+}
+
+/// A pipeline with values for the shader's `override` constants.
+fn pipeline_with(
+    gpu: &Gpu,
+    name: &str,
+    source: &str,
+    entry: &str,
+    constants: &[(&str, f64)],
+) -> wgpu::ComputePipeline {
     let module = gpu
         .device
         .create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -237,7 +248,10 @@ fn pipeline(gpu: &Gpu, name: &str, source: &str, entry: &str) -> wgpu::ComputePi
             layout: None,
             module: &module,
             entry_point: Some(entry),
-            compilation_options: Default::default(),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                ..Default::default()
+            },
             cache: None,
         })
 }
@@ -383,24 +397,8 @@ impl Kernels {
                 if self.half_weights {
                     source = swap_block(&source, "WEIGHTS", HALF_WEIGHTS_DIRECT);
                 }
-                let module = gpu
-                    .device
-                    .create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some("conv2d_direct"),
-                        source: wgpu::ShaderSource::Wgsl(source.into()),
-                    });
-                gpu.device
-                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                        label: Some("conv2d_direct"),
-                        layout: None,
-                        module: &module,
-                        entry_point: Some("main"),
-                        compilation_options: wgpu::PipelineCompilationOptions {
-                            constants: &[("GROUP", group as f64)],
-                            ..Default::default()
-                        },
-                        cache: None,
-                    })
+                let constants = [("GROUP", group as f64)];
+                pipeline_with(gpu, "conv2d_direct", &source, "main", &constants)
             })
             .clone()
     }
