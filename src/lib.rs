@@ -9,6 +9,7 @@ pub mod cpu_reference;
 pub mod data;
 pub mod engine;
 pub mod gpu;
+pub mod hex;
 pub mod model;
 pub mod progress;
 pub mod train;

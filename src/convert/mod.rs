@@ -328,10 +328,7 @@ pub fn inspect(path: &Path) -> Result<String> {
 /// Hex sha256 of a file.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(crate::hex::hex(&Sha256::digest(&bytes)))
 }
 
 #[cfg(test)]

@@ -4,15 +4,12 @@
 //! stale entry. Each entry carries its length and a checksum: a truncated or
 //! damaged entry is reported and recomputed, never trusted.
 
+use crate::hex::hex;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"RTBNECK1";
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 pub struct BottleneckCache {
     dir: PathBuf,

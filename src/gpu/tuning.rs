@@ -5,6 +5,7 @@
 
 use super::context::Gpu;
 use super::kernels::{submit, ConvParams, ConvVariant, Kernels};
+use crate::hex::hex;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -54,10 +55,6 @@ fn device_key(gpu: &Gpu) -> String {
         env!("CARGO_PKG_VERSION"),
         hex(&kernels[..6])
     )
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn cache_path(device: &str) -> PathBuf {

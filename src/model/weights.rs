@@ -212,10 +212,7 @@ fn fingerprint(tensors: &[(&Tensor, Vec<u8>)]) -> String {
         }
         hash.update(bytes);
     }
-    hash.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex::hex(&hash.finalize()[..16])
 }
 
 /// Writes a weight file atomically (temp file in the same folder, then rename),
