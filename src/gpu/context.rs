@@ -205,6 +205,11 @@ impl Gpu {
 
     /// Copies `bytes` bytes from the start of `buffer` back to the CPU (blocking).
     pub fn read_buffer(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        self.read_range(buffer, 0, bytes)
+    }
+
+    /// `bytes` bytes of `buffer` from `offset` (both multiples of 4), copied back to the host.
+    pub fn read_range(&self, buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size: bytes,
@@ -212,7 +217,7 @@ impl Gpu {
             mapped_at_creation: false,
         });
         let mut encoder = self.device.create_command_encoder(&Default::default());
-        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
+        encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, bytes);
         self.queue.submit([encoder.finish()]);
         self.map_and_read(&staging)
     }

@@ -361,9 +361,10 @@ impl GpuHeads {
         self.run(gpu, batch, rows, Pass::Evaluate);
         let h = self.heads as u64;
         let offset = 3 * h * batch.size as u64;
+        // Only the per-head means come back, not the per-row statistics before them.
         let stats: Vec<f32> =
-            bytemuck::pod_collect_to_vec(&gpu.read_buffer(&batch.stats, (offset + 2 * h) * 4)?);
-        Ok(stats[offset as usize..]
+            bytemuck::pod_collect_to_vec(&gpu.read_range(&batch.stats, offset * 4, 2 * h * 4)?);
+        Ok(stats
             .chunks(2)
             .map(|m| Metrics {
                 cross_entropy: m[0],
@@ -376,13 +377,12 @@ impl GpuHeads {
     pub fn predict(&self, gpu: &Gpu, batch: &Batch, rows: &[u32], head: u32) -> Result<Vec<u32>> {
         self.run(gpu, batch, rows, Pass::Forward);
         let b = batch.size as u64;
-        let stats: Vec<f32> = bytemuck::pod_collect_to_vec(
-            &gpu.read_buffer(&batch.stats, 3 * (head as u64 + 1) * b * 4)?,
-        );
-        Ok(stats[(3 * head as u64 * b) as usize..]
-            .chunks(3)
-            .map(|s| s[2] as u32)
-            .collect())
+        let stats: Vec<f32> = bytemuck::pod_collect_to_vec(&gpu.read_range(
+            &batch.stats,
+            3 * head as u64 * b * 4,
+            3 * b * 4,
+        )?);
+        Ok(stats.chunks(3).map(|s| s[2] as u32).collect())
     }
 
     /// Logits [heads, rows, classes] of the given rows.
@@ -457,10 +457,11 @@ impl GpuHeads {
 
     /// Head `head`'s current parameters: weights [dim, classes] then biases [classes].
     pub fn parameters(&self, gpu: &Gpu, head: u32) -> Result<Vec<f32>> {
-        let n = self.per_head() as usize;
-        let all: Vec<f32> = bytemuck::pod_collect_to_vec(
-            &gpu.read_buffer(&self.head, (head as u64 + 1) * n as u64 * 4)?,
-        );
-        Ok(all[head as usize * n..].to_vec())
+        let bytes = self.per_head() * 4;
+        Ok(bytemuck::pod_collect_to_vec(&gpu.read_range(
+            &self.head,
+            head as u64 * bytes,
+            bytes,
+        )?))
     }
 }
