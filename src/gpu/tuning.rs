@@ -133,24 +133,16 @@ pub fn default_variant(gpu: &Gpu) -> ConvVariant {
     }
 }
 
-/// Seconds one dispatch of conv `p` with `variant` takes: the best of 2 after a warm-up.
-pub fn time_variant(
+/// Seconds one dispatch of conv `p` with `variant` takes on `buffers`
+/// (input, weights, bias, output): the best of 2 after a warm-up.
+fn time_variant(
     gpu: &Gpu,
     kernels: &Kernels,
     p: &ConvParams,
     variant: ConvVariant,
+    [input, weights, bias, output]: [&wgpu::Buffer; 4],
 ) -> Result<f64> {
-    let input = gpu.storage_buffer(
-        "tuning input",
-        (p.batch * p.in_h * p.in_w * p.in_stride) as u64 * 4,
-    );
-    let weights = gpu.storage_buffer(
-        "tuning weights",
-        (p.kernel_h * p.kernel_w * p.in_c * p.out_c) as u64 * 4,
-    );
-    let bias = gpu.storage_buffer("tuning bias", p.out_c as u64 * 4);
-    let output = gpu.storage_buffer("tuning output", (p.m * p.out_stride) as u64 * 4);
-    let d = kernels.conv2d(gpu, p, variant, &input, &weights, &bias, &output);
+    let d = kernels.conv2d(gpu, p, variant, input, weights, bias, output);
     let run = || -> Result<f64> {
         let t = Instant::now();
         submit(gpu, &[&d]);
@@ -163,13 +155,20 @@ pub fn time_variant(
     Ok(run()?.min(run()?))
 }
 
+/// The fastest candidate for conv `p`, all timed on the same buffers.
 fn fastest(gpu: &Gpu, kernels: &Kernels, p: &ConvParams) -> Result<ConvVariant> {
+    let buffer = |label: &str, floats: u32| gpu.storage_buffer(label, floats as u64 * 4);
+    let input = buffer("tuning input", p.batch * p.in_h * p.in_w * p.in_stride);
+    let weights = buffer("tuning weights", p.kernel_h * p.kernel_w * p.in_c * p.out_c);
+    let bias = buffer("tuning bias", p.out_c);
+    let output = buffer("tuning output", p.m * p.out_stride);
+    let buffers = [&input, &weights, &bias, &output];
     let mut best = (f64::INFINITY, ConvVariant::Tiled);
     for v in ConvVariant::CANDIDATES
         .into_iter()
         .filter(|v| v.fits(p, gpu.limits.max_compute_workgroups_per_dimension))
     {
-        let t = time_variant(gpu, kernels, p, v)?;
+        let t = time_variant(gpu, kernels, p, v, buffers)?;
         if t < best.0 {
             best = (t, v);
         }
