@@ -282,14 +282,13 @@ pub fn train(
     let steps = config.rule.steps;
     let mut last = None;
     let mut leader = 0;
-    let mut steps_run = 0;
     for step in 0..steps {
-        steps_run = step + 1;
         let rows = batches.next_rows(gpu, &heads, standardizer.as_ref(), rng)?;
         heads.train_step(gpu, &train_batch, &rows, step, rng.random());
         if step % config.eval_interval == 0 || step + 1 == steps {
             let train_metrics = heads.evaluate(gpu, &train_batch, &rows)?;
             let selection = heads.evaluate_rows(gpu, &selection_rows)?;
+            let mut stopped = false;
             for h in 0..n {
                 if !active[h] {
                     continue;
@@ -307,10 +306,11 @@ pub fn train(
                     if config.patience > 0 && since_best[h] >= config.patience {
                         active[h] = false;
                         outcomes[h].stopped_at = Some(step + 1);
+                        stopped = true;
                     }
                 }
             }
-            if active.iter().any(|&a| !a) {
+            if stopped {
                 heads.set_active(gpu, &active);
             }
             leader = best_of(selection.iter().copied());
@@ -353,7 +353,8 @@ pub fn train(
         standardization: standardizer.map(|s| s.standardization),
         outcomes,
         selected_on_training,
+        // The last step is always evaluated, and an early end follows an evaluation.
+        steps: last.map_or(0, |p: EvalPoint| p.step + 1),
         last,
-        steps: steps_run,
     })
 }
