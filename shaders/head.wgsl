@@ -11,7 +11,8 @@
 //   3 labels    (storage)  u32 [N]: class of each feature row
 //   4 hyper     (storage)  f32 [H, 4]: learning rate, L2 penalty, active (1/0), unused
 //   5 head      (rw)       f32 [H, P], P = D·C + C: weights [D, C] row-major, then biases [C]
-//   6 moments   (rw)       f32 [2, H, P]: first moments (momentum, Adam), then second (Adam)
+//   6 moments   (rw)       f32 [M, H, P]: first moments (momentum, Adam), then second
+//                          (Adam); M = 0 (SGD: unused), 1 or 2
 //   7 scores    (rw)       f32 [2, H, B, C]: logits, then d(loss)/d(logits)
 //   8 stats     (rw)       f32 [H, B, 3] per row: cross-entropy, correct (0/1), predicted
 //                          class; then f32 [H, 2] per head: mean cross-entropy, accuracy

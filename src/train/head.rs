@@ -135,7 +135,8 @@ impl GpuHeads {
             &layout,
             ["logits", "softmax_xent", "update", "metrics_of_batch"],
         );
-        let zeros = vec![0.0f32; (2 * heads as u64 * per_head) as usize];
+        // wgpu zero-initialises buffers: the moments start at 0 (SGD keeps none).
+        let moment_bytes = rule.optimizer.moments() as u64 * heads as u64 * per_head * 4;
         let built = GpuHeads {
             heads,
             classes,
@@ -149,7 +150,7 @@ impl GpuHeads {
             hyper: gpu.storage_buffer("head settings", heads as u64 * 16),
             head: gpu.storage_buffer_with("heads", bytemuck::cast_slice(initial)),
             best: gpu.storage_buffer_with("best heads", bytemuck::cast_slice(initial)),
-            moments: gpu.storage_buffer_with("optimiser moments", bytemuck::cast_slice(&zeros)),
+            moments: gpu.storage_buffer("optimiser moments", moment_bytes),
             logits,
             softmax,
             update,
