@@ -34,7 +34,6 @@ pub struct DistortedBatches<'a> {
     first_row: u32,
     prefetcher: Prefetcher,
     next: Option<Draw>,
-    pub images: usize,
 }
 
 impl<'a> DistortedBatches<'a> {
@@ -58,7 +57,6 @@ impl<'a> DistortedBatches<'a> {
             first_row: examples.len() as u32,
             prefetcher: Prefetcher::spawn(DecodeCache::new(paths, cache_bytes)),
             next: None,
-            images: 0,
         }
     }
 
@@ -112,7 +110,6 @@ impl BatchSource for DistortedBatches<'_> {
         if let Some(s) = standardizer {
             s.apply(gpu, self.first_row, labels.len() as u32);
         }
-        self.images += labels.len();
         Ok((self.first_row..self.first_row + labels.len() as u32).collect())
     }
 }
