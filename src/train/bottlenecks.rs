@@ -108,6 +108,8 @@ fn compute(
     if pending.is_empty() {
         return Ok(0);
     }
+    // Tuned only when the network will run: a fully cached run needs no kernels.
+    crate::commands::tune_on_first_use(engine)?;
     let (h, w) = engine.input_size();
     eprintln!(
         "Computing {} bottlenecks at {h}×{w} on \"{}\"",

@@ -127,7 +127,6 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let weights_path = default_weights::resolve(args.weights.as_deref())?;
     let file = WeightFile::open(&weights_path)?;
     let mut engine = Engine::new(Gpu::new()?, &file, args.input_size)?;
-    crate::commands::tune_on_first_use(&mut engine)?;
     let input_size = engine.input_size();
     let norm = &file.info.normalization;
     let cache = BottleneckCache::new(
@@ -212,6 +211,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let mut cached;
     let mut distorted;
     let batches: &mut dyn sweep::BatchSource = if distortions.any() {
+        crate::commands::tune_on_first_use(&mut engine)?;
         log.info(format!(
             "Distorting training images ({distortions:?}): every step runs {} images through the network",
             config.batch_size
