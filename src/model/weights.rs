@@ -200,8 +200,12 @@ fn stored(t: &Tensor, half_weights: bool) -> (Dtype, Vec<u8>) {
     }
 }
 
-fn fingerprint(tensors: &[(&Tensor, Vec<u8>)]) -> String {
-    let mut sorted: Vec<&(&Tensor, Vec<u8>)> = tensors.iter().collect();
+/// Hash of every tensor's name, shape and stored bytes, in name order.
+fn fingerprint(tensors: &[(&Tensor, (Dtype, Vec<u8>))]) -> String {
+    let mut sorted: Vec<(&Tensor, &[u8])> = tensors
+        .iter()
+        .map(|(t, (_, b))| (*t, b.as_slice()))
+        .collect();
     sorted.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     let mut hash = Sha256::new();
     for (t, bytes) in sorted {
@@ -224,8 +228,7 @@ pub fn write(path: &Path, mut info: ModelInfo, tensors: &[Tensor]) -> Result<Mod
         .iter()
         .map(|t| (t, stored(t, half_weights)))
         .collect();
-    let bytes: Vec<(&Tensor, Vec<u8>)> = stored.iter().map(|(t, (_, b))| (*t, b.clone())).collect();
-    info.fingerprint = fingerprint(&bytes);
+    info.fingerprint = fingerprint(&stored);
     let views = stored
         .iter()
         .map(|(t, (dtype, data))| {
