@@ -7,6 +7,8 @@
 //!   % of the ceiling, the variant the tuning chose; pools as time;
 //! - the forward pass in images/s at batch 1, 8 and 32 (capped at what the
 //!   device holds) and each layer family's share of its time;
+//! - the forward pass with every group of sibling 1×1 convs merged, none,
+//!   and as tuned (with the tuner's decision per group);
 //! - `retrain features`' path (decoding on CPU threads + forward) on the
 //!   example JPEGs, beside the forward-only rate;
 //! - head training steps for 2, 100 and 1000 classes, and a 16-head sweep step.
@@ -20,7 +22,7 @@
 use retrain::commands::tune_on_first_use;
 use retrain::convert::default_weights;
 use retrain::data::{images, loader};
-use retrain::engine::Engine;
+use retrain::engine::{Engine, Merging};
 use retrain::gpu::kernels::{ConvParams, ConvVariant};
 use retrain::gpu::timer::GpuTimer;
 use retrain::gpu::tuning::shape_key;
@@ -129,6 +131,38 @@ fn family(label: &str) -> &'static str {
     } else {
         "other"
     }
+}
+
+/// Forward images/s at each batch with sibling 1×1 convs merged as tuned,
+/// all, or none; leaves the engine as tuned.
+fn compare_merging(engine: &mut Engine, adapter: &str, batches: &[u32]) -> Value {
+    let (size, _) = engine.input_size();
+    let decisions: BTreeMap<String, bool> = engine.tuning().merges.clone();
+    for (group, merged) in &decisions {
+        let verdict = if *merged { "merged" } else { "apart" };
+        println!("[{adapter}] tuner: sibling convs {group}: {verdict}");
+    }
+    let mut rows = Vec::new();
+    for &batch in batches {
+        let input: Vec<f32> = (0..batch * size * size * 3)
+            .map(|i| (i % 251) as f32 / 251.0)
+            .collect();
+        for merging in [Merging::None, Merging::All, Merging::AsTuned] {
+            engine.set_merging(merging).expect("merging");
+            let secs = wall_secs(|| {
+                engine
+                    .run_tensors(&input, batch, &["bottleneck"])
+                    .expect("forward");
+            });
+            let groups = engine.merged_groups();
+            println!(
+                "[{adapter}] forward batch {batch:>2}, sibling convs merged {merging:?} ({groups} groups): {:8.2} images/s",
+                batch as f64 / secs
+            );
+            rows.push(json!({"batch": batch, "merging": format!("{merging:?}"), "groups": groups, "images_per_s": batch as f64 / secs}));
+        }
+    }
+    json!({"decisions": decisions, "forward": rows})
 }
 
 fn main() {
@@ -251,6 +285,7 @@ fn main() {
             .push(json!({"batch": batch, "images_per_s": batch as f64 / secs, "shares": shares}));
     }
     out["forward"] = Value::Array(forward);
+    out["merging"] = compare_merging(&mut engine, &adapter, &[1, 8.min(max_batch)]);
 
     // 4. End to end, as `retrain features` runs.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/webstyle");

@@ -2,13 +2,14 @@
 //! weights uploaded, turning decoded images into bottleneck vectors.
 
 use crate::data::distortion::Distortion;
-use crate::gpu::kernels::{ConvParams, ConvVariant, Dispatch, Kernels};
+use crate::gpu::kernels::{ConvParams, Dispatch, Kernels};
 use crate::gpu::scheduler::{assign_slots, conv_params, GpuWeights, Plan};
 use crate::gpu::timer::GpuTimer;
-use crate::gpu::tuning::{shape_key, Tuning};
+use crate::gpu::tuning::{merge_key, shape_key, Tuning};
 use crate::gpu::Gpu;
-use crate::model::graph::Graph;
+use crate::model::graph::{Graph, Op};
 use crate::model::inception_v3::{self, INPUT, OUTPUT};
+use crate::model::merge::{merge, sibling_groups, SiblingGroup};
 use crate::model::weights::{ModelInfo, WeightFile};
 use anyhow::{bail, Result};
 use image::RgbImage;
@@ -17,12 +18,25 @@ use image::RgbImage;
 const ACTIVATION_BUDGET: u64 = 1 << 30;
 const MAX_BATCH: u32 = 64;
 
+/// Which groups of sibling 1×1 convs run merged into one GEMM (model/merge.rs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merging {
+    /// Those the tuning measured faster merged on this device.
+    AsTuned,
+    All,
+    None,
+}
+
 pub struct Engine {
     pub gpu: Gpu,
     pub info: ModelInfo,
     kernels: Kernels,
     tuning: Tuning,
+    /// The network as built, one op per conv.
+    network: Graph,
+    /// What runs: the network with the chosen sibling convs merged.
     graph: Graph,
+    merging: Merging,
     weights: GpuWeights,
     plan: Option<Plan>,
     /// Decoded pixels of the batch being run (grown when a batch needs more).
@@ -35,51 +49,121 @@ impl Engine {
     /// size), checks the weight file against it and uploads the weights.
     pub fn new(gpu: Gpu, file: &WeightFile, input: Option<(u32, u32)>) -> Result<Self> {
         let (h, w) = input.unwrap_or((file.info.input_height, file.info.input_width));
-        let mut graph = inception_v3::inception_v3(h, w)?;
+        let mut network = inception_v3::inception_v3(h, w)?;
         if file.info.average_pool_counts_padding {
-            graph.count_padding_in_average_pools();
+            network.count_padding_in_average_pools();
         }
         // Uploading checks every tensor's presence and shape against the graph.
-        let weights = GpuWeights::upload(&gpu, file, &graph)?;
+        let weights = GpuWeights::upload(&gpu, file, &network)?;
         let kernels = Kernels::new(&gpu, file.half_weights());
-        let max_batch = max_batch(&gpu, &kernels, &graph)?;
         let tuning = Tuning::load(&gpu);
-        Ok(Engine {
+        let mut engine = Engine {
             gpu,
             info: file.info.clone(),
             kernels,
             tuning,
-            graph,
+            graph: network.clone(),
+            network,
+            merging: Merging::AsTuned,
             weights,
             plan: None,
             pixels: None,
-            max_batch,
-        })
+            max_batch: 0,
+        };
+        engine.set_merging(Merging::AsTuned)?;
+        Ok(engine)
     }
 
-    /// The parameters of every conv of the network at `batch`, one per tuning shape.
-    pub fn distinct_convs(&self, batch: u32) -> Vec<ConvParams> {
-        let mut seen = std::collections::HashSet::new();
+    /// Chooses which sibling 1×1 convs run merged, and re-plans.
+    pub fn set_merging(&mut self, merging: Merging) -> Result<()> {
+        let groups: Vec<SiblingGroup> = sibling_groups(&self.network)
+            .into_iter()
+            .filter(|g| match merging {
+                Merging::AsTuned => self.tuning.merges(&self.group_params(g)),
+                Merging::All => true,
+                Merging::None => false,
+            })
+            .collect();
+        self.graph = merge(&self.network, &groups);
+        self.weights.assemble_merged(&self.gpu, &self.graph);
+        self.max_batch = max_batch(&self.gpu, &self.kernels, &self.graph)?;
+        self.merging = merging;
+        self.plan = None;
+        Ok(())
+    }
+
+    /// How many groups of sibling 1×1 convs the network has.
+    pub fn sibling_groups(&self) -> usize {
+        sibling_groups(&self.network).len()
+    }
+
+    /// How many groups of sibling convs run merged.
+    pub fn merged_groups(&self) -> usize {
         self.graph
-            .convs()
-            .map(|c| conv_params(&self.graph, c, batch))
-            .filter(|p| seen.insert(shape_key(p)))
+            .ops
+            .iter()
+            .filter(|op| matches!(op, Op::MergedConv(_)))
+            .count()
+    }
+
+    /// The parameters of each conv dispatch of the network as it runs at
+    /// `batch` (merged convs as their GEMM), one per tuning shape.
+    pub fn distinct_convs(&self, batch: u32) -> Vec<ConvParams> {
+        distinct(
+            (self.graph.ops.iter())
+                .filter_map(|op| op.as_conv())
+                .map(|c| conv_params(&self.graph, &c, batch)),
+        )
+    }
+
+    /// What tuning measures (at batch 1): every conv shape of the network,
+    /// and every group of sibling convs that may be merged, by its parts.
+    fn tuning_work(&self) -> (Vec<ConvParams>, Vec<Vec<ConvParams>>) {
+        let convs = distinct(
+            self.network
+                .convs()
+                .map(|c| conv_params(&self.network, c, 1)),
+        );
+        let mut seen = std::collections::HashSet::new();
+        let groups = sibling_groups(&self.network)
+            .iter()
+            .map(|g| self.group_params(g))
+            .filter(|parts| seen.insert(merge_key(parts)))
+            .collect();
+        (convs, groups)
+    }
+
+    fn group_params(&self, group: &SiblingGroup) -> Vec<ConvParams> {
+        group
+            .convs(&self.network)
+            .into_iter()
+            .map(|c| conv_params(&self.network, c, 1))
             .collect()
     }
 
-    /// Whether every conv has a measured kernel variant for this device.
+    /// How many measurements a full tuning makes (conv shapes and groups).
+    pub fn tuning_steps(&self) -> usize {
+        let (convs, groups) = self.tuning_work();
+        convs.len() + groups.len()
+    }
+
+    /// Whether every conv has a measured kernel variant for this device, and
+    /// every group of sibling convs a measured merge decision.
     pub fn is_tuned(&self) -> bool {
-        self.tuning.covers(&self.distinct_convs(1))
+        let (convs, groups) = self.tuning_work();
+        self.tuning.covers(&convs, &groups)
     }
 
     /// Measures the kernel variants on each conv not yet tuned (at batch 1)
-    /// and caches the winners for this device. The choices apply at once; an
-    /// error writing the cache is returned after that (the run can go on).
-    pub fn tune(&mut self, progress: &mut dyn FnMut(&str, ConvVariant)) -> Result<()> {
-        let convs = self.distinct_convs(1);
+    /// and whether merging each group of sibling convs pays, and caches the
+    /// results for this device. They apply at once (unless merging was set
+    /// otherwise); an error writing the cache is returned after that (the
+    /// run can go on).
+    pub fn tune(&mut self, progress: &mut dyn FnMut(&str)) -> Result<()> {
+        let (convs, groups) = self.tuning_work();
         self.tuning
-            .tune(&self.gpu, &self.kernels, &convs, progress)?;
-        self.plan = None;
+            .tune(&self.gpu, &self.kernels, &convs, &groups, progress)?;
+        self.set_merging(self.merging)?;
         self.tuning.save()
     }
 
@@ -263,6 +347,12 @@ impl Engine {
             .collect();
         Ok(plan.run(&self.gpu, &preprocess)?.remove(0))
     }
+}
+
+/// Conv parameters without repeated tuning shapes.
+fn distinct(convs: impl Iterator<Item = ConvParams>) -> Vec<ConvParams> {
+    let mut seen = std::collections::HashSet::new();
+    convs.filter(|p| seen.insert(shape_key(p))).collect()
 }
 
 /// Largest batch whose biggest tensor fits one storage binding, whose convs fit

@@ -9,7 +9,7 @@ mod common;
 
 use hdf5_pure::File as H5File;
 use retrain::convert::{self, default_weights, tfjs, torch, Found, Overrides, Part, SourceWeights};
-use retrain::engine::Engine;
+use retrain::engine::{Engine, Merging};
 use retrain::gpu::Gpu;
 use retrain::model::weights::{Normalization, WeightFile};
 use std::collections::BTreeMap;
@@ -329,13 +329,14 @@ fn check_golden(weights: &Path, what: &str) {
 
 /// Relative L2 error of the small golden bottleneck computed with `weights`.
 fn golden_error(weights: &Path) -> f64 {
-    golden_error_of(weights, "small_astronaut_139x139", 139)
+    golden_error_of(weights, "small_astronaut_139x139", 139, Merging::None)
 }
 
 /// Relative L2 error of golden bottleneck `name` (input `input_{name}.bin`, size `side`).
-fn golden_error_of(weights: &Path, name: &str, side: u32) -> f64 {
+fn golden_error_of(weights: &Path, name: &str, side: u32, merging: Merging) -> f64 {
     let file = WeightFile::open(weights).unwrap();
     let mut engine = Engine::new(Gpu::new().unwrap(), &file, Some((side, side))).unwrap();
+    engine.set_merging(merging).unwrap();
     let reference = |name: &str| {
         let bytes = std::fs::read(
             Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -523,12 +524,17 @@ fn f16_weights_halve_the_file_and_stay_within_1e_2_of_the_golden_bottleneck() {
         (0.49..0.52).contains(&ratio),
         "f16 file is {ratio} of the f32 one"
     );
-    for (name, side) in [("small_astronaut_139x139", 139), ("0_astronaut_299", 299)] {
-        let err = golden_error_of(&half, name, side);
+    // Merged sibling convs assemble their f16 weights two bytes per value.
+    for (name, side, merging) in [
+        ("small_astronaut_139x139", 139, Merging::None),
+        ("small_astronaut_139x139", 139, Merging::All),
+        ("0_astronaut_299", 299, Merging::None),
+    ] {
+        let err = golden_error_of(&half, name, side, merging);
         assert!(
             err <= 1e-2 && err > 0.0,
-            "{name}: f16 bottleneck off by {err:e}"
+            "{name}, {merging:?} merged: f16 bottleneck off by {err:e}"
         );
-        eprintln!("f16 weights, {name}: golden bottleneck relative L2 {err:e}");
+        eprintln!("f16 weights, {name}, {merging:?} merged: golden bottleneck relative L2 {err:e}");
     }
 }

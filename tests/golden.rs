@@ -7,7 +7,7 @@ mod common;
 use common::{gpu, rel_l2};
 use retrain::convert::default_weights;
 use retrain::data::distortion::Distortion;
-use retrain::engine::Engine;
+use retrain::engine::{Engine, Merging};
 use retrain::gpu::kernels::submit;
 use retrain::gpu::Gpu;
 use retrain::model::weights::{Normalization, WeightFile};
@@ -88,12 +88,19 @@ fn small_inputs_match_keras() {
     for (name, h, w) in [("astronaut", 139, 139), ("chelsea", 147, 195)] {
         let mut engine = engine((h, w));
         let input = load(&format!("input_small_{name}_{h}x{w}.bin"));
-        let out = engine.run_tensors(&input, 1, &["bottleneck"]).unwrap();
-        check(
-            &format!("bottleneck {name} {h}x{w}"),
-            &out[0],
-            &load(&format!("bottleneck_small_{name}_{h}x{w}.bin")),
-        );
+        let expected = load(&format!("bottleneck_small_{name}_{h}x{w}.bin"));
+        let mut bottlenecks = vec![];
+        // Each conv on its own, then every group of sibling 1×1 convs merged.
+        for (merging, groups) in [(Merging::None, 0), (Merging::All, 10)] {
+            engine.set_merging(merging).unwrap();
+            assert_eq!(engine.merged_groups(), groups);
+            let out = engine.run_tensors(&input, 1, &["bottleneck"]).unwrap();
+            let what = format!("bottleneck {name} {h}x{w}, {merging:?} merged");
+            check(&what, &out[0], &expected);
+            bottlenecks.push(out.into_iter().next().unwrap());
+        }
+        let err = rel_l2(&bottlenecks[1], &bottlenecks[0]);
+        assert!(err < 1e-6, "merging changed the bottleneck by {err:e}");
     }
 }
 

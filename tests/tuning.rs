@@ -24,9 +24,12 @@ fn tuning_is_cached_per_device_and_changes_no_result() {
     let input = common::random_vec(&mut rng, 2 * 75 * 90 * 3);
     let before = engine.run_tensors(&input, 2, &["bottleneck"]).unwrap();
 
-    let mut shapes = 0;
-    engine.tune(&mut |_, _| shapes += 1).unwrap();
-    assert_eq!(shapes, engine.distinct_convs(1).len());
+    let mut steps = 0;
+    engine.tune(&mut |_| steps += 1).unwrap();
+    // Every conv shape, and the 8 distinct groups of sibling 1×1 convs timed
+    // merged and apart (mixed5 and mixed6 have the same, mixed7 and mixed8 too).
+    assert_eq!(steps, engine.tuning_steps());
+    assert_eq!(engine.tuning().merges.len(), 8);
     assert!(engine.is_tuned());
     let after = engine.run_tensors(&input, 2, &["bottleneck"]).unwrap();
     let err = common::rel_l2(&after[0], &before[0]);
@@ -37,9 +40,16 @@ fn tuning_is_cached_per_device_and_changes_no_result() {
     assert_eq!(files.len(), 1, "one tuning file");
     let again = Engine::new(Gpu::new().unwrap(), &file, size).unwrap();
     assert!(again.is_tuned());
+    let cached = Tuning::load(&again.gpu);
     assert_eq!(
-        Tuning::load(&again.gpu).choices,
+        cached.choices,
         engine.tuning().choices,
         "the cache holds what was measured"
+    );
+    assert_eq!(cached.merges, engine.tuning().merges);
+    assert_eq!(
+        again.merged_groups(),
+        engine.merged_groups(),
+        "and merges as measured"
     );
 }

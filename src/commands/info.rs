@@ -65,8 +65,12 @@ pub fn run(args: &ModelArgs) -> Result<()> {
     println!("  fingerprint:   {}", m.fingerprint);
     println!("  max batch:     {} images at {h}x{w}", engine.max_batch());
     let tuned = match engine.is_tuned() {
-        true => "tuned for this device",
-        false => "not tuned yet (the first retrain, features or classify run tunes them)",
+        true => format!(
+            "tuned for this device; {} of {} groups of sibling 1x1 convs merged",
+            engine.merged_groups(),
+            engine.sibling_groups()
+        ),
+        false => "not tuned yet (the first retrain, features or classify run tunes them)".into(),
     };
     println!("  conv kernels:  {tuned}");
     Ok(())

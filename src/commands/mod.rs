@@ -26,19 +26,20 @@ pub fn open_engine(args: &ModelArgs, tune: bool) -> Result<Engine> {
 }
 
 /// On an adapter's first use, times the conv kernel variants on each conv
-/// shape and caches the fastest (RETRAIN_TUNE=0 skips this and runs with
-/// the defaults for the adapter's kind).
+/// shape and each group of sibling convs merged and apart, and caches the
+/// fastest (RETRAIN_TUNE=0 skips this and runs with the defaults for the
+/// adapter's kind, unmerged).
 pub fn tune_on_first_use(engine: &mut Engine) -> Result<()> {
     if engine.is_tuned() || std::env::var("RETRAIN_TUNE").is_ok_and(|v| v == "0") {
         return Ok(());
     }
-    let shapes = engine.distinct_convs(1).len();
+    let steps = engine.tuning_steps();
     eprintln!(
         "Tuning the conv kernels for \"{}\" (once for this device; RETRAIN_TUNE=0 skips it)",
         engine.gpu.info.name
     );
-    let bar = progress_bar(shapes, "conv shapes");
-    let saved = engine.tune(&mut |_, _| bar.inc(1));
+    let bar = progress_bar(steps, "conv shapes");
+    let saved = engine.tune(&mut |_| bar.inc(1));
     bar.finish_and_clear();
     if let Err(e) = saved {
         // The measured choices are in use for this run; only the cache is missing.

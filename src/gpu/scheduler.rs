@@ -8,30 +8,79 @@ use super::tuning::{shape_key, Tuning};
 use crate::model::graph::{Conv, Graph, Op, Padding, Pool, PoolOp, TensorId};
 use crate::model::weights::WeightFile;
 use anyhow::{Context, Result};
+use std::collections::HashMap;
 
-/// Each conv's folded weights and bias, uploaded once from the mapped file.
+/// The folded weights and bias of each conv, uploaded once from the mapped
+/// file, and of each merged conv, assembled on the GPU from its parts'. Keyed
+/// by the conv indexes an op computes (one, or a merged conv's parts).
 pub struct GpuWeights {
-    convs: Vec<(wgpu::Buffer, wgpu::Buffer)>,
+    buffers: HashMap<Vec<usize>, (wgpu::Buffer, wgpu::Buffer)>,
+    /// Bytes per stored weight: 4 (f32) or 2 (f16); biases are always f32.
+    weight_bytes: u64,
 }
 
 impl GpuWeights {
     pub fn upload(gpu: &Gpu, file: &WeightFile, graph: &Graph) -> Result<Self> {
-        let convs = graph
+        let buffers = graph
             .convs()
             .map(|conv| {
                 let w = file.tensor_bytes(&conv.weight_name(), &conv.weight_shape())?;
                 let b = file.tensor_bytes(&conv.bias_name(), &[conv.output.channels as usize])?;
-                Ok((
+                let buffers = (
                     gpu.storage_buffer_with(&conv.weight_name(), w),
                     gpu.storage_buffer_with(&conv.bias_name(), b),
-                ))
+                );
+                Ok((vec![conv.index], buffers))
             })
             .collect::<Result<_>>()?;
-        Ok(GpuWeights { convs })
+        let weight_bytes = if file.half_weights() { 2 } else { 4 };
+        Ok(GpuWeights {
+            buffers,
+            weight_bytes,
+        })
     }
 
-    fn of(&self, conv: &Conv) -> (&wgpu::Buffer, &wgpu::Buffer) {
-        let (w, b) = &self.convs[conv.index - 1];
+    /// Assembles the weights of every merged conv of `graph` not yet assembled.
+    /// The parts' own buffers are kept (another plan may run them unmerged).
+    pub fn assemble_merged(&mut self, gpu: &Gpu, graph: &Graph) {
+        for op in &graph.ops {
+            if let Op::MergedConv(m) = op {
+                let units = op.weight_units();
+                if !self.buffers.contains_key(&units) {
+                    let merged = self.concatenate(gpu, &m.parts);
+                    self.buffers.insert(units, merged);
+                }
+            }
+        }
+    }
+
+    /// One weight buffer [in_c, Σ out_c] and one bias buffer from 1×1 convs'
+    /// [in_c, out_c] weights, side by side along the output channels: one
+    /// copy per part and input channel.
+    fn concatenate(&self, gpu: &Gpu, parts: &[Conv]) -> (wgpu::Buffer, wgpu::Buffer) {
+        let in_c = parts[0].input.channels as u64;
+        let total: u64 = parts.iter().map(|c| c.output.channels as u64).sum();
+        let weights = gpu.storage_buffer("merged weights", in_c * total * self.weight_bytes);
+        let bias = gpu.storage_buffer("merged bias", total * 4);
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        let mut offset = 0;
+        for part in parts {
+            let (w, b) = &self.buffers[&vec![part.index]];
+            let out_c = part.output.channels as u64;
+            let row = out_c * self.weight_bytes;
+            for r in 0..in_c {
+                let to = (r * total + offset) * self.weight_bytes;
+                encoder.copy_buffer_to_buffer(w, r * row, &weights, to, row);
+            }
+            encoder.copy_buffer_to_buffer(b, 0, &bias, offset * 4, out_c * 4);
+            offset += out_c;
+        }
+        gpu.queue.submit([encoder.finish()]);
+        (weights, bias)
+    }
+
+    fn of(&self, units: &[usize]) -> (&wgpu::Buffer, &wgpu::Buffer) {
+        let (w, b) = &self.buffers[units];
         (w, b)
     }
 }
@@ -135,8 +184,8 @@ impl Plan {
             .ops
             .iter()
             .map(|op| match op {
-                Op::Conv(c) => {
-                    let p = conv_params(graph, c, batch);
+                Op::Conv(_) | Op::MergedConv(_) => {
+                    let p = conv_params(graph, &op.as_conv().expect("conv"), batch);
                     let macs =
                         p.m as f64 * p.out_c as f64 * (p.kernel_h * p.kernel_w * p.in_c) as f64;
                     (format!("conv {}", shape_key(&p)), 2.0 * macs)
@@ -149,9 +198,10 @@ impl Plan {
             .ops
             .iter()
             .map(|op| match op {
-                Op::Conv(c) => {
-                    let (w, b) = weights.of(c);
-                    let p = conv_params(graph, c, batch);
+                Op::Conv(_) | Op::MergedConv(_) => {
+                    let c = op.as_conv().expect("conv");
+                    let (w, b) = weights.of(&op.weight_units());
+                    let p = conv_params(graph, &c, batch);
                     kernels.conv2d(
                         gpu,
                         &p,

@@ -1,7 +1,8 @@
-//! Which conv kernel variant runs each conv shape on this device: measured
-//! once per adapter (a few candidates timed on each distinct conv of the
-//! network) and cached on disk, keyed by the adapter, its driver and the
-//! engine version, so later runs start at once.
+//! Which conv kernel variant runs each conv shape on this device, and which
+//! groups of sibling 1×1 convs run merged into one GEMM: measured once per
+//! adapter (a few candidates timed on each distinct conv of the network, each
+//! group timed merged and one by one) and cached on disk, keyed by the
+//! adapter, its driver and the engine version, so later runs start at once.
 
 use super::context::Gpu;
 use super::kernels::{submit, ConvParams, ConvVariant, Kernels};
@@ -27,11 +28,30 @@ pub fn shape_key(p: &ConvParams) -> String {
     )
 }
 
+/// A group of sibling 1×1 convs (see model/merge.rs) by its parts' shapes:
+/// "1x1s1_192to48+64_map2048".
+pub fn merge_key(parts: &[ConvParams]) -> String {
+    let outs: Vec<String> = parts.iter().map(|p| p.out_c.to_string()).collect();
+    let whole = ConvParams {
+        out_c: 0,
+        ..parts[0]
+    };
+    shape_key(&whole).replace("to0_", &format!("to{}_", outs.join("+")))
+}
+
+/// A merged conv must save at least this share of its parts' time: merging
+/// also keeps tensors alive longer, and timings this close are noise.
+const MERGE_GAIN: f64 = 0.05;
+
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 pub struct Tuning {
     /// Adapter, driver and engine version the choices were measured on.
     pub device: String,
     pub choices: BTreeMap<String, ConvVariant>,
+    /// For each group of sibling 1×1 convs (by `merge_key`), whether one
+    /// merged GEMM was faster than the convs one by one.
+    #[serde(default)]
+    pub merges: BTreeMap<String, bool>,
 }
 
 /// Identifies what the measurements depend on: the adapter, its driver, the
@@ -72,7 +92,7 @@ impl Tuning {
             .filter(|t| t.device == device)
             .unwrap_or(Tuning {
                 device,
-                choices: BTreeMap::new(),
+                ..Default::default()
             })
     }
 
@@ -84,33 +104,67 @@ impl Tuning {
             .unwrap_or_else(|| default_variant(gpu))
     }
 
-    /// Whether every conv of `convs` has a measured choice.
-    pub fn covers(&self, convs: &[ConvParams]) -> bool {
+    /// Whether a group of sibling convs (its parts' shapes) runs merged:
+    /// as measured, else not.
+    pub fn merges(&self, parts: &[ConvParams]) -> bool {
+        self.merges.get(&merge_key(parts)) == Some(&true)
+    }
+
+    /// Whether every conv of `convs` has a measured choice, and every group
+    /// of sibling convs of `groups` a measured merge decision.
+    pub fn covers(&self, convs: &[ConvParams], groups: &[Vec<ConvParams>]) -> bool {
         convs
             .iter()
             .all(|p| self.choices.contains_key(&shape_key(p)))
+            && groups
+                .iter()
+                .all(|g| self.merges.contains_key(&merge_key(g)))
     }
 
     /// Times every candidate on each not yet tuned conv (on uninitialised
     /// data: the timing does not depend on the values) and keeps the fastest;
-    /// `progress` is told each shape as it is done.
+    /// then times each not yet tuned group of sibling convs merged (its best
+    /// variant) against its parts one by one, and merges it if that pays.
+    /// `progress` is told each shape and group as it is done.
     pub fn tune(
         &mut self,
         gpu: &Gpu,
         kernels: &Kernels,
         convs: &[ConvParams],
-        progress: &mut dyn FnMut(&str, ConvVariant),
+        groups: &[Vec<ConvParams>],
+        progress: &mut dyn FnMut(&str),
     ) -> Result<()> {
         for p in convs {
             let key = shape_key(p);
-            if self.choices.contains_key(&key) {
-                continue;
+            if !self.choices.contains_key(&key) {
+                let (best, _) = fastest(gpu, kernels, p)?;
+                self.choices.insert(key.clone(), best);
+                progress(&key);
             }
-            let best = fastest(gpu, kernels, p)?;
-            progress(&key, best);
-            self.choices.insert(key, best);
+        }
+        for parts in groups {
+            let key = merge_key(parts);
+            if !self.merges.contains_key(&key) {
+                let pays = self.merging_pays(gpu, kernels, parts)?;
+                self.merges.insert(key.clone(), pays);
+                progress(&key);
+            }
         }
         Ok(())
+    }
+
+    /// Times a group's merged GEMM (choosing its variant) against the sum of
+    /// its parts, each with its chosen variant.
+    fn merging_pays(&mut self, gpu: &Gpu, kernels: &Kernels, parts: &[ConvParams]) -> Result<bool> {
+        let whole = merged_params(parts);
+        let (variant, merged) = fastest(gpu, kernels, &whole)?;
+        self.choices.entry(shape_key(&whole)).or_insert(variant);
+        let mut apart = 0.0;
+        for p in parts {
+            let buffers = TimingBuffers::new(gpu, p);
+            apart += time_variant(gpu, kernels, p, self.variant(gpu, p), buffers.all())?;
+        }
+        Ok(merged < (1.0 - MERGE_GAIN) * apart)
     }
 
     /// Writes the choices to the cache (atomically).
@@ -155,23 +209,50 @@ fn time_variant(
     Ok(run()?.min(run()?))
 }
 
-/// The fastest candidate for conv `p`, all timed on the same buffers.
-fn fastest(gpu: &Gpu, kernels: &Kernels, p: &ConvParams) -> Result<ConvVariant> {
-    let buffer = |label: &str, floats: u32| gpu.storage_buffer(label, floats as u64 * 4);
-    let input = buffer("tuning input", p.batch * p.in_h * p.in_w * p.in_stride);
-    let weights = buffer("tuning weights", p.kernel_h * p.kernel_w * p.in_c * p.out_c);
-    let bias = buffer("tuning bias", p.out_c);
-    let output = buffer("tuning output", p.m * p.out_stride);
-    let buffers = [&input, &weights, &bias, &output];
-    let mut best = (f64::INFINITY, ConvVariant::Tiled);
+/// The conv a group of sibling 1×1 convs merges into: all their output
+/// channels, in a tensor of its own.
+fn merged_params(parts: &[ConvParams]) -> ConvParams {
+    let out_c = parts.iter().map(|p| p.out_c).sum();
+    ConvParams {
+        out_c,
+        out_stride: out_c,
+        out_offset: 0,
+        ..parts[0]
+    }
+}
+
+/// Input, weights, bias and output buffers sized for one conv.
+struct TimingBuffers([wgpu::Buffer; 4]);
+
+impl TimingBuffers {
+    fn new(gpu: &Gpu, p: &ConvParams) -> Self {
+        let buffer = |label: &str, floats: u32| gpu.storage_buffer(label, floats as u64 * 4);
+        TimingBuffers([
+            buffer("tuning input", p.batch * p.in_h * p.in_w * p.in_stride),
+            buffer("tuning weights", p.kernel_h * p.kernel_w * p.in_c * p.out_c),
+            buffer("tuning bias", p.out_c),
+            buffer("tuning output", p.m * p.out_stride),
+        ])
+    }
+
+    fn all(&self) -> [&wgpu::Buffer; 4] {
+        let [a, b, c, d] = &self.0;
+        [a, b, c, d]
+    }
+}
+
+/// The fastest candidate for conv `p` and its time, all timed on the same buffers.
+fn fastest(gpu: &Gpu, kernels: &Kernels, p: &ConvParams) -> Result<(ConvVariant, f64)> {
+    let buffers = TimingBuffers::new(gpu, p);
+    let mut best = (ConvVariant::Tiled, f64::INFINITY);
     for v in ConvVariant::CANDIDATES
         .into_iter()
         .filter(|v| v.fits(p, gpu.limits.max_compute_workgroups_per_dimension))
     {
-        let t = time_variant(gpu, kernels, p, v, buffers)?;
-        if t < best.0 {
-            best = (t, v);
+        let t = time_variant(gpu, kernels, p, v, buffers.all())?;
+        if t < best.1 {
+            best = (v, t);
         }
     }
-    Ok(best.1)
+    Ok(best)
 }

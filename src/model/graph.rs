@@ -119,9 +119,34 @@ pub struct Pool {
     pub padding: Padding,
 }
 
+/// Sibling 1×1 convs that read the same input, computed as one GEMM: their
+/// weights side by side along the output channels, their outputs side by side
+/// in one tensor (see merge.rs).
+#[derive(Clone, Debug)]
+pub struct MergedConv {
+    /// The convs in output-channel order, each `output` its slice of the merged tensor.
+    pub parts: Vec<Conv>,
+}
+
+impl MergedConv {
+    /// The GEMM as one conv over all the parts' output channels (its `index`
+    /// is the first part's).
+    pub fn as_conv(&self) -> Conv {
+        let first = &self.parts[0];
+        Conv {
+            output: Slice {
+                channels: self.parts.iter().map(|c| c.output.channels).sum(),
+                ..first.output
+            },
+            ..first.clone()
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum Op {
     Conv(Conv),
+    MergedConv(MergedConv),
     Pool(Pool),
     GlobalAvgPool { input: TensorId, output: TensorId },
 }
@@ -130,6 +155,7 @@ impl Op {
     pub fn input(&self) -> TensorId {
         match self {
             Op::Conv(c) => c.input.tensor,
+            Op::MergedConv(m) => m.parts[0].input.tensor,
             Op::Pool(p) => p.input.tensor,
             Op::GlobalAvgPool { input, .. } => *input,
         }
@@ -137,8 +163,25 @@ impl Op {
     pub fn output(&self) -> TensorId {
         match self {
             Op::Conv(c) => c.output.tensor,
+            Op::MergedConv(m) => m.parts[0].output.tensor,
             Op::Pool(p) => p.output.tensor,
             Op::GlobalAvgPool { output, .. } => *output,
+        }
+    }
+    /// A conv op as the one conv its kernel runs (a merged conv as its GEMM).
+    pub fn as_conv(&self) -> Option<Conv> {
+        match self {
+            Op::Conv(c) => Some(c.clone()),
+            Op::MergedConv(m) => Some(m.as_conv()),
+            _ => None,
+        }
+    }
+    /// The indexes of the convs whose weights the op uses.
+    pub fn weight_units(&self) -> Vec<usize> {
+        match self {
+            Op::Conv(c) => vec![c.index],
+            Op::MergedConv(m) => m.parts.iter().map(|c| c.index).collect(),
+            _ => vec![],
         }
     }
 }
@@ -310,10 +353,12 @@ impl Graph {
         }
     }
 
+    /// Every conv of the network (merged ones part by part), in execution order.
     pub fn convs(&self) -> impl Iterator<Item = &Conv> {
-        self.ops.iter().filter_map(|op| match op {
-            Op::Conv(c) => Some(c),
-            _ => None,
+        self.ops.iter().flat_map(|op| match op {
+            Op::Conv(c) => std::slice::from_ref(c),
+            Op::MergedConv(m) => m.parts.as_slice(),
+            _ => &[],
         })
     }
 }

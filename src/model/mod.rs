@@ -1,6 +1,7 @@
-//! The network as data: the op graph, Inception V3 built from it, and the
-//! engine's weight file.
+//! The network as data: the op graph, Inception V3 built from it, the
+//! merging of sibling 1×1 convs, and the engine's weight file.
 
 pub mod graph;
 pub mod inception_v3;
+pub mod merge;
 pub mod weights;
