@@ -119,7 +119,7 @@ pub enum ConvVariant {
 
 impl ConvVariant {
     /// What the autotuner tries.
-    pub const CANDIDATES: [ConvVariant; 5] = [
+    pub const CANDIDATES: [ConvVariant; 6] = [
         ConvVariant::Tiled,
         ConvVariant::Direct {
             rows: 4,
@@ -133,11 +133,16 @@ impl ConvVariant {
         },
         ConvVariant::Direct {
             rows: 8,
-            cols: 1,
-            group: 64,
+            cols: 2,
+            group: 16,
         },
         ConvVariant::Direct {
             rows: 8,
+            cols: 4,
+            group: 16,
+        },
+        ConvVariant::Direct {
+            rows: 16,
             cols: 2,
             group: 16,
         },
@@ -236,12 +241,7 @@ fn pipeline_with(
     entry: &str,
     constants: &[(&str, f64)],
 ) -> wgpu::ComputePipeline {
-    let module = gpu
-        .device
-        .create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(name),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
+    let module = gpu.shader_module(name, source);
     gpu.device
         .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(name),

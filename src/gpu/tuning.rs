@@ -179,9 +179,9 @@ impl Tuning {
 pub fn default_variant(gpu: &Gpu) -> ConvVariant {
     match gpu.info.device_type {
         wgpu::DeviceType::Cpu => ConvVariant::Direct {
-            rows: 4,
+            rows: 8,
             cols: 2,
-            group: 64,
+            group: 16,
         },
         _ => ConvVariant::Tiled,
     }
