@@ -11,7 +11,10 @@
 //   1 input  (storage)  NHWC f32 [batch, in_h, in_w, in_stride], channels in_offset..+channels
 //   2 output (storage)  NHWC f32 [batch, out_h, out_w, out_stride], channels out_offset..+channels
 //
-// One invocation per output element; the 1-D index is spread over a 2-D grid
+// Values are read LANES channels at a time: one f32, or, when channels,
+// strides and offsets are multiples of 4, the host swaps in the block marked
+// VALUE to read vec4s (a quarter of the invocations and index arithmetic).
+// One invocation per output Value; the 1-D index is spread over a 2-D grid
 // of 256-wide workgroups (x + y·groups_x) to stay under the per-dimension limit.
 
 struct Params {
@@ -21,23 +24,34 @@ struct Params {
     in_stride: u32, in_offset: u32, out_stride: u32, out_offset: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> input: array<f32>;
-@group(0) @binding(2) var<storage, read_write> output: array<f32>;
+// VALUE BEGIN
+alias Value = f32;
+const LANES: u32 = 1u;
+// VALUE END
 
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> input: array<Value>;
+@group(0) @binding(2) var<storage, read_write> output: array<Value>;
+
+// A window's image and top-left corner, its channel group (in Values) and output pixel.
 struct Window { img: u32, y0: i32, x0: i32, c: u32, out_pixel: u32 }
 
 fn window_of(index: u32) -> Window {
-    let c = index % p.channels;
-    let pixel = index / p.channels;
+    let c = index % (p.channels / LANES);
+    let pixel = index / (p.channels / LANES);
     let ox = pixel % p.out_w;
     let oy = (pixel / p.out_w) % p.out_h;
     let img = pixel / (p.out_w * p.out_h);
     return Window(img, i32(oy * p.stride_h) - i32(p.pad_top), i32(ox * p.stride_w) - i32(p.pad_left), c, pixel);
 }
 
-fn input_at(w: Window, y: i32, x: i32) -> f32 {
-    return input[((w.img * p.in_h + u32(y)) * p.in_w + u32(x)) * p.in_stride + p.in_offset + w.c];
+fn input_at(w: Window, y: i32, x: i32) -> Value {
+    let pixel = (w.img * p.in_h + u32(y)) * p.in_w + u32(x);
+    return input[(pixel * p.in_stride + p.in_offset) / LANES + w.c];
+}
+
+fn output_count() -> u32 {
+    return p.batch * p.out_h * p.out_w * (p.channels / LANES);
 }
 
 fn element_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
@@ -45,9 +59,11 @@ fn element_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
 }
 
 // Max, sum and count of the window's cells that lie inside the input.
-fn window_stats(w: Window) -> vec3<f32> {
-    var best = -3.0e38;
-    var sum = 0.0;
+struct Stats { best: Value, sum: Value, count: f32 }
+
+fn window_stats(w: Window) -> Stats {
+    var best = Value(-3.0e38);
+    var sum = Value(0.0);
     var count = 0.0;
     for (var dy = 0u; dy < p.window_h; dy++) {
         let y = w.y0 + i32(dy);
@@ -61,40 +77,40 @@ fn window_stats(w: Window) -> vec3<f32> {
             count += 1.0;
         }
     }
-    return vec3<f32>(best, sum, count);
+    return Stats(best, sum, count);
 }
 
 fn output_index(w: Window) -> u32 {
-    return w.out_pixel * p.out_stride + p.out_offset + w.c;
+    return (w.out_pixel * p.out_stride + p.out_offset) / LANES + w.c;
 }
 
 @compute @workgroup_size(256)
 fn max_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let index = element_index(gid, groups);
-    if (index >= p.batch * p.out_h * p.out_w * p.channels) {
+    if (index >= output_count()) {
         return;
     }
     let w = window_of(index);
-    output[output_index(w)] = window_stats(w).x;
+    output[output_index(w)] = window_stats(w).best;
 }
 
 @compute @workgroup_size(256)
 fn avg_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let index = element_index(gid, groups);
-    if (index >= p.batch * p.out_h * p.out_w * p.channels) {
+    if (index >= output_count()) {
         return;
     }
     let w = window_of(index);
     let stats = window_stats(w);
-    output[output_index(w)] = stats.y / stats.z;
+    output[output_index(w)] = stats.sum / stats.count;
 }
 
 @compute @workgroup_size(256)
 fn avg_pool_counting_padding(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let index = element_index(gid, groups);
-    if (index >= p.batch * p.out_h * p.out_w * p.channels) {
+    if (index >= output_count()) {
         return;
     }
     let w = window_of(index);
-    output[output_index(w)] = window_stats(w).y / f32(p.window_h * p.window_w);
+    output[output_index(w)] = window_stats(w).sum / f32(p.window_h * p.window_w);
 }

@@ -203,6 +203,38 @@ fn weight4_at(i: u32) -> vec4<f32> {
 }
 ";
 
+/// pool.wgsl's value type for channels aligned to 4.
+const VEC4_VALUES: &str = "
+alias Value = vec4<f32>;
+const LANES: u32 = 4u;
+";
+
+/// pool.wgsl's three entry points, compiled from one variant of its source.
+struct PoolPipelines {
+    max: wgpu::ComputePipeline,
+    average: wgpu::ComputePipeline,
+    average_counting_padding: wgpu::ComputePipeline,
+}
+
+impl PoolPipelines {
+    fn new(gpu: &Gpu, source: &str) -> Self {
+        let entry = |name: &str| pipeline(gpu, name, source, name);
+        PoolPipelines {
+            max: entry("max_pool"),
+            average: entry("avg_pool"),
+            average_counting_padding: entry("avg_pool_counting_padding"),
+        }
+    }
+
+    fn of(&self, kind: PoolKind) -> &wgpu::ComputePipeline {
+        match kind {
+            PoolKind::Max => &self.max,
+            PoolKind::Average => &self.average,
+            PoolKind::AverageCountingPadding => &self.average_counting_padding,
+        }
+    }
+}
+
 /// `source` with the block between `// NAME BEGIN` and `// NAME END` replaced.
 fn swap_block(source: &str, name: &str, replacement: &str) -> String {
     let start = source
@@ -221,9 +253,9 @@ pub struct Kernels {
     conv2d: wgpu::ComputePipeline,
     /// conv2d_direct.wgsl pipelines by variant and whether the input is vec4-aligned.
     direct: Mutex<HashMap<(ConvVariant, bool), wgpu::ComputePipeline>>,
-    max_pool: wgpu::ComputePipeline,
-    avg_pool: wgpu::ComputePipeline,
-    avg_pool_counting_padding: wgpu::ComputePipeline,
+    /// pool.wgsl reading one f32 at a time, and one vec4 (aligned channels).
+    pool_scalar: PoolPipelines,
+    pool_vec4: PoolPipelines,
     global_avg_pool: wgpu::ComputePipeline,
     preprocess: wgpu::ComputePipeline,
     max_groups: u32,
@@ -263,6 +295,7 @@ impl Kernels {
     /// The pipelines for conv weights stored as f32, or as f16 when `half_weights`.
     pub fn new(gpu: &Gpu, half_weights: bool) -> Self {
         let pool_src = include_str!("../../shaders/pool.wgsl");
+        let pool_vec4_src = swap_block(pool_src, "VALUE", VEC4_VALUES);
         let mut conv_src = include_str!("../../shaders/conv2d.wgsl").to_string();
         if half_weights {
             conv_src = swap_block(&conv_src, "WEIGHTS", HALF_WEIGHTS_TILED);
@@ -271,14 +304,8 @@ impl Kernels {
             half_weights,
             conv2d: pipeline(gpu, "conv2d", &conv_src, "main"),
             direct: Mutex::default(),
-            max_pool: pipeline(gpu, "max_pool", pool_src, "max_pool"),
-            avg_pool: pipeline(gpu, "avg_pool", pool_src, "avg_pool"),
-            avg_pool_counting_padding: pipeline(
-                gpu,
-                "avg_pool_counting_padding",
-                pool_src,
-                "avg_pool_counting_padding",
-            ),
+            pool_scalar: PoolPipelines::new(gpu, pool_src),
+            pool_vec4: PoolPipelines::new(gpu, &pool_vec4_src),
             global_avg_pool: pipeline(
                 gpu,
                 "global_avg_pool",
@@ -411,12 +438,21 @@ impl Kernels {
         input: &wgpu::Buffer,
         output: &wgpu::Buffer,
     ) -> Dispatch {
-        let pipeline = match kind {
-            PoolKind::Max => &self.max_pool,
-            PoolKind::Average => &self.avg_pool,
-            PoolKind::AverageCountingPadding => &self.avg_pool_counting_padding,
+        let aligned = [
+            p.channels,
+            p.in_stride,
+            p.in_offset,
+            p.out_stride,
+            p.out_offset,
+        ]
+        .iter()
+        .all(|v| v % 4 == 0);
+        let (pipelines, lanes) = match aligned {
+            true => (&self.pool_vec4, 4),
+            false => (&self.pool_scalar, 1),
         };
-        let count = p.batch as u64 * p.out_h as u64 * p.out_w as u64 * p.channels as u64;
+        let count = p.batch as u64 * p.out_h as u64 * p.out_w as u64 * (p.channels / lanes) as u64;
+        let pipeline = pipelines.of(kind);
         Self::dispatch(gpu, pipeline, p, &[input, output], self.linear_grid(count))
     }
 
