@@ -137,9 +137,13 @@ fn family(label: &str) -> &'static str {
 /// all, or none; leaves the engine as tuned.
 fn compare_merging(engine: &mut Engine, adapter: &str, batches: &[u32]) -> Value {
     let (size, _) = engine.input_size();
-    let decisions: BTreeMap<String, bool> = engine.tuning().merges.clone();
+    let decisions: BTreeMap<String, Option<bool>> = engine.merge_decisions().into_iter().collect();
     for (group, merged) in &decisions {
-        let verdict = if *merged { "merged" } else { "apart" };
+        let verdict = match merged {
+            Some(true) => "merged",
+            Some(false) => "apart",
+            None => "not tuned",
+        };
         println!("[{adapter}] tuner: sibling convs {group}: {verdict}");
     }
     let mut rows = Vec::new();

@@ -92,6 +92,20 @@ impl Engine {
         Ok(())
     }
 
+    /// The tuner's verdict on each distinct group of sibling 1×1 convs of the
+    /// network (by merge key): merged or not; None where not yet measured.
+    pub fn merge_decisions(&self) -> Vec<(String, Option<bool>)> {
+        let (_, groups) = self.tuning_work();
+        groups
+            .iter()
+            .map(|parts| {
+                let key = merge_key(parts);
+                let merged = self.tuning.merges.get(&key).copied();
+                (key, merged)
+            })
+            .collect()
+    }
+
     /// How many groups of sibling 1×1 convs the network has.
     pub fn sibling_groups(&self) -> usize {
         sibling_groups(&self.network).len()

@@ -220,7 +220,7 @@ fn run_pool(seed: u64, kind: PoolKind, window: u32, stride: u32, same: bool) {
     let (gpu, kernels) = gpu();
     let mut rng = rng(seed);
     let align = |v: u32| {
-        if seed % 2 == 0 {
+        if seed.is_multiple_of(2) {
             v.next_multiple_of(4)
         } else {
             v
