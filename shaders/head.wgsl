@@ -69,28 +69,64 @@ fn params_per_head() -> u32 {
     return p.dim * p.classes + p.classes;
 }
 
-// logits[h, b, c] = bias[c] + Σ_k x[b, k] · weights[k, c]; one invocation per (h, b, c).
+// Register tiles: logits computes ROW_TILE rows × CLASS_TILE classes per
+// invocation, update ROW_TILE inputs × CLASS_TILE classes of parameters, so
+// each value loaded is used several times. The host substitutes CLASS_TILE
+// for the number of classes (2 for two classes, where 8 would waste lanes).
+const ROW_TILE: u32 = 8u;
+const CLASS_TILE: u32 = 8u;
+
+fn tiles(n: u32, tile: u32) -> u32 {
+    return (n + tile - 1u) / tile;
+}
+
+// Bottleneck value k of batch row b, times its dropout factor when training with dropout.
+fn input_value(b: u32, k: u32, drop: bool) -> f32 {
+    let x = features[rows[b] * p.dim + k];
+    return select(x, x * kept(b, k), drop);
+}
+
+// logits[h, b, c] = bias[c] + Σ_k x[b, k] · weights[k, c]; one invocation per
+// head and tile of rows × classes (grid: heads · tiles(B) · tiles(C)).
 @compute @workgroup_size(64)
 fn logits(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = flat_index(gid, groups);
-    if (i >= p.heads * p.batch * p.classes) { return; }
-    let h = i / (p.batch * p.classes);
-    let b = (i / p.classes) % p.batch;
-    let c = i % p.classes;
+    let row_tiles = tiles(p.batch, ROW_TILE);
+    let class_tiles = tiles(p.classes, CLASS_TILE);
+    if (i >= p.heads * row_tiles * class_tiles) { return; }
+    let h = i / (row_tiles * class_tiles);
+    let b0 = (i / class_tiles) % row_tiles * ROW_TILE;
+    let c0 = i % class_tiles * CLASS_TILE;
     let w = h * params_per_head();
-    let x = rows[b] * p.dim;
-    var sum = 0.0;
-    // Two loops, so that the common case (no dropout) stays a plain dot product.
-    if (dropping()) {
-        for (var k = 0u; k < p.dim; k++) {
-            sum = fma(features[x + k] * kept(b, k), head[w + k * p.classes + c], sum);
+    // Rows and classes past the end repeat the last one (computed, not written).
+    var b: array<u32, ROW_TILE>;
+    for (var t = 0u; t < ROW_TILE; t++) {
+        b[t] = min(b0 + t, p.batch - 1u);
+    }
+    var c: array<u32, CLASS_TILE>;
+    for (var u = 0u; u < CLASS_TILE; u++) {
+        c[u] = min(c0 + u, p.classes - 1u);
+    }
+    let drop = dropping();
+    var acc: array<array<f32, CLASS_TILE>, ROW_TILE>;
+    for (var k = 0u; k < p.dim; k++) {
+        var x: array<f32, ROW_TILE>;
+        for (var t = 0u; t < ROW_TILE; t++) {
+            x[t] = input_value(b[t], k, drop);
         }
-    } else {
-        for (var k = 0u; k < p.dim; k++) {
-            sum = fma(features[x + k], head[w + k * p.classes + c], sum);
+        for (var u = 0u; u < CLASS_TILE; u++) {
+            let weight = head[w + k * p.classes + c[u]];
+            for (var t = 0u; t < ROW_TILE; t++) {
+                acc[t][u] = fma(x[t], weight, acc[t][u]);
+            }
         }
     }
-    scores[i] = sum + head[w + p.dim * p.classes + c];
+    for (var t = 0u; t < ROW_TILE && b0 + t < p.batch; t++) {
+        for (var u = 0u; u < CLASS_TILE && c0 + u < p.classes; u++) {
+            let bias = head[w + p.dim * p.classes + c[u]];
+            scores[(h * p.batch + b[t]) * p.classes + c[u]] = acc[t][u] + bias;
+        }
+    }
 }
 
 // Softmax and cross-entropy of one (head, row) against the (smoothed) label;
@@ -126,42 +162,62 @@ fn softmax_xent(@builtin(global_invocation_id) gid: vec3<u32>) {
     stats[3u * hb + 2u] = f32(best);
 }
 
-// One optimiser step for parameter i of head h; one invocation per (h, i).
-// The gradient includes the L2 penalty's λ·w on weights (not on biases).
+// The parameters of a head as a [D + 1, C] matrix: weights [D, C], then the
+// biases as row D, whose "input" is 1 (no dropout, no L2 penalty).
+fn update_input(b: u32, k: u32, drop: bool) -> f32 {
+    return select(input_value(b, min(k, p.dim - 1u), drop), 1.0, k == p.dim);
+}
+
+// One optimiser step for a tile of inputs × classes of head h (grid: heads ·
+// tiles(D + 1) · tiles(C)). The gradient of parameter [k, c] is
+// Σ_b x[b, k] · d(loss)/d(logit[b, c]), plus the L2 penalty's λ·w on weights.
 @compute @workgroup_size(64)
 fn update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let n = params_per_head();
-    let hi = flat_index(gid, groups);
-    if (hi >= p.heads * n) { return; }
-    let h = hi / n;
-    let i = hi % n;
-    let hp = hyper[h];
-    if (hp.z == 0.0) { return; }
+    let i = flat_index(gid, groups);
+    let input_tiles = tiles(p.dim + 1u, ROW_TILE);
+    let class_tiles = tiles(p.classes, CLASS_TILE);
+    if (i >= p.heads * input_tiles * class_tiles) { return; }
+    let h = i / (input_tiles * class_tiles);
+    if (hyper[h].z == 0.0) { return; }
+    let k0 = (i / class_tiles) % input_tiles * ROW_TILE;
+    let c0 = i % class_tiles * CLASS_TILE;
+    var k: array<u32, ROW_TILE>;
+    for (var t = 0u; t < ROW_TILE; t++) {
+        k[t] = min(k0 + t, p.dim);
+    }
+    var c: array<u32, CLASS_TILE>;
+    for (var u = 0u; u < CLASS_TILE; u++) {
+        c[u] = min(c0 + u, p.classes - 1u);
+    }
     let grads = (p.heads + h) * p.batch * p.classes;
-    let n_weights = p.dim * p.classes;
-    var g = 0.0;
-    if (i < n_weights) {
-        let k = i / p.classes;
-        let c = i % p.classes;
-        if (dropping()) {
-            for (var b = 0u; b < p.batch; b++) {
-                let x = features[rows[b] * p.dim + k] * kept(b, k);
-                g = fma(x, scores[grads + b * p.classes + c], g);
-            }
-        } else {
-            for (var b = 0u; b < p.batch; b++) {
-                g = fma(features[rows[b] * p.dim + k], scores[grads + b * p.classes + c], g);
-            }
+    let drop = dropping();
+    var g: array<array<f32, CLASS_TILE>, ROW_TILE>;
+    for (var b = 0u; b < p.batch; b++) {
+        var x: array<f32, ROW_TILE>;
+        for (var t = 0u; t < ROW_TILE; t++) {
+            x[t] = update_input(b, k[t], drop);
         }
-        g = fma(hp.y, head[hi], g);
-    } else {
-        let c = i - n_weights;
-        for (var b = 0u; b < p.batch; b++) {
-            g += scores[grads + b * p.classes + c];
+        for (var u = 0u; u < CLASS_TILE; u++) {
+            let d = scores[grads + b * p.classes + c[u]];
+            for (var t = 0u; t < ROW_TILE; t++) {
+                g[t][u] = fma(x[t], d, g[t][u]);
+            }
         }
     }
+    for (var t = 0u; t < ROW_TILE && k0 + t <= p.dim; t++) {
+        for (var u = 0u; u < CLASS_TILE && c0 + u < p.classes; u++) {
+            step(h, k[t] * p.classes + c[u], g[t][u], k[t] < p.dim);
+        }
+    }
+}
+
+// Applies gradient g (without L2) to parameter i of head h.
+fn step(h: u32, i: u32, gradient: f32, penalised: bool) {
+    let hp = hyper[h];
+    let hi = h * params_per_head() + i;
+    let g = select(gradient, fma(hp.y, head[hi], gradient), penalised);
     let rate = hp.x * p.lr_scale;
-    let second = p.heads * n + hi;
+    let second = p.heads * params_per_head() + hi;
     switch p.optimizer {
         case 1u: {
             let m = fma(p.beta1, moments[hi], g);

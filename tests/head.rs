@@ -104,7 +104,9 @@ fn check_heads_against_reference(rule: TrainingRule, (dim, classes, batch): (u32
     }
 }
 
-const SHAPES: [(u32, u32, u32); 3] = [(37, 3, 10), (2048, 2, 100), (130, 7, 33)];
+/// (dim, classes, batch): class tiles of 4, 2, 8 and two 8s with a remainder;
+/// dims and batches that are not multiples of the kernels' row tile.
+const SHAPES: [(u32, u32, u32); 4] = [(37, 3, 10), (2048, 2, 100), (130, 7, 33), (45, 13, 21)];
 
 #[test]
 fn retrain_py_sgd_matches_the_cpu_reference() {
@@ -137,6 +139,7 @@ fn momentum_matches_the_cpu_reference() {
         dropout: 0.5,
     };
     check_heads_against_reference(rule, (130, 7, 33));
+    check_heads_against_reference(rule, (45, 13, 21));
 }
 
 #[test]

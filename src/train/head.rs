@@ -81,6 +81,17 @@ pub struct GpuHeads {
 }
 
 const GROUP: u32 = 64;
+/// head.wgsl's ROW_TILE: batch rows per logits invocation, inputs per update invocation.
+const ROW_TILE: u64 = 8;
+
+/// head.wgsl's CLASS_TILE for `classes`: classes per invocation, no more than there are.
+fn class_tile(classes: u32) -> u64 {
+    match classes {
+        0..=2 => 2,
+        3..=4 => 4,
+        _ => 8,
+    }
+}
 
 /// A 2-D grid of 64-wide workgroups covering `n` invocations (head.wgsl's `flat_index`).
 fn grid(gpu: &Gpu, n: u64) -> [u32; 3] {
@@ -129,9 +140,13 @@ impl GpuHeads {
         kinds.extend([read_only; 4]);
         kinds.extend([read_write; 4]);
         let layout = gpu.buffer_layout("head", &kinds);
+        let source = include_str!("../../shaders/head.wgsl").replace(
+            "const CLASS_TILE: u32 = 8u;",
+            &format!("const CLASS_TILE: u32 = {}u;", class_tile(classes)),
+        );
         let [logits, softmax, update, metrics] = gpu.pipelines(
             "head",
-            include_str!("../../shaders/head.wgsl"),
+            &source,
             &layout,
             ["logits", "softmax_xent", "update", "metrics_of_batch"],
         );
@@ -329,12 +344,17 @@ impl GpuHeads {
         gpu.queue
             .write_buffer(&batch.rows, 0, bytemuck::cast_slice(rows));
         let (h, b, c) = (self.heads as u64, batch.size as u64, self.classes as u64);
+        let class_tiles = c.div_ceil(class_tile(self.classes));
         let mut stages = vec![
-            (&self.logits, grid(gpu, h * b * c)),
+            (
+                &self.logits,
+                grid(gpu, h * b.div_ceil(ROW_TILE) * class_tiles),
+            ),
             (&self.softmax, grid(gpu, h * b)),
         ];
+        let parameter_tiles = (self.dim as u64 + 1).div_ceil(ROW_TILE) * class_tiles;
         match pass {
-            Pass::Train { .. } => stages.push((&self.update, grid(gpu, h * self.per_head()))),
+            Pass::Train { .. } => stages.push((&self.update, grid(gpu, h * parameter_tiles))),
             Pass::Evaluate => stages.push((&self.metrics, [self.heads, 1, 1])),
             Pass::Forward => {}
         }
