@@ -93,7 +93,6 @@ impl Gpu {
         buffer
     }
 
-    /// A uniform buffer holding one parameter block.
     /// A bind group layout of buffers, binding i of type `kinds[i]`, for compute shaders.
     pub fn buffer_layout(
         &self,
@@ -190,6 +189,7 @@ impl Gpu {
         })
     }
 
+    /// A uniform buffer holding one parameter block.
     pub fn uniform_buffer<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
