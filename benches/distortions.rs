@@ -15,12 +15,12 @@ use retrain::data::distortion::DistortionFlags;
 use retrain::data::{images, loader};
 use retrain::engine::Engine;
 use retrain::gpu::Gpu;
+use retrain::head::optimizer::{HeadSettings, Optimizer, TrainingRule};
+use retrain::head::GpuHeads;
 use retrain::model::weights::WeightFile;
+use retrain::train::batches::BatchSource;
 use retrain::train::bottlenecks::Example;
 use retrain::train::distorted::DistortedBatches;
-use retrain::train::head::GpuHeads;
-use retrain::train::optimizer::{HeadSettings, Optimizer, TrainingRule};
-use retrain::train::sweep::BatchSource;
 use std::path::Path;
 use std::time::Instant;
 

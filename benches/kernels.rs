@@ -19,17 +19,17 @@
 //! BENCH_GEMM the GEMM sizes (default 1024,2048,4096 on GPUs, 512,1024 on
 //! CPU adapters).
 
-use retrain::commands::tune_on_first_use;
 use retrain::convert::default_weights;
 use retrain::data::{images, loader};
 use retrain::engine::{Engine, Merging};
-use retrain::gpu::kernels::{ConvParams, ConvVariant};
+use retrain::gpu::kernels::ConvVariant;
+use retrain::gpu::params::ConvParams;
 use retrain::gpu::timer::GpuTimer;
 use retrain::gpu::tuning::shape_key;
 use retrain::gpu::Gpu;
+use retrain::head::optimizer::{HeadSettings, Optimizer, TrainingRule};
+use retrain::head::GpuHeads;
 use retrain::model::weights::WeightFile;
-use retrain::train::head::GpuHeads;
-use retrain::train::optimizer::{HeadSettings, Optimizer, TrainingRule};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -175,7 +175,7 @@ fn main() {
         WeightFile::open(&default_weights::resolve(None).expect("weights")).expect("weights");
     let mut engine =
         Engine::new(Gpu::new().expect("gpu"), &file, Some((size, size))).expect("engine");
-    tune_on_first_use(&mut engine).expect("tuning");
+    engine.tune_on_first_use().expect("tuning");
     let gpu = engine.gpu.clone();
     let adapter = format!("{} ({:?})", gpu.info.name, gpu.info.backend);
     println!(

@@ -5,7 +5,8 @@
 // tap reads one input pixel's channels contiguously (no im2col buffer).
 //
 // Bindings:
-//   0 params  (uniform)  shapes, strides, padding, channel slices (struct Params)
+//   0 params  (uniform)  shapes, strides, padding, channel slices: struct Params
+//                        of shaders/common/conv_params.wgsl, prepended by the host
 //   1 input   (storage)  NHWC f32 [batch, in_h, in_w, in_stride]; reads channels
 //                        in_offset .. in_offset+in_c of each pixel
 //   2 weights (storage)  f32 [kernel_h, kernel_w, in_c, out_c] (HWIO, row-major);
@@ -19,14 +20,6 @@
 // Tiling: a 16×16 workgroup computes a 64×64 output tile, 4×4 values per
 // invocation, staging 16-deep K slices of A (input) and B (weights) in
 // workgroup memory. Workgroup (x, y) covers rows x·64.. and columns y·64..
-
-struct Params {
-    batch: u32, in_h: u32, in_w: u32, in_c: u32,
-    out_h: u32, out_w: u32, out_c: u32, m: u32,
-    kernel_h: u32, kernel_w: u32, stride_h: u32, stride_w: u32,
-    pad_top: u32, pad_left: u32, in_stride: u32, in_offset: u32,
-    out_stride: u32, out_offset: u32, relu: u32, _unused: u32,
-}
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> input: array<f32>;

@@ -17,7 +17,8 @@
 // below (marked INPUT), which read them one by one (the RGB first layer).
 //
 // Bindings (as conv2d.wgsl, viewed as vec4):
-//   0 params  (uniform)  struct Params (same as conv2d.wgsl)
+//   0 params  (uniform)  struct Params of shaders/common/conv_params.wgsl,
+//                        prepended by the host (as for conv2d.wgsl)
 //   1 input   (storage)  NHWC vec4 [batch, in_h, in_w, in_stride/4] (or f32)
 //   2 weights (storage)  HWIO vec4 [kernel_h, kernel_w, in_c, out_c/4]; for f16
 //                        weight files the host swaps in the block marked WEIGHTS
@@ -26,14 +27,6 @@
 //   4 output  (storage)  NHWC vec4 [batch, out_h, out_w, out_stride/4]
 //
 // Grid: x over channel groups (out_c / (4·COLS)), y over row groups (m / ROWS).
-
-struct Params {
-    batch: u32, in_h: u32, in_w: u32, in_c: u32,
-    out_h: u32, out_w: u32, out_c: u32, m: u32,
-    kernel_h: u32, kernel_w: u32, stride_h: u32, stride_w: u32,
-    pad_top: u32, pad_left: u32, in_stride: u32, in_offset: u32,
-    out_stride: u32, out_offset: u32, relu: u32, _unused: u32,
-}
 
 @group(0) @binding(0) var<uniform> p: Params;
 // INPUT BEGIN

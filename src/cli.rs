@@ -20,6 +20,9 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub train: TrainArgs,
+    /// Which log lines to print: DEBUG, INFO, WARN, ERROR or FATAL (errors only).
+    #[arg(long, global = true, alias = "logging_verbosity", value_name = "LEVEL", default_value = "INFO", value_parser = crate::logging::LEVELS)]
+    pub logging_verbosity: String,
 }
 
 /// The main job: retrain.py's flags, kebab-case with the underscore spelling as alias.
@@ -205,9 +208,6 @@ pub struct TrainArgs {
         default_value = "final_result"
     )]
     pub final_tensor_name: String,
-    /// DEBUG, INFO, WARN, ERROR or FATAL.
-    #[arg(long, alias = "logging_verbosity", value_name = "LEVEL", default_value = "INFO", value_parser = ["DEBUG", "INFO", "WARN", "ERROR", "FATAL"])]
-    pub logging_verbosity: String,
     /// Also write one self-contained folder (base weights, classifier, labels) that `classify` accepts.
     #[arg(long, alias = "saved_model_dir", value_name = "DIR")]
     pub saved_model_dir: Option<PathBuf>,

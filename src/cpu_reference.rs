@@ -1,8 +1,9 @@
 //! Plain-Rust references for every kernel, accumulating in f64.
 //! The kernel tests compare the GPU against these; nothing in the engine calls them.
 
-use crate::gpu::kernels::{ConvParams, GlobalPoolParams, PoolKind, PoolParams, PreprocessParams};
-use crate::train::optimizer::{HeadSettings, Optimizer, TrainingRule};
+use crate::gpu::kernels::PoolKind;
+use crate::gpu::params::{ConvParams, GlobalPoolParams, PoolParams, PreprocessParams};
+use crate::head::optimizer::{HeadSettings, Optimizer, TrainingRule};
 
 /// Conv2d (+ bias, optional ReLU) into `output`'s channel slice; NHWC / HWIO layouts as the kernel's.
 pub fn conv2d(p: &ConvParams, input: &[f32], weights: &[f32], bias: &[f32], output: &mut [f32]) {

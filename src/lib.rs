@@ -2,6 +2,7 @@
 //! operation is a WGSL compute shader run through wgpu.
 
 pub mod atomic_file;
+pub mod cache_dir;
 pub mod cli;
 pub mod commands;
 pub mod convert;
@@ -9,7 +10,9 @@ pub mod cpu_reference;
 pub mod data;
 pub mod engine;
 pub mod gpu;
+pub mod head;
 pub mod hex;
+pub mod logging;
 pub mod model;
 pub mod progress;
 pub mod train;

@@ -8,14 +8,15 @@ fn main() {
         std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
     }
     let cli = Cli::parse();
+    retrain::logging::init(&cli.logging_verbosity);
     let result = match &cli.command {
         Some(Command::Features(args)) => commands::features::run(args),
         Some(Command::Info(args)) => commands::info::run(args),
         Some(Command::Classify(args)) => commands::classify::run(args),
-        None => retrain::train::run(&cli.train),
+        None => commands::retrain::run(&cli.train),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        log::error!("{e:#}");
         std::process::exit(1);
     }
 }

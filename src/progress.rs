@@ -1,11 +1,23 @@
-//! Progress bars for long work: count, rate and ETA.
+//! Progress bars for long work: count, rate and ETA. Every bar belongs to one
+//! MultiProgress, which the logger (logging.rs) suspends to print a line.
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::sync::OnceLock;
+
+fn bars() -> &'static MultiProgress {
+    static BARS: OnceLock<MultiProgress> = OnceLock::new();
+    BARS.get_or_init(MultiProgress::new)
+}
 
 /// A bar over `total` items of `unit`, with the rate, ETA and a free message.
 pub fn progress_bar(total: usize, unit: &str) -> ProgressBar {
     let bar = ProgressBar::new(total as u64);
     let template = format!("{{bar:30}} {{pos}}/{{len}} {unit}  {{per_sec}}  ETA {{eta}}  {{msg}}");
     bar.set_style(ProgressStyle::with_template(&template).expect("progress template"));
-    bar
+    bars().add(bar)
+}
+
+/// Runs `print` with the bars cleared from the terminal, then redraws them.
+pub fn suspend<R>(print: impl FnOnce() -> R) -> R {
+    bars().suspend(print)
 }

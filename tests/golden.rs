@@ -7,7 +7,7 @@ mod common;
 use common::{gpu, rel_l2};
 use retrain::convert::default_weights;
 use retrain::data::distortion::Distortion;
-use retrain::engine::{Engine, Merging};
+use retrain::engine::{preprocess_params, Engine, Merging};
 use retrain::gpu::kernels::submit;
 use retrain::gpu::Gpu;
 use retrain::model::weights::{Normalization, WeightFile};
@@ -115,7 +115,7 @@ fn preprocess(img: &image::RgbImage, out: (u32, u32)) -> Vec<f32> {
     let (gpu, kernels) = gpu();
     let n = Normalization::signed();
     let src = (img.height(), img.width());
-    let p = Distortion::none(out).params(src, 0, 0, out, &n);
+    let p = preprocess_params(&Distortion::none(out), src, 0, 0, out, &n);
     let len = (out.0 * out.1 * 3) as usize;
     let output = common::poisoned(gpu, len);
     let pixels = gpu.storage_buffer_with("pixels", img.as_raw());

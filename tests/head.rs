@@ -10,11 +10,15 @@ use common::{gpu, random_vec, rel_l2, rng};
 use rand::rngs::StdRng;
 use rand::Rng;
 use retrain::cli::Cli;
+use retrain::commands::retrain::training_config;
 use retrain::cpu_reference::{head_metrics, head_step, HeadState};
-use retrain::train::head::GpuHeads;
-use retrain::train::optimizer::{HeadSettings, Optimizer, TrainingRule};
+use retrain::head::optimizer::{HeadSettings, Optimizer, TrainingRule};
+use retrain::head::GpuHeads;
+use retrain::train::batches::CachedBatches;
+use retrain::train::config::TrainingConfig;
+use retrain::train::rows::TrainingData;
 use retrain::train::standardize::Standardizer;
-use retrain::train::sweep::{self, CachedBatches, Observers, SweepConfig, TrainingData};
+use retrain::train::training_loop::{self, Observers};
 
 /// Features in [0, 2), like bottlenecks (non-negative).
 fn features(rng: &mut StdRng, n: usize, dim: usize) -> Vec<f32> {
@@ -220,7 +224,7 @@ fn standardisation_matches_the_cpu_and_folds_into_the_exported_head() {
     let on_standardized = heads
         .logits(gpu, &heads.batch(gpu, n as u32), &rows)
         .unwrap();
-    let (w, b) = sweep::export_head(gpu, &heads, 0, Some(&s)).unwrap();
+    let (w, b) = training_loop::export_head(gpu, &heads, 0, Some(&s)).unwrap();
     let raw = GpuHeads::fixed(gpu, &features, (dim, classes), &[w, b].concat()).unwrap();
     let on_raw = raw.logits(gpu, &raw.batch(gpu, n as u32), &rows).unwrap();
     let err = rel_l2(&on_raw, &on_standardized);
@@ -291,7 +295,7 @@ fn badly_scaled_problem(
 
 /// Test accuracy of the trained head chosen by `config` on the last 200 rows.
 fn accuracy_with(
-    config: &SweepConfig,
+    config: &TrainingConfig,
     features: &[f32],
     labels: &[u32],
     dim: u32,
@@ -324,7 +328,7 @@ fn accuracy_with(
         train: &train,
         size: config.batch_size as usize,
     };
-    let trained = sweep::train(
+    let trained = training_loop::train_heads(
         gpu,
         &data,
         config,
@@ -357,7 +361,7 @@ fn default_training_solves_badly_scaled_features_where_retrain_py_does_not() {
     let args = |extra: &[&str]| {
         let mut argv = vec!["retrain", "--image-dir", "unused"];
         argv.extend(extra);
-        SweepConfig::from_args(&Cli::parse_from(argv).train)
+        training_config(&Cli::parse_from(argv).train)
     };
     let default = accuracy_with(&args(&[]), &features, &labels, dim, classes);
     let retrain_py = accuracy_with(

@@ -7,9 +7,9 @@ use common::*;
 use rand::Rng;
 use retrain::cpu_reference;
 use retrain::data::distortion::Distortion;
-use retrain::gpu::kernels::{
-    submit, ConvParams, ConvVariant, GlobalPoolParams, Kernels, PoolKind, PoolParams,
-};
+use retrain::engine::preprocess_params;
+use retrain::gpu::kernels::{submit, ConvVariant, Kernels, PoolKind};
+use retrain::gpu::params::{ConvParams, GlobalPoolParams, PoolParams};
 use retrain::model::weights::Normalization;
 use std::sync::OnceLock;
 
@@ -362,7 +362,7 @@ fn run_preprocess(seed: u64, src: (u32, u32), out: (u32, u32), d: &Distortion) -
         scale: [1.0 / 127.5, 1.0 / 255.0, 0.017],
         offset: [-1.0, 0.0, -2.1],
     };
-    let p = d.params(src, src_offset, 1, out, &n);
+    let p = preprocess_params(d, src, src_offset, 1, out, &n);
     let out_len = (slots * out.0 * out.1 * 3) as usize;
     let mut expected = vec![POISON; out_len];
     cpu_reference::preprocess(&p, &pixels, &mut expected);

@@ -2,7 +2,7 @@
 //! at a small input size: outputs, cache reuse, damaged cache entries, bad
 //! input, and `classify` on the result.
 
-use retrain::train::outputs::Classifier;
+use retrain::head::Classifier;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

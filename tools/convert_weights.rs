@@ -76,8 +76,9 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn main() {
+    retrain::logging::init("INFO");
     if let Err(e) = run(Args::parse()) {
-        eprintln!("error: {e:#}");
+        log::error!("{e:#}");
         std::process::exit(1);
     }
 }

@@ -6,9 +6,8 @@ use crate::convert::default_weights;
 use crate::data::{images, loader};
 use crate::engine::Engine;
 use crate::gpu::Gpu;
+use crate::head::classifier::{Classifier, SAVED_BASE, SAVED_CLASSIFIER};
 use crate::model::weights::WeightFile;
-use crate::train::head::GpuHeads;
-use crate::train::outputs::{Classifier, SAVED_BASE, SAVED_CLASSIFIER};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -33,13 +32,6 @@ fn base_weights(
         return Ok(classifier.base_weights.clone());
     }
     default_weights::resolve(None)
-}
-
-fn softmax(logits: &[f32]) -> Vec<f32> {
-    let top = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = logits.iter().map(|l| (l - top).exp()).collect();
-    let sum: f32 = exps.iter().sum();
-    exps.iter().map(|e| e / sum).collect()
 }
 
 fn inputs(args: &ClassifyArgs) -> Result<Vec<PathBuf>> {
@@ -83,39 +75,21 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
         );
     }
     let mut engine = Engine::new(Gpu::new()?, &file, Some(classifier.input_size))?;
-    super::tune_on_first_use(&mut engine)?;
+    engine.tune_on_first_use()?;
     engine.info.normalization = classifier.normalization.clone();
     let classes = classifier.labels.len();
-    let dim = classifier.dim() as u32;
     let mut failures = 0;
     for decoded in loader::decode_batches(inputs(args)?, engine.max_batch() as usize) {
-        let u = loader::usable(decoded, |img| engine.check_image(img), |w| eprintln!("{w}"));
+        let u = loader::usable(decoded, |img| engine.check_image(img));
         failures += u.skipped;
         let (paths, imgs) = (u.paths, u.images);
         if imgs.is_empty() {
             continue;
         }
         let features = engine.bottlenecks(&imgs)?;
-        let n = imgs.len() as u32;
-        let head = GpuHeads::fixed(
-            &engine.gpu,
-            &features,
-            (dim, classes as u32),
-            &classifier.parameters(),
-        )?;
-        let logits = head.logits(
-            &engine.gpu,
-            &head.batch(&engine.gpu, n),
-            &(0..n).collect::<Vec<_>>(),
-        )?;
-        for (path, row) in paths.iter().zip(logits.chunks(classes)) {
-            print_top(
-                path,
-                &softmax(row),
-                &classifier.labels,
-                args.top_k,
-                args.json,
-            );
+        let probabilities = classifier.probabilities(&engine.gpu, &features)?;
+        for (path, row) in paths.iter().zip(probabilities.chunks(classes)) {
+            print_top(path, row, &classifier.labels, args.top_k, args.json);
         }
     }
     if failures > 0 && failures == args.inputs.len() {

@@ -35,7 +35,7 @@ pub fn run(args: &FeaturesArgs) -> Result<()> {
     let mut engine = open_engine(&args.model, true)?;
     let batch = args.batch_size.unwrap_or(u32::MAX).min(engine.max_batch()) as usize;
     let (h, w) = engine.input_size();
-    eprintln!(
+    log::info!(
         "{} images at {h}×{w} on \"{}\", {batch} per batch",
         paths.len(),
         engine.gpu.info.name
@@ -45,11 +45,7 @@ pub fn run(args: &FeaturesArgs) -> Result<()> {
     let bar = progress_bar(paths.len(), "images");
     let (mut rows, mut done, mut skipped) = (Vec::new(), Vec::new(), 0usize);
     for decoded in loader::decode_batches(paths, batch) {
-        let u = loader::usable(
-            decoded,
-            |img| engine.check_image(img),
-            |w| bar.suspend(|| eprintln!("{w}")),
-        );
+        let u = loader::usable(decoded, |img| engine.check_image(img));
         skipped += u.skipped;
         bar.inc(u.skipped as u64);
         rows.extend(engine.bottlenecks(&u.images)?);
@@ -65,7 +61,7 @@ pub fn run(args: &FeaturesArgs) -> Result<()> {
     let listing: String = done.iter().map(|p| format!("{}\n", p.display())).collect();
     crate::atomic_file::write_bytes(&paths_file(&args.output), listing.as_bytes())?;
     let secs = started.elapsed().as_secs_f64();
-    eprintln!(
+    log::info!(
         "wrote {} ({} × {cols}) in {secs:.1} s, {:.1} images/s{}",
         args.output.display(),
         done.len(),

@@ -3,6 +3,7 @@
 //! use, checked against pinned hashes, converted once and cached.
 
 use super::{sha256_file, tfjs, write_engine_file, Source};
+use crate::cache_dir::cache_dir;
 use crate::model::weights::Normalization;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -43,15 +44,6 @@ const MODEL_FILES: [(&str, &str); 7] = [
         "b684762a7d7c39b80183d260bdab6f072321349300f9f2ff144a085a382acfc4",
     ),
 ];
-
-/// Where retrain caches converted weights: `$RETRAIN_CACHE_DIR`, else the
-/// user's cache directory (e.g. ~/.cache/retrain).
-pub fn cache_dir() -> PathBuf {
-    std::env::var_os("RETRAIN_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| dirs::cache_dir().map(|d| d.join("retrain")))
-        .unwrap_or_else(|| PathBuf::from(".retrain-cache"))
-}
 
 pub fn default_weights_path() -> PathBuf {
     cache_dir().join("inception_v3-nsfwjs-4.4.0-f32.safetensors")
@@ -101,12 +93,12 @@ pub fn source_of(dir: &Path) -> Source {
 }
 
 fn fetch_and_convert(dest: &Path) -> Result<()> {
-    eprintln!("Default weights are not cached yet: fetching {PACKAGE} with npm and converting them once to {}", dest.display());
+    log::info!("Default weights are not cached yet: fetching {PACKAGE} with npm and converting them once to {}", dest.display());
     let temp = tempfile::tempdir().context("cannot create a temporary directory")?;
     let model_dir = temp.path().join("model");
     fetch_model(&model_dir)?;
     write_engine_file(&tfjs::read_source(&model_dir)?, dest, false)?;
-    eprintln!("Default weights cached at {}", dest.display());
+    log::info!("Default weights cached at {}", dest.display());
     Ok(())
 }
 

@@ -114,12 +114,12 @@ impl Dataset {
                 .collect();
             files.sort();
             if files.is_empty() {
-                eprintln!("warning: no images in {}; ignoring it", folder.display());
+                log::warn!("no images in {}; ignoring it", folder.display());
                 continue;
             }
             if files.len() < 20 {
-                eprintln!(
-                    "warning: only {} images in {} (20 or more are recommended)",
+                log::warn!(
+                    "only {} images in {} (20 or more are recommended)",
                     files.len(),
                     folder.display()
                 );

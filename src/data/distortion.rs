@@ -1,9 +1,6 @@
 //! retrain.py's image distortions (--random_scale, --random_crop,
-//! --flip_left_right, --random_brightness), drawn per image and per step,
-//! and the preprocess kernel's parameters that apply one.
+//! --flip_left_right, --random_brightness), drawn per image and per step.
 
-use crate::gpu::kernels::PreprocessParams;
-use crate::model::weights::Normalization;
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -26,35 +23,6 @@ impl Distortion {
             crop: (0, 0),
             flip: false,
             brightness: 1.0,
-        }
-    }
-
-    /// The preprocess kernel's parameters for an image of `src` (height, width)
-    /// at `src_offset` in the pixel buffer, into input slot `slot`.
-    pub fn params(
-        &self,
-        src: (u32, u32),
-        src_offset: u32,
-        slot: u32,
-        input: (u32, u32),
-        n: &Normalization,
-    ) -> PreprocessParams {
-        let b = self.brightness;
-        PreprocessParams {
-            src_offset,
-            src_h: src.0,
-            src_w: src.1,
-            slot,
-            out_h: input.0,
-            out_w: input.1,
-            resize_h: self.resize.0,
-            resize_w: self.resize.1,
-            crop_y: self.crop.0,
-            crop_x: self.crop.1,
-            flip: self.flip as u32,
-            _unused: 0,
-            scale: [n.scale[0] * b, n.scale[1] * b, n.scale[2] * b, 0.0],
-            offset: [n.offset[0], n.offset[1], n.offset[2], 0.0],
         }
     }
 }

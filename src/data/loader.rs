@@ -60,13 +60,9 @@ pub struct Usable {
     pub skipped: usize,
 }
 
-/// Keeps the images that decoded and pass `check`; reports each other one
-/// through `warn` with its path and the reason.
-pub fn usable(
-    batch: Vec<Decoded>,
-    check: impl Fn(&RgbImage) -> Result<()>,
-    warn: impl Fn(String),
-) -> Usable {
+/// Keeps the images that decoded and pass `check`; warns of each other one
+/// with its path and the reason.
+pub fn usable(batch: Vec<Decoded>, check: impl Fn(&RgbImage) -> Result<()>) -> Usable {
     let mut u = Usable {
         positions: Vec::new(),
         paths: Vec::new(),
@@ -81,7 +77,7 @@ pub fn usable(
                 u.images.push(img);
             }
             Err(e) => {
-                warn(format!("warning: skipping {}: {e:#}", d.path.display()));
+                log::warn!("skipping {}: {e:#}", d.path.display());
                 u.skipped += 1;
             }
         }

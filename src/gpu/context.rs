@@ -41,8 +41,8 @@ impl Gpu {
             })?;
         let info = adapter.get_info();
         if info.device_type == wgpu::DeviceType::Cpu {
-            eprintln!(
-                "note: no GPU found, running on the CPU adapter \"{}\" (correct but slow)",
+            log::warn!(
+                "no GPU found, running on the CPU adapter \"{}\" (correct but slow)",
                 info.name
             );
         }

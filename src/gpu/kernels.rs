@@ -1,87 +1,13 @@
-//! The compute pipelines, their parameter blocks, and how each is dispatched.
+//! The network's compute pipelines (convs, pools, preprocessing), compiled
+//! once per device, and how each is dispatched. Their parameter blocks are in
+//! params.rs, their sources and specialisations in shader.rs.
 
 use super::context::Gpu;
-use bytemuck::{Pod, Zeroable};
+use super::params::{ConvParams, GlobalPoolParams, PoolParams, PreprocessParams};
+use super::shader::{self, set_const, swap_block};
+use bytemuck::Pod;
 use std::collections::HashMap;
 use std::sync::Mutex;
-
-/// Parameters of `shaders/conv2d.wgsl` (field order matches the WGSL struct).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct ConvParams {
-    pub batch: u32,
-    pub in_h: u32,
-    pub in_w: u32,
-    pub in_c: u32,
-    pub out_h: u32,
-    pub out_w: u32,
-    pub out_c: u32,
-    pub m: u32,
-    pub kernel_h: u32,
-    pub kernel_w: u32,
-    pub stride_h: u32,
-    pub stride_w: u32,
-    pub pad_top: u32,
-    pub pad_left: u32,
-    pub in_stride: u32,
-    pub in_offset: u32,
-    pub out_stride: u32,
-    pub out_offset: u32,
-    pub relu: u32,
-    pub _unused: u32,
-}
-
-/// Parameters of `shaders/pool.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct PoolParams {
-    pub batch: u32,
-    pub in_h: u32,
-    pub in_w: u32,
-    pub channels: u32,
-    pub out_h: u32,
-    pub out_w: u32,
-    pub window_h: u32,
-    pub window_w: u32,
-    pub stride_h: u32,
-    pub stride_w: u32,
-    pub pad_top: u32,
-    pub pad_left: u32,
-    pub in_stride: u32,
-    pub in_offset: u32,
-    pub out_stride: u32,
-    pub out_offset: u32,
-}
-
-/// Parameters of `shaders/global_avg_pool.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct GlobalPoolParams {
-    pub batch: u32,
-    pub height: u32,
-    pub width: u32,
-    pub channels: u32,
-}
-
-/// Parameters of `shaders/preprocess.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct PreprocessParams {
-    pub src_offset: u32,
-    pub src_h: u32,
-    pub src_w: u32,
-    pub slot: u32,
-    pub out_h: u32,
-    pub out_w: u32,
-    pub resize_h: u32,
-    pub resize_w: u32,
-    pub crop_y: u32,
-    pub crop_x: u32,
-    pub flip: u32,
-    pub _unused: u32,
-    pub scale: [f32; 4],
-    pub offset: [f32; 4],
-}
 
 /// The pool kernel's entry points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,17 +161,6 @@ impl PoolPipelines {
     }
 }
 
-/// `source` with the block between `// NAME BEGIN` and `// NAME END` replaced.
-fn swap_block(source: &str, name: &str, replacement: &str) -> String {
-    let start = source
-        .find(&format!("// {name} BEGIN"))
-        .expect("block start");
-    let end = source.find(&format!("// {name} END")).expect("block end");
-    let mut out = source.to_string();
-    out.replace_range(start..end, replacement);
-    out
-}
-
 /// Every pipeline the engine uses, compiled once per device.
 pub struct Kernels {
     /// Conv weights are f16 (read with unpack2x16float) rather than f32.
@@ -294,9 +209,8 @@ const POOL_GROUP: u32 = 256;
 impl Kernels {
     /// The pipelines for conv weights stored as f32, or as f16 when `half_weights`.
     pub fn new(gpu: &Gpu, half_weights: bool) -> Self {
-        let pool_src = include_str!("../../shaders/pool.wgsl");
-        let pool_vec4_src = swap_block(pool_src, "VALUE", VEC4_VALUES);
-        let mut conv_src = include_str!("../../shaders/conv2d.wgsl").to_string();
+        let pool_vec4_src = swap_block(shader::POOL, "VALUE", VEC4_VALUES);
+        let mut conv_src = shader::CONV2D.to_string();
         if half_weights {
             conv_src = swap_block(&conv_src, "WEIGHTS", HALF_WEIGHTS_TILED);
         }
@@ -304,20 +218,10 @@ impl Kernels {
             half_weights,
             conv2d: pipeline(gpu, "conv2d", &conv_src, "main"),
             direct: Mutex::default(),
-            pool_scalar: PoolPipelines::new(gpu, pool_src),
+            pool_scalar: PoolPipelines::new(gpu, shader::POOL),
             pool_vec4: PoolPipelines::new(gpu, &pool_vec4_src),
-            global_avg_pool: pipeline(
-                gpu,
-                "global_avg_pool",
-                include_str!("../../shaders/global_avg_pool.wgsl"),
-                "main",
-            ),
-            preprocess: pipeline(
-                gpu,
-                "preprocess",
-                include_str!("../../shaders/preprocess.wgsl"),
-                "main",
-            ),
+            global_avg_pool: pipeline(gpu, "global_avg_pool", shader::GLOBAL_AVG_POOL, "main"),
+            preprocess: pipeline(gpu, "preprocess", shader::PREPROCESS, "main"),
             max_groups: gpu.limits.max_compute_workgroups_per_dimension,
         }
     }
@@ -409,15 +313,8 @@ impl Kernels {
         cache
             .entry((variant, aligned))
             .or_insert_with(|| {
-                let mut source = include_str!("../../shaders/conv2d_direct.wgsl")
-                    .replace(
-                        "const ROWS: u32 = 4u;",
-                        &format!("const ROWS: u32 = {rows}u;"),
-                    )
-                    .replace(
-                        "const COLS: u32 = 2u;",
-                        &format!("const COLS: u32 = {cols}u;"),
-                    );
+                let source = set_const(shader::CONV2D_DIRECT, "ROWS", rows);
+                let mut source = set_const(&source, "COLS", cols);
                 if !aligned {
                     source = swap_block(&source, "INPUT", SCALAR_INPUT);
                 }

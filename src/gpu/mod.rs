@@ -3,7 +3,9 @@
 
 pub mod context;
 pub mod kernels;
+pub mod params;
 pub mod scheduler;
+pub mod shader;
 pub mod timer;
 pub mod tuning;
 

@@ -3,7 +3,8 @@
 //! grid size per op — so that running a batch is one submission, no allocation.
 
 use super::context::Gpu;
-use super::kernels::{ConvParams, Dispatch, GlobalPoolParams, Kernels, PoolKind, PoolParams};
+use super::kernels::{Dispatch, Kernels, PoolKind};
+use super::params::{ConvParams, GlobalPoolParams, PoolParams};
 use super::tuning::{shape_key, Tuning};
 use crate::model::graph::{Conv, Graph, Op, Padding, Pool, PoolOp, TensorId};
 use crate::model::weights::WeightFile;

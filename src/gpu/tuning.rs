@@ -5,7 +5,8 @@
 //! adapter, its driver and the engine version, so later runs start at once.
 
 use super::context::Gpu;
-use super::kernels::{submit, ConvParams, ConvVariant, Kernels};
+use super::kernels::{submit, ConvVariant, Kernels};
+use super::params::ConvParams;
 use crate::hex::hex;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
@@ -60,8 +61,8 @@ fn device_key(gpu: &Gpu) -> String {
     let i = &gpu.info;
     let kernels = Sha256::digest(
         [
-            include_str!("../../shaders/conv2d.wgsl"),
-            include_str!("../../shaders/conv2d_direct.wgsl"),
+            super::shader::CONV2D,
+            super::shader::CONV2D_DIRECT,
             &format!("{:?}", ConvVariant::CANDIDATES),
         ]
         .concat(),
@@ -79,7 +80,7 @@ fn device_key(gpu: &Gpu) -> String {
 
 fn cache_path(device: &str) -> PathBuf {
     let hash = hex(&Sha256::digest(device.as_bytes())[..8]);
-    crate::convert::default_weights::cache_dir().join(format!("tuning-{hash}.json"))
+    crate::cache_dir::cache_dir().join(format!("tuning-{hash}.json"))
 }
 
 impl Tuning {

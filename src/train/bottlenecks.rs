@@ -46,7 +46,7 @@ pub fn gather(
             let entry = match cache.entry_path(&class.folder, &image.path) {
                 Ok(e) => e,
                 Err(e) => {
-                    eprintln!("warning: skipping {}: {e:#}", image.path.display());
+                    log::warn!("skipping {}: {e:#}", image.path.display());
                     continue;
                 }
             };
@@ -63,8 +63,8 @@ pub fn gather(
                     pending.push(Pending { index, entry });
                 }
                 Err(e) => {
-                    eprintln!(
-                        "warning: cached bottleneck {} cannot be trusted ({e:#}); recomputing it",
+                    log::warn!(
+                        "cached bottleneck {} cannot be trusted ({e:#}); recomputing it",
                         entry.display()
                     );
                     vectors.push(None);
@@ -109,9 +109,9 @@ fn compute(
         return Ok(0);
     }
     // Tuned only when the network will run: a fully cached run needs no kernels.
-    crate::commands::tune_on_first_use(engine)?;
+    engine.tune_on_first_use()?;
     let (h, w) = engine.input_size();
-    eprintln!(
+    log::info!(
         "Computing {} bottlenecks at {h}×{w} on \"{}\"",
         pending.len(),
         engine.gpu.info.name
@@ -126,11 +126,7 @@ fn compute(
     let mut computed = 0;
     for decoded in loader::decode_batches(paths, engine.max_batch() as usize) {
         let batch_len = decoded.len();
-        let u = loader::usable(
-            decoded,
-            |img| engine.check_image(img),
-            |w| bar.suspend(|| eprintln!("{w}")),
-        );
+        let u = loader::usable(decoded, |img| engine.check_image(img));
         let owners: Vec<&Pending> = u.positions.iter().map(|&k| &pending[next + k]).collect();
         next += batch_len;
         let images = u.images;

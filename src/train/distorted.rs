@@ -4,15 +4,15 @@
 //! thread while the GPU works on the step before, distorted on their way into
 //! the network, and their bottlenecks written into the heads' spare rows.
 
+use super::batches::BatchSource;
 use super::bottlenecks::Example;
-use super::head::GpuHeads;
 use super::sampling;
 use super::standardize::Standardizer;
-use super::sweep::BatchSource;
 use crate::data::decode_cache::{DecodeCache, Prefetcher};
 use crate::data::distortion::{Distortion, DistortionFlags};
 use crate::engine::Engine;
 use crate::gpu::Gpu;
+use crate::head::GpuHeads;
 use anyhow::{Context, Result};
 use image::RgbImage;
 use rand::rngs::StdRng;

@@ -1,54 +1,23 @@
-//! What training tells the user: retrain.py-style log lines, TensorBoard
-//! scalars and a progress bar with steps/s, ETA and images/s.
+//! What training tells the user at each evaluation: retrain.py-style log
+//! lines, TensorBoard scalars, and a progress bar with steps/s, ETA and images/s.
 
 use super::summaries::SummaryWriter;
-use super::sweep::EvalPoint;
+use super::training_loop::{EvalPoint, Trained};
 use crate::progress::progress_bar;
 use anyhow::Result;
 use indicatif::ProgressBar;
 use std::path::Path;
 
-/// Log lines at or above the chosen verbosity go to stderr, retrain.py style.
-pub struct Logger {
-    level: u8,
-}
-
-impl Logger {
-    pub fn new(verbosity: &str) -> Self {
-        let level = ["DEBUG", "INFO", "WARN", "ERROR", "FATAL"]
-            .iter()
-            .position(|l| *l == verbosity)
-            .unwrap_or(1);
-        Logger { level: level as u8 }
-    }
-    pub fn info(&self, msg: impl AsRef<str>) {
-        if self.level <= 1 {
-            eprintln!("INFO: {}", msg.as_ref());
-        }
-    }
-    pub fn warn(&self, msg: impl AsRef<str>) {
-        if self.level <= 2 {
-            eprintln!("WARNING: {}", msg.as_ref());
-        }
-    }
-}
-
 /// Each evaluation's log lines (train accuracy and cross-entropy, validation
 /// accuracy) and TensorBoard scalars (train/ and validation/).
-pub struct TrainingLog<'a> {
-    log: &'a Logger,
+pub struct TrainingLog {
     writers: Option<(SummaryWriter, SummaryWriter)>,
     heads: usize,
     pub bar: ProgressBar,
 }
 
-impl<'a> TrainingLog<'a> {
-    pub fn new(
-        log: &'a Logger,
-        summaries: Option<&Path>,
-        heads: usize,
-        steps: u32,
-    ) -> Result<Self> {
+impl TrainingLog {
+    pub fn new(summaries: Option<&Path>, heads: usize, steps: u32) -> Result<Self> {
         let writers = match summaries {
             Some(dir) => Some((
                 SummaryWriter::create(&dir.join("train"))?,
@@ -57,7 +26,6 @@ impl<'a> TrainingLog<'a> {
             None => None,
         };
         Ok(TrainingLog {
-            log,
             writers,
             heads,
             bar: progress_bar(steps as usize, "steps"),
@@ -95,8 +63,30 @@ impl<'a> TrainingLog<'a> {
                 validation.scalar("cross_entropy", v.cross_entropy, step)?;
             }
         }
-        self.bar
-            .suspend(|| lines.iter().for_each(|l| self.log.info(l)));
+        lines.iter().for_each(|l| log::info!("{l}"));
         Ok(())
     }
+}
+
+/// The heads trained side by side, one line each, the kept one marked.
+pub fn heads_table(t: &Trained) -> String {
+    let mut lines = vec![format!(
+        "  {:>4}  {:>13}  {:>9}  {:>10}  {:>13}  {:>9}  {}",
+        "head", "learning rate", "L2", "val. acc.", "val. x-entropy", "kept step", "stopped"
+    )];
+    for (i, o) in t.outcomes.iter().enumerate() {
+        lines.push(format!(
+            "{} {:>4}  {:>13}  {:>9}  {:>9.1}%  {:>14.4}  {:>9}  {}",
+            if i as u32 == t.chosen { "*" } else { " " },
+            i,
+            o.settings.learning_rate,
+            o.settings.l2,
+            o.selection.accuracy * 100.0,
+            o.selection.cross_entropy,
+            o.step,
+            o.stopped_at
+                .map_or("-".to_string(), |s| format!("at step {s}"))
+        ));
+    }
+    lines.join("\n")
 }

@@ -3,19 +3,12 @@
 //! in place to every bottleneck; and the fold that moves it into an exported
 //! head, so that `classify` works on raw bottlenecks.
 
-use super::head::GpuHeads;
+use crate::gpu::params::StandardizeParams;
+use crate::gpu::shader;
 use crate::gpu::Gpu;
+use crate::head::GpuHeads;
 use anyhow::Result;
-use bytemuck::{Pod, Zeroable};
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct StandardizeParams {
-    selected: u32,
-    first_row: u32,
-    rows: u32,
-    dim: u32,
-}
+use bytemuck::Zeroable;
 
 /// x' = (x − mean) · inv_std, per dimension.
 #[derive(Clone, Debug)]
@@ -90,7 +83,7 @@ impl Standardizer {
         let layout = gpu.buffer_layout("standardize", &kinds);
         let [moments, apply] = gpu.pipelines(
             "standardize",
-            include_str!("../../shaders/standardize.wgsl"),
+            shader::STANDARDIZE,
             &layout,
             ["moments", "standardize"],
         );

@@ -1,6 +1,57 @@
-//! Final evaluation numbers: accuracy, per-class precision and recall, confusion matrix.
+//! The final test: the kept head on the test split, and its numbers —
+//! accuracy, per-class precision and recall, the confusion matrix.
 
+use super::bottlenecks::Bottlenecks;
+use super::training_loop::Trained;
+use crate::gpu::Gpu;
+use anyhow::Result;
 use serde::Serialize;
+
+/// The chosen head on the test rows: accuracy, per-class table and, if
+/// asked, every misclassified image; None without test images.
+pub fn final_test(
+    gpu: &Gpu,
+    trained: &Trained,
+    test_rows: &[u32],
+    b: &Bottlenecks,
+    labels: &[String],
+    print_misclassified: bool,
+) -> Result<Option<TestReport>> {
+    if test_rows.is_empty() {
+        log::warn!("no test images: skipping the final evaluation");
+        return Ok(None);
+    }
+    let predicted = trained.heads.predict_rows(gpu, test_rows, trained.chosen)?;
+    let truth: Vec<usize> = test_rows
+        .iter()
+        .map(|&r| b.examples[r as usize].class)
+        .collect();
+    let predicted: Vec<usize> = predicted.iter().map(|&p| p as usize).collect();
+    let report = TestReport::new(labels.len(), &truth, &predicted);
+    log::info!(
+        "Final test accuracy = {:.1}% (N={})",
+        report.accuracy * 100.0,
+        report.n
+    );
+    log::info!("Per class:\n{}", report.table(labels));
+    if print_misclassified {
+        log::info!("=== MISCLASSIFIED TEST IMAGES ===");
+        for ((&row, &t), &p) in test_rows
+            .iter()
+            .zip(&truth)
+            .zip(&predicted)
+            .filter(|((_, t), p)| t != p)
+        {
+            log::info!(
+                "{:>40}  true: {}  predicted: {}",
+                b.examples[row as usize].path.display(),
+                labels[t],
+                labels[p]
+            );
+        }
+    }
+    Ok(Some(report))
+}
 
 #[derive(Serialize, Clone, Debug)]
 pub struct TestReport {

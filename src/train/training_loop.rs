@@ -1,104 +1,22 @@
-//! The training loop: heads trained side by side on class-balanced batches,
-//! evaluated every few steps, each remembering its parameters at its best
-//! validation cross-entropy and stopping once that has not improved for a
-//! while; the best head by validation accuracy (then cross-entropy) is kept.
-//! retrain.py's loop is the special case of one head, no standardisation,
-//! no early stopping, and the last parameters kept.
+//! The training loop: heads trained side by side on the same batches (a grid
+//! of learning rates × L2 penalties), evaluated every few steps, each
+//! remembering its parameters at its best validation cross-entropy and
+//! stopping once that has not improved for a while; the best head by
+//! validation accuracy (then cross-entropy) is kept. retrain.py's loop is the
+//! special case of one head, no standardisation, no early stopping, and the
+//! last parameters kept.
 
-use super::head::{GpuHeads, Metrics};
-use super::optimizer::{HeadSettings, Optimizer, TrainingRule};
+use super::batches::BatchSource;
+use super::config::TrainingConfig;
+use super::rows::TrainingData;
 use super::sampling;
 use super::standardize::{Standardization, Standardizer};
-use crate::cli::TrainArgs;
 use crate::gpu::Gpu;
+use crate::head::optimizer::HeadSettings;
+use crate::head::{GpuHeads, Metrics};
 use anyhow::Result;
 use rand::rngs::StdRng;
 use rand::Rng;
-
-/// How to train: the heads and everything they share.
-#[derive(Clone, Debug)]
-pub struct SweepConfig {
-    pub settings: Vec<HeadSettings>,
-    pub rule: TrainingRule,
-    pub standardize: bool,
-    pub batch_size: u32,
-    pub eval_interval: u32,
-    /// Evaluations without a better validation cross-entropy before a head stops (0: never).
-    pub patience: u32,
-    /// Keep each head's best validation snapshot (true), or its last parameters (retrain.py).
-    pub keep_best: bool,
-    /// retrain.py's validation batch: a fresh class-balanced sample of this many
-    /// rows at each evaluation. None: every validation row, every time.
-    pub validation_sample: Option<usize>,
-}
-
-impl SweepConfig {
-    /// The training the flags ask for: retrain.py's, or the default sweep.
-    pub fn from_args(a: &TrainArgs) -> Self {
-        let steps = a.how_many_training_steps;
-        let base = SweepConfig {
-            settings: vec![HeadSettings {
-                learning_rate: a.learning_rate.unwrap_or(0.01),
-                l2: 0.0,
-            }],
-            rule: TrainingRule::retrain_py(steps),
-            standardize: false,
-            batch_size: a.train_batch_size as u32,
-            eval_interval: a.eval_step_interval,
-            patience: 0,
-            keep_best: false,
-            validation_sample: (a.validation_batch_size > 0)
-                .then_some(a.validation_batch_size as usize),
-        };
-        if a.retrain_py_head {
-            return base;
-        }
-        let rates = match a.learning_rate {
-            Some(rate) => vec![rate],
-            None => a.sweep_learning_rates.clone(),
-        };
-        let optimizer = match a.optimizer.as_str() {
-            "sgd" => Optimizer::Sgd,
-            "momentum" => Optimizer::Momentum {
-                momentum: a.momentum,
-            },
-            _ => Optimizer::ADAM,
-        };
-        SweepConfig {
-            settings: rates
-                .iter()
-                .flat_map(|&learning_rate| {
-                    a.sweep_l2
-                        .iter()
-                        .map(move |&l2| HeadSettings { learning_rate, l2 })
-                })
-                .collect(),
-            rule: TrainingRule {
-                optimizer,
-                cosine_decay: true,
-                steps,
-                label_smoothing: a.label_smoothing,
-                dropout: a.dropout,
-            },
-            standardize: true,
-            patience: a.early_stopping_patience,
-            keep_best: true,
-            validation_sample: None,
-            ..base
-        }
-    }
-}
-
-/// The cached bottlenecks ([N, dim]) with their labels, and the feature rows
-/// by class of the two sets training looks at.
-pub struct TrainingData<'a> {
-    pub features: &'a [f32],
-    pub labels: &'a [u32],
-    pub dim: u32,
-    pub classes: u32,
-    pub train: &'a [Vec<u32>],
-    pub validation: &'a [Vec<u32>],
-}
 
 /// What an evaluation found, for the leading head.
 #[derive(Clone, Copy, Debug)]
@@ -175,39 +93,16 @@ pub struct Observers<'a> {
     pub stepped: &'a mut dyn FnMut(u32, &Progress) -> Result<()>,
 }
 
-/// Where each step's training rows come from.
-pub trait BatchSource {
-    /// Feature rows the source writes into, after the cached bottlenecks.
-    fn spare_rows(&self) -> u32 {
-        0
-    }
-
-    /// The feature rows of the next training step.
-    fn next_rows(
-        &mut self,
-        gpu: &Gpu,
-        heads: &GpuHeads,
-        standardizer: Option<&Standardizer>,
-        rng: &mut StdRng,
-    ) -> Result<Vec<u32>>;
-}
-
-/// retrain.py's batches of cached bottlenecks: class-balanced samples of the training rows.
-pub struct CachedBatches<'a> {
-    pub train: &'a [Vec<u32>],
-    pub size: usize,
-}
-
-impl BatchSource for CachedBatches<'_> {
-    fn next_rows(
-        &mut self,
-        _: &Gpu,
-        _: &GpuHeads,
-        _: Option<&Standardizer>,
-        rng: &mut StdRng,
-    ) -> Result<Vec<u32>> {
-        Ok(sampling::class_balanced(rng, self.train, self.size))
-    }
+/// retrain.py's initialisation for each head: weights ~ truncated normal
+/// (σ 0.001), biases 0.
+pub fn initial_heads(rng: &mut StdRng, heads: usize, dim: usize, classes: usize) -> Vec<f32> {
+    (0..heads)
+        .flat_map(|_| {
+            let mut head = sampling::truncated_normal(rng, dim * classes, 0.001);
+            head.extend(std::iter::repeat_n(0.0, classes));
+            head
+        })
+        .collect()
 }
 
 /// Index of the best metrics: highest accuracy, then lowest cross-entropy.
@@ -230,10 +125,10 @@ fn best_of(metrics: impl Iterator<Item = Metrics>) -> u32 {
 
 /// Trains the heads of `config` on `data` and picks one. `initial` holds
 /// every head's starting parameters.
-pub fn train(
+pub fn train_heads(
     gpu: &Gpu,
     data: &TrainingData,
-    config: &SweepConfig,
+    config: &TrainingConfig,
     initial: &[f32],
     rng: &mut StdRng,
     batches: &mut dyn BatchSource,

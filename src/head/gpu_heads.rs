@@ -5,33 +5,14 @@
 //! comes back.
 
 use super::optimizer::{HeadSettings, Optimizer, TrainingRule};
+use crate::gpu::params::HeadParams;
+use crate::gpu::shader::{self, set_const};
 use crate::gpu::Gpu;
 use anyhow::{bail, Result};
-use bytemuck::{Pod, Zeroable};
+use bytemuck::Zeroable;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct HeadParams {
-    batch: u32,
-    classes: u32,
-    dim: u32,
-    heads: u32,
-    optimizer: u32,
-    training: u32,
-    dropout_seed: u32,
-    _pad: u32,
-    dropout: f32,
-    label_smoothing: f32,
-    beta1: f32,
-    beta2: f32,
-    epsilon: f32,
-    lr_scale: f32,
-    adam_c1: f32,
-    adam_c2: f32,
-}
 
 /// Buffers for batches of one size.
 pub struct Batch {
@@ -77,7 +58,7 @@ pub struct GpuHeads {
     update: wgpu::ComputePipeline,
     metrics: wgpu::ComputePipeline,
     /// Batches by size, for evaluations over many rows.
-    batches: RefCell<HashMap<u32, Rc<Batch>>>,
+    pub(super) batches: RefCell<HashMap<u32, Rc<Batch>>>,
 }
 
 const GROUP: u32 = 64;
@@ -140,10 +121,7 @@ impl GpuHeads {
         kinds.extend([read_only; 4]);
         kinds.extend([read_write; 4]);
         let layout = gpu.buffer_layout("head", &kinds);
-        let source = include_str!("../../shaders/head.wgsl").replace(
-            "const CLASS_TILE: u32 = 8u;",
-            &format!("const CLASS_TILE: u32 = {}u;", class_tile(classes)),
-        );
+        let source = set_const(shader::HEAD, "CLASS_TILE", class_tile(classes) as u32);
         let [logits, softmax, update, metrics] = gpu.pipelines(
             "head",
             &source,
@@ -413,51 +391,6 @@ impl GpuHeads {
         Ok(bytemuck::pod_collect_to_vec(
             &gpu.read_buffer(&batch.scores, n * 4)?,
         ))
-    }
-
-    /// A cached batch of `size` rows.
-    fn batch_of(&self, gpu: &Gpu, size: u32) -> Rc<Batch> {
-        let mut batches = self.batches.borrow_mut();
-        batches
-            .entry(size)
-            .or_insert_with(|| Rc::new(self.batch(gpu, size)))
-            .clone()
-    }
-
-    /// The most rows one batch can hold within the device's binding limit.
-    fn max_rows(&self, gpu: &Gpu) -> usize {
-        let per_row = 2 * 4 * self.heads as u64 * self.classes as u64;
-        (gpu.max_binding_bytes() / per_row).clamp(1, 1 << 16) as usize
-    }
-
-    /// Each head's metrics over any number of rows, in batches that fit the device.
-    pub fn evaluate_rows(&self, gpu: &Gpu, rows: &[u32]) -> Result<Vec<Metrics>> {
-        let mut sums = vec![(0.0f64, 0.0f64); self.heads as usize];
-        for chunk in rows.chunks(self.max_rows(gpu)) {
-            let batch = self.batch_of(gpu, chunk.len() as u32);
-            for (sum, m) in sums.iter_mut().zip(self.evaluate(gpu, &batch, chunk)?) {
-                sum.0 += m.cross_entropy as f64 * chunk.len() as f64;
-                sum.1 += m.accuracy as f64 * chunk.len() as f64;
-            }
-        }
-        let n = rows.len() as f64;
-        Ok(sums
-            .iter()
-            .map(|&(xent, acc)| Metrics {
-                cross_entropy: (xent / n) as f32,
-                accuracy: (acc / n) as f32,
-            })
-            .collect())
-    }
-
-    /// Head `head`'s prediction for any number of rows.
-    pub fn predict_rows(&self, gpu: &Gpu, rows: &[u32], head: u32) -> Result<Vec<u32>> {
-        let mut predicted = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(self.max_rows(gpu)) {
-            let batch = self.batch_of(gpu, chunk.len() as u32);
-            predicted.extend(self.predict(gpu, &batch, chunk, head)?);
-        }
-        Ok(predicted)
     }
 
     /// Remembers the current parameters of head `head` as its best so far.

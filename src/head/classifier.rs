@@ -1,7 +1,11 @@
-//! What a training run leaves behind: the classifier file, the labels file,
-//! metrics.json, and the self-contained saved-model folder. All written atomically.
+//! A trained classifier as it is stored and applied: the classifier file
+//! (the head's weights with everything needed to apply it exactly as
+//! trained), the labels file and the self-contained saved-model folder, all
+//! written atomically; and the head's probabilities for bottlenecks.
 
+use super::GpuHeads;
 use crate::atomic_file;
+use crate::gpu::Gpu;
 use crate::model::weights::{write_tensors, Normalization, Tensor};
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::SafeTensors;
@@ -37,6 +41,17 @@ impl Classifier {
     /// Weights then biases, as the head kernels hold them.
     pub fn parameters(&self) -> Vec<f32> {
         self.weights.iter().chain(&self.biases).copied().collect()
+    }
+
+    /// Class probabilities ([N, classes]) of bottlenecks ([N, dim]), on the GPU.
+    pub fn probabilities(&self, gpu: &Gpu, features: &[f32]) -> Result<Vec<f32>> {
+        let classes = self.labels.len();
+        let n = (features.len() / self.dim()) as u32;
+        let dims = (self.dim() as u32, classes as u32);
+        let head = GpuHeads::fixed(gpu, features, dims, &self.parameters())?;
+        let rows: Vec<u32> = (0..n).collect();
+        let logits = head.logits(gpu, &head.batch(gpu, n), &rows)?;
+        Ok(logits.chunks(classes).flat_map(softmax).collect())
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
@@ -119,6 +134,13 @@ impl Classifier {
             extra: meta,
         })
     }
+}
+
+fn softmax(logits: &[f32]) -> Vec<f32> {
+    let top = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|l| (l - top).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.iter().map(|e| e / sum).collect()
 }
 
 /// One label per line in class order, with a trailing newline (as retrain.py writes it).

@@ -1,0 +1,16 @@
+// conv_params: the parameter block of both conv kernels (conv2d.wgsl and
+// conv2d_direct.wgsl), prepended to each by the host at build time
+// (src/gpu/shader.rs); Rust's twin is gpu::params::ConvParams.
+//
+// GEMM view: m = batch·out_h·out_w output pixels. Input channels
+// in_offset..in_offset+in_c of pixels in_stride channels wide; output
+// channels out_offset..out_offset+out_c of pixels out_stride wide.
+// relu: 1 applies max(0, x) after the bias.
+
+struct Params {
+    batch: u32, in_h: u32, in_w: u32, in_c: u32,
+    out_h: u32, out_w: u32, out_c: u32, m: u32,
+    kernel_h: u32, kernel_w: u32, stride_h: u32, stride_w: u32,
+    pad_top: u32, pad_left: u32, in_stride: u32, in_offset: u32,
+    out_stride: u32, out_offset: u32, relu: u32, _unused: u32,
+}

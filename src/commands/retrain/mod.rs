@@ -1,0 +1,303 @@
+//! `retrain` without a subcommand: retrain.py's job as a sequence of named
+//! phases — check the flags, scan and split the folder, open the base model,
+//! cache every bottleneck, train the heads, test the kept one, write the
+//! classifier, the labels and metrics.json.
+
+mod config;
+mod metrics;
+
+pub use config::training_config;
+
+use crate::cli::TrainArgs;
+use crate::convert::default_weights;
+use crate::data::bottleneck_cache::BottleneckCache;
+use crate::data::dataset::Dataset;
+use crate::engine::Engine;
+use crate::gpu::Gpu;
+use crate::head::classifier::{write_labels, write_saved_model, Classifier};
+use crate::model::weights::WeightFile;
+use crate::train::batches::CachedBatches;
+use crate::train::bottlenecks::{self, Bottlenecks};
+use crate::train::config::TrainingConfig;
+use crate::train::distorted::DistortedBatches;
+use crate::train::evaluation::{final_test, TestReport};
+use crate::train::log::{heads_table, TrainingLog};
+use crate::train::rows::{eval_rows, split_rows, TrainingData};
+use crate::train::training_loop::{initial_heads, train_heads, Observers, Progress, Trained};
+use anyhow::Result;
+use rand::{rngs::StdRng, SeedableRng};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Rows by class of the training, validation and test sets.
+type Sets = [Vec<Vec<u32>>; 3];
+
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let started = Instant::now();
+    config::validate(args)?;
+    let image_dir = args
+        .image_dir
+        .as_deref()
+        .expect("clap requires --image-dir");
+    let dataset = Dataset::scan(
+        image_dir,
+        args.validation_percentage,
+        args.testing_percentage,
+    )?;
+    let labels = dataset.labels();
+    let (weights_path, file, mut engine) = open_base(args)?;
+    let template = classifier_template(args, &labels, &file, &weights_path, &engine);
+
+    let t = Instant::now();
+    let b = cache_bottlenecks(&mut engine, &file, args, &dataset)?;
+    let bottleneck_secs = t.elapsed().as_secs_f64();
+    log::info!(
+        "Bottlenecks: {} from the cache, {} computed, {} unreadable images skipped ({bottleneck_secs:.1} s)",
+        b.examples.len() - b.computed,
+        b.computed,
+        b.skipped
+    );
+    let sets = split_rows(&b, &dataset, image_dir)?;
+
+    let seed = args.seed.unwrap_or_else(rand::random);
+    log::info!(
+        "Seed {seed}; {} classes: {}",
+        labels.len(),
+        labels.join(", ")
+    );
+    let mut rng = StdRng::seed_from_u64(seed);
+    let config = config::fit_to_device(args, &engine.gpu, (b.dim, labels.len()));
+
+    let t = Instant::now();
+    let trained = train(&mut engine, &template, args, &b, &sets, &config, &mut rng)?;
+    let training_secs = t.elapsed().as_secs_f64();
+    if trained.outcomes.len() > 1 {
+        if trained.selected_on_training {
+            log::warn!("no validation images: the heads were compared on the training images, which favours the least regularised");
+        }
+        log::info!(
+            "Sweep results ({training_secs:.1} s):\n{}",
+            heads_table(&trained)
+        );
+    }
+
+    let t = Instant::now();
+    let test_rows = eval_rows(&mut rng, &sets[2], args.test_batch_size);
+    let print_misclassified = args.print_misclassified_test_images;
+    let gpu = &engine.gpu;
+    let report = final_test(gpu, &trained, &test_rows, &b, &labels, print_misclassified)?;
+    let eval_secs = t.elapsed().as_secs_f64();
+
+    write_classifier(
+        gpu,
+        &template,
+        args,
+        &trained,
+        report.as_ref(),
+        config.rule.steps,
+    )?;
+    let timings = metrics::Timings {
+        bottlenecks: bottleneck_secs,
+        training: training_secs,
+        evaluation: eval_secs,
+        total: started.elapsed().as_secs_f64(),
+    };
+    let run = metrics::Run {
+        args,
+        config: &config,
+        labels: &labels,
+        input_size: engine.input_size(),
+        device: &engine.gpu.info.name,
+        seed,
+    };
+    let metrics_path = args.output_graph.with_file_name("metrics.json");
+    let json = run
+        .metrics(&trained, report, &sets, &b, timings)
+        .to_json()?;
+    crate::atomic_file::write_bytes(&metrics_path, json.as_bytes())?;
+    log::info!(
+        "Wrote {}, {} and {} ({:.1} s in all)",
+        args.output_graph.display(),
+        args.output_labels.display(),
+        metrics_path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The base weights (the default ones fetched on first use), their file, and
+/// the engine at the requested input size.
+fn open_base(args: &TrainArgs) -> Result<(PathBuf, WeightFile, Engine)> {
+    let path = default_weights::resolve(args.weights.as_deref())?;
+    let file = WeightFile::open(&path)?;
+    let engine = Engine::new(Gpu::new()?, &file, args.input_size)?;
+    Ok((path, file, engine))
+}
+
+/// Everything a saved classifier of this run records, without the head.
+fn classifier_template(
+    args: &TrainArgs,
+    labels: &[String],
+    file: &WeightFile,
+    weights_path: &Path,
+    engine: &Engine,
+) -> Classifier {
+    let extra = HashMap::from([("final_tensor_name".into(), args.final_tensor_name.clone())]);
+    Classifier {
+        weights: Vec::new(),
+        biases: Vec::new(),
+        labels: labels.to_vec(),
+        base_fingerprint: file.info.fingerprint.clone(),
+        base_weights: std::fs::canonicalize(weights_path)
+            .unwrap_or_else(|_| weights_path.to_path_buf()),
+        input_size: engine.input_size(),
+        normalization: file.info.normalization.clone(),
+        extra,
+    }
+}
+
+/// The template with a head's parameters (for raw bottlenecks), the step it
+/// was saved at and any other numbers worth recording.
+fn snapshot(
+    template: &Classifier,
+    (weights, biases): (Vec<f32>, Vec<f32>),
+    step: u32,
+    extra: HashMap<String, String>,
+) -> Classifier {
+    let mut c = template.clone();
+    (c.weights, c.biases) = (weights, biases);
+    c.extra.insert("steps".into(), step.to_string());
+    c.extra.extend(extra);
+    c
+}
+
+/// Every image's bottleneck, from the cache or computed (and cached) now.
+fn cache_bottlenecks(
+    engine: &mut Engine,
+    file: &WeightFile,
+    args: &TrainArgs,
+    dataset: &Dataset,
+) -> Result<Bottlenecks> {
+    let norm = &file.info.normalization;
+    let cache = BottleneckCache::new(
+        &args.bottleneck_dir,
+        &file.info.fingerprint,
+        engine.input_size(),
+        norm.scale,
+        norm.offset,
+    );
+    bottlenecks::gather(engine, &cache, dataset)
+}
+
+/// Trains the configured heads on cached or distorted batches, with the
+/// progress bar, the log lines and the intermediate classifiers.
+fn train(
+    engine: &mut Engine,
+    template: &Classifier,
+    args: &TrainArgs,
+    b: &Bottlenecks,
+    [train, validation, _]: &Sets,
+    config: &TrainingConfig,
+    rng: &mut StdRng,
+) -> Result<Trained> {
+    let classes = template.labels.len();
+    let initial = initial_heads(rng, config.settings.len(), b.dim, classes);
+    let row_labels: Vec<u32> = b.examples.iter().map(|e| e.class as u32).collect();
+    let data = TrainingData {
+        features: &b.features,
+        labels: &row_labels,
+        dim: b.dim as u32,
+        classes: classes as u32,
+        train,
+        validation,
+    };
+    let heads = config.settings.len();
+    let mut training_log =
+        TrainingLog::new(args.summaries_dir.as_deref(), heads, config.rule.steps)?;
+    let bar = training_log.bar.clone();
+    let gpu = engine.gpu.clone();
+    let started = Instant::now();
+    let mut evaluated = |p: &_| training_log.evaluated(p);
+    let mut stepped = |step: u32, progress: &Progress| -> Result<()> {
+        bar.inc(1);
+        let images = (step + 1) as f64 * config.batch_size as f64;
+        bar.set_message(format!(
+            "{:.1} images/s",
+            images / started.elapsed().as_secs_f64()
+        ));
+        let every = args.intermediate_store_frequency;
+        if every > 0 && step > 0 && step.is_multiple_of(every) {
+            let path = args
+                .intermediate_output_graphs_dir
+                .join(format!("intermediate_{step}.safetensors"));
+            log::info!("Saving intermediate result to {}", path.display());
+            let head = progress.export_leader(&gpu)?;
+            snapshot(template, head, step, HashMap::new()).write(&path)?;
+        }
+        Ok(())
+    };
+    let observers = Observers {
+        evaluated: &mut evaluated,
+        stepped: &mut stepped,
+    };
+    let distortions = args.distortions();
+    let trained = if distortions.any() {
+        engine.tune_on_first_use()?;
+        log::info!(
+            "Distorting training images ({distortions:?}): every step runs {} images through the network",
+            config.batch_size
+        );
+        let mut batches = DistortedBatches::new(
+            engine,
+            distortions,
+            &b.examples,
+            train,
+            config.batch_size as usize,
+            args.image_cache_mb << 20,
+        );
+        train_heads(&gpu, &data, config, &initial, rng, &mut batches, observers)?
+    } else {
+        let mut batches = CachedBatches {
+            train,
+            size: config.batch_size as usize,
+        };
+        train_heads(&gpu, &data, config, &initial, rng, &mut batches, observers)?
+    };
+    bar.finish_and_clear();
+    Ok(trained)
+}
+
+/// Writes the kept head as the classifier (and the saved-model folder when
+/// asked), with its numbers in the metadata, and the labels file.
+fn write_classifier(
+    gpu: &Gpu,
+    template: &Classifier,
+    args: &TrainArgs,
+    trained: &Trained,
+    report: Option<&TestReport>,
+    steps: u32,
+) -> Result<()> {
+    let last = trained.last.expect("at least one evaluation");
+    let chosen = &trained.outcomes[trained.chosen as usize];
+    let mut extra = HashMap::new();
+    extra.insert("train_accuracy".into(), last.train.accuracy.to_string());
+    extra.insert("cross_entropy".into(), last.train.cross_entropy.to_string());
+    if let Some((v, _)) = last.validation {
+        extra.insert("validation_accuracy".into(), v.accuracy.to_string());
+    }
+    if let Some(r) = report {
+        extra.insert("test_accuracy".into(), r.accuracy.to_string());
+    }
+    let settings = chosen.settings;
+    extra.insert("learning_rate".into(), settings.learning_rate.to_string());
+    extra.insert("l2".into(), settings.l2.to_string());
+    extra.insert("kept_step".into(), chosen.step.to_string());
+    let classifier = snapshot(template, trained.export(gpu)?, steps, extra);
+    classifier.write(&args.output_graph)?;
+    write_labels(&args.output_labels, &template.labels)?;
+    if let Some(dir) = &args.saved_model_dir {
+        write_saved_model(dir, &template.base_weights, &classifier)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! The engine's side of kernel tuning: what to measure for this network
+//! (every conv shape, every group of sibling 1×1 convs), measuring it on an
+//! adapter's first use, and which groups then run merged.
+
+use super::{max_batch, Engine, Merging};
+use crate::gpu::params::ConvParams;
+use crate::gpu::scheduler::conv_params;
+use crate::gpu::tuning::{merge_key, shape_key};
+use crate::model::graph::Op;
+use crate::model::merge::{merge, sibling_groups, SiblingGroup};
+use crate::progress::progress_bar;
+use anyhow::Result;
+
+impl Engine {
+    /// Chooses which sibling 1×1 convs run merged, and re-plans.
+    pub fn set_merging(&mut self, merging: Merging) -> Result<()> {
+        let groups: Vec<SiblingGroup> = sibling_groups(&self.network)
+            .into_iter()
+            .filter(|g| match merging {
+                Merging::AsTuned => self.tuning.merges(&self.group_params(g)),
+                Merging::All => true,
+                Merging::None => false,
+            })
+            .collect();
+        self.graph = merge(&self.network, &groups);
+        self.weights.assemble_merged(&self.gpu, &self.graph);
+        self.max_batch = max_batch(&self.gpu, &self.kernels, &self.graph)?;
+        self.merging = merging;
+        self.plan = None;
+        Ok(())
+    }
+
+    /// The tuner's verdict on each distinct group of sibling 1×1 convs of the
+    /// network (by merge key): merged or not; None where not yet measured.
+    pub fn merge_decisions(&self) -> Vec<(String, Option<bool>)> {
+        let (_, groups) = self.tuning_work();
+        groups
+            .iter()
+            .map(|parts| {
+                let key = merge_key(parts);
+                let merged = self.tuning.merges.get(&key).copied();
+                (key, merged)
+            })
+            .collect()
+    }
+
+    /// How many groups of sibling 1×1 convs the network has.
+    pub fn sibling_groups(&self) -> usize {
+        sibling_groups(&self.network).len()
+    }
+
+    /// How many groups of sibling convs run merged.
+    pub fn merged_groups(&self) -> usize {
+        self.graph
+            .ops
+            .iter()
+            .filter(|op| matches!(op, Op::MergedConv(_)))
+            .count()
+    }
+
+    /// The parameters of each conv dispatch of the network as it runs at
+    /// `batch` (merged convs as their GEMM), one per tuning shape.
+    pub fn distinct_convs(&self, batch: u32) -> Vec<ConvParams> {
+        distinct(
+            (self.graph.ops.iter())
+                .filter_map(|op| op.as_conv())
+                .map(|c| conv_params(&self.graph, &c, batch)),
+        )
+    }
+
+    /// What tuning measures (at batch 1): every conv shape of the network,
+    /// and every group of sibling convs that may be merged, by its parts.
+    fn tuning_work(&self) -> (Vec<ConvParams>, Vec<Vec<ConvParams>>) {
+        let convs = distinct(
+            self.network
+                .convs()
+                .map(|c| conv_params(&self.network, c, 1)),
+        );
+        let mut seen = std::collections::HashSet::new();
+        let groups = sibling_groups(&self.network)
+            .iter()
+            .map(|g| self.group_params(g))
+            .filter(|parts| seen.insert(merge_key(parts)))
+            .collect();
+        (convs, groups)
+    }
+
+    fn group_params(&self, group: &SiblingGroup) -> Vec<ConvParams> {
+        group
+            .convs(&self.network)
+            .into_iter()
+            .map(|c| conv_params(&self.network, c, 1))
+            .collect()
+    }
+
+    /// How many measurements a full tuning makes (conv shapes and groups).
+    pub fn tuning_steps(&self) -> usize {
+        let (convs, groups) = self.tuning_work();
+        convs.len() + groups.len()
+    }
+
+    /// Whether every conv has a measured kernel variant for this device, and
+    /// every group of sibling convs a measured merge decision.
+    pub fn is_tuned(&self) -> bool {
+        let (convs, groups) = self.tuning_work();
+        self.tuning.covers(&convs, &groups)
+    }
+
+    /// Measures the kernel variants on each conv not yet tuned (at batch 1)
+    /// and whether merging each group of sibling convs pays, and caches the
+    /// results for this device. They apply at once (unless merging was set
+    /// otherwise); an error writing the cache is returned after that (the
+    /// run can go on).
+    pub fn tune(&mut self, progress: &mut dyn FnMut(&str)) -> Result<()> {
+        let (convs, groups) = self.tuning_work();
+        self.tuning
+            .tune(&self.gpu, &self.kernels, &convs, &groups, progress)?;
+        self.set_merging(self.merging)?;
+        self.tuning.save()
+    }
+
+    /// On an adapter's first use, times the conv kernel variants on each conv
+    /// shape and each group of sibling convs merged and apart, and caches the
+    /// fastest (RETRAIN_TUNE=0 skips this and runs with the defaults for the
+    /// adapter's kind, unmerged).
+    pub fn tune_on_first_use(&mut self) -> Result<()> {
+        if self.is_tuned() || std::env::var("RETRAIN_TUNE").is_ok_and(|v| v == "0") {
+            return Ok(());
+        }
+        log::info!(
+            "Tuning the conv kernels for \"{}\" (once for this device; RETRAIN_TUNE=0 skips it)",
+            self.gpu.info.name
+        );
+        let bar = progress_bar(self.tuning_steps(), "conv shapes");
+        let saved = self.tune(&mut |_| bar.inc(1));
+        bar.finish_and_clear();
+        if let Err(e) = saved {
+            // The measured choices are in use for this run; only the cache is missing.
+            log::warn!("{e:#}; the kernels will be tuned again next time");
+        }
+        Ok(())
+    }
+}
+
+/// Conv parameters without repeated tuning shapes.
+fn distinct(convs: impl Iterator<Item = ConvParams>) -> Vec<ConvParams> {
+    let mut seen = std::collections::HashSet::new();
+    convs.filter(|p| seen.insert(shape_key(p))).collect()
+}

@@ -1,0 +1,149 @@
+//! The parameter blocks the host writes into each kernel's uniform binding:
+//! the Rust twins of the `struct Params` declarations in shaders/. Each is
+//! declared through `wgsl_struct!`, which records its fields' offsets, so that
+//! tests/wgsl_layout.rs can check size and offsets against the WGSL struct as
+//! naga lays it out.
+
+use bytemuck::Pod;
+
+/// A `#[repr(C)]` struct shared with a shader, with its fields' byte offsets.
+pub trait WgslStruct: Pod {
+    /// The shader file (under shaders/, as compiled) declaring the struct `Params`.
+    const SHADER: &'static str;
+    /// (field name, byte offset), in declaration order.
+    const FIELDS: &'static [(&'static str, usize)];
+}
+
+macro_rules! wgsl_struct {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident in $shader:expr => {
+            $($(#[$field_meta:meta])* pub $field:ident: $ty:ty,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+        pub struct $name {
+            $($(#[$field_meta])* pub $field: $ty,)*
+        }
+        impl WgslStruct for $name {
+            const SHADER: &'static str = $shader;
+            const FIELDS: &'static [(&'static str, usize)] =
+                &[$((stringify!($field), std::mem::offset_of!($name, $field)),)*];
+        }
+    };
+}
+
+wgsl_struct! {
+    /// A conv as an implicit GEMM (shaders/common/conv_params.wgsl, used by
+    /// conv2d.wgsl and conv2d_direct.wgsl).
+    pub struct ConvParams in super::shader::CONV2D => {
+        pub batch: u32,
+        pub in_h: u32,
+        pub in_w: u32,
+        pub in_c: u32,
+        pub out_h: u32,
+        pub out_w: u32,
+        pub out_c: u32,
+        pub m: u32,
+        pub kernel_h: u32,
+        pub kernel_w: u32,
+        pub stride_h: u32,
+        pub stride_w: u32,
+        pub pad_top: u32,
+        pub pad_left: u32,
+        pub in_stride: u32,
+        pub in_offset: u32,
+        pub out_stride: u32,
+        pub out_offset: u32,
+        pub relu: u32,
+        pub _unused: u32,
+    }
+}
+
+wgsl_struct! {
+    /// A max or average pool (shaders/pool.wgsl).
+    pub struct PoolParams in super::shader::POOL => {
+        pub batch: u32,
+        pub in_h: u32,
+        pub in_w: u32,
+        pub channels: u32,
+        pub out_h: u32,
+        pub out_w: u32,
+        pub window_h: u32,
+        pub window_w: u32,
+        pub stride_h: u32,
+        pub stride_w: u32,
+        pub pad_top: u32,
+        pub pad_left: u32,
+        pub in_stride: u32,
+        pub in_offset: u32,
+        pub out_stride: u32,
+        pub out_offset: u32,
+    }
+}
+
+wgsl_struct! {
+    /// The mean over every pixel (shaders/global_avg_pool.wgsl).
+    pub struct GlobalPoolParams in super::shader::GLOBAL_AVG_POOL => {
+        pub batch: u32,
+        pub height: u32,
+        pub width: u32,
+        pub channels: u32,
+    }
+}
+
+wgsl_struct! {
+    /// One image's resize, crop, flip and normalisation into an input slot
+    /// (shaders/preprocess.wgsl).
+    pub struct PreprocessParams in super::shader::PREPROCESS => {
+        pub src_offset: u32,
+        pub src_h: u32,
+        pub src_w: u32,
+        pub slot: u32,
+        pub out_h: u32,
+        pub out_w: u32,
+        pub resize_h: u32,
+        pub resize_w: u32,
+        pub crop_y: u32,
+        pub crop_x: u32,
+        pub flip: u32,
+        pub _unused: u32,
+        pub scale: [f32; 4],
+        pub offset: [f32; 4],
+    }
+}
+
+wgsl_struct! {
+    /// One step, evaluation or forward pass of H heads (shaders/head.wgsl).
+    pub struct HeadParams in super::shader::HEAD => {
+        pub batch: u32,
+        pub classes: u32,
+        pub dim: u32,
+        pub heads: u32,
+        pub optimizer: u32,
+        pub training: u32,
+        pub dropout_seed: u32,
+        pub _pad: u32,
+        pub dropout: f32,
+        pub label_smoothing: f32,
+        pub beta1: f32,
+        pub beta2: f32,
+        pub epsilon: f32,
+        pub lr_scale: f32,
+        pub adam_c1: f32,
+        pub adam_c2: f32,
+    }
+}
+
+wgsl_struct! {
+    /// Statistics over selected rows, or standardisation of a row range
+    /// (shaders/standardize.wgsl).
+    pub struct StandardizeParams in super::shader::STANDARDIZE => {
+        pub selected: u32,
+        pub first_row: u32,
+        pub rows: u32,
+        pub dim: u32,
+    }
+}
