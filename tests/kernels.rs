@@ -1,5 +1,9 @@
 //! Each kernel against its CPU reference on random shapes and random data,
 //! with the output buffer poisoned first so that an unwritten element fails.
+//!
+//! Longer than the crate's other files on purpose: every kernel family's test
+//! is here so that they share one GPU, one set of helpers and one test binary
+//! (each binary links wgpu and starts a device).
 
 mod common;
 

@@ -1,7 +1,9 @@
 //! Converting published Inception V3 weights into the engine's weight file:
 //! read the source (its format recognised from the content), map its tensors
-//! onto the network's convs, check every shape, fold each batch norm into its
-//! conv, write safetensors in the kernels' layout.
+//! onto the network's convs (by Keras's creation order, which every reader
+//! translates its own names to), check every shape, fold each batch norm into
+//! its conv, write safetensors in the kernels' layout, each conv's tensors
+//! under its name in the network definition.
 
 pub mod default_weights;
 pub mod js_literal;
@@ -10,7 +12,7 @@ pub mod pickle;
 pub mod tfjs;
 pub mod torch;
 
-use crate::model::graph::Graph;
+use crate::model::graph::{Conv, Graph};
 use crate::model::inception_v3::{self, BOTTLENECK};
 use crate::model::weights::{self, ModelInfo, Normalization, Tensor};
 use anyhow::{anyhow, bail, Context, Result};
@@ -172,15 +174,15 @@ fn assemble(source: &SourceWeights, graph: &Graph) -> Result<Vec<Tensor>> {
             }
         }
     }
-    let expected = graph.convs().count() as u32;
+    let order = inception_v3::keras_order();
+    let expected = order.len() as u32;
     if let Some((index, _)) = parts.keys().find(|(i, _)| *i > expected) {
         bail!(
             "the source has a conv #{index}; Inception V3 has {expected}: is this an Inception V3?"
         );
     }
     let mut tensors = Vec::new();
-    for conv in graph.convs() {
-        let k = conv.index as u32;
+    for (conv, k) in keras_numbered(graph, &order)? {
         let out_c = conv.output.channels as usize;
         let get = |part: Part, shape: &[usize]| -> Result<&Found> {
             let name = (source.name_of)(k, part);
@@ -227,6 +229,17 @@ fn assemble(source: &SourceWeights, graph: &Graph) -> Result<Vec<Tensor>> {
         });
     }
     Ok(tensors)
+}
+
+/// Each conv of `graph` with its 1-based place in Keras's creation `order`.
+fn keras_numbered<'g>(graph: &'g Graph, order: &[String]) -> Result<Vec<(&'g Conv, u32)>> {
+    graph
+        .convs()
+        .map(|conv| match order.iter().position(|n| *n == conv.name) {
+            Some(i) => Ok((conv, i as u32 + 1)),
+            None => bail!("conv {} has no place in Keras's layer order", conv.name),
+        })
+        .collect()
 }
 
 /// [out, in, kh, kw] -> [kh, kw, in, out].
@@ -303,9 +316,13 @@ pub fn inspect(path: &Path) -> Result<String> {
         ),
         format!("  {} tensors:", source.tensors.len()),
     ];
+    let order = inception_v3::keras_order();
     for f in &source.tensors {
         let target = match f.role {
-            Some((k, part)) => format!("conv2d_{k} {}", part.describe()),
+            Some((k, part)) => match (k as usize).checked_sub(1).and_then(|i| order.get(i)) {
+                Some(name) => format!("{name} {}", part.describe()),
+                None => format!("conv #{k}, beyond Inception V3's {}", order.len()),
+            },
             None => "not used".into(),
         };
         lines.push(format!(

@@ -263,8 +263,8 @@ fn check_topology(model: &TfjsModel, graph: &Graph) -> Result<()> {
             graph.convs().count()
         );
     }
-    for conv in graph.convs() {
-        let name = format!("conv2d_{}", conv.index);
+    for (conv, k) in super::keras_numbered(graph, &inception_v3::keras_order())? {
+        let name = format!("conv2d_{k}");
         let layer = convs
             .iter()
             .find(|l| l["config"]["name"] == name.as_str())

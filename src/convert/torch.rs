@@ -13,86 +13,31 @@
 
 use super::pickle::{self, Value};
 use super::{Found, KernelLayout, Part, Source, SourceWeights};
+use crate::model::inception_v3;
 use crate::model::weights::Normalization;
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
-/// torchvision's module names of the 94 conv+bn units, in Keras creation order.
+/// torchvision's module names of the 94 conv+bn units, in Keras creation
+/// order: the network's own names with torchvision's block names
+/// (`mixed0/branch1x1` is `Mixed_5b.branch1x1`, `stem/conv2d_1a_3x3` is `Conv2d_1a_3x3`).
 pub fn unit_names() -> Vec<String> {
-    let mut names: Vec<String> = [
-        "Conv2d_1a_3x3",
-        "Conv2d_2a_3x3",
-        "Conv2d_2b_3x3",
-        "Conv2d_3b_1x1",
-        "Conv2d_4a_3x3",
-    ]
-    .map(String::from)
-    .to_vec();
-    let a = [
-        "branch1x1",
-        "branch5x5_1",
-        "branch5x5_2",
-        "branch3x3dbl_1",
-        "branch3x3dbl_2",
-        "branch3x3dbl_3",
-        "branch_pool",
+    const BLOCKS: [&str; 11] = [
+        "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+        "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c",
     ];
-    let b = [
-        "branch3x3",
-        "branch3x3dbl_1",
-        "branch3x3dbl_2",
-        "branch3x3dbl_3",
-    ];
-    let c = [
-        "branch1x1",
-        "branch7x7_1",
-        "branch7x7_2",
-        "branch7x7_3",
-        "branch7x7dbl_1",
-        "branch7x7dbl_2",
-        "branch7x7dbl_3",
-        "branch7x7dbl_4",
-        "branch7x7dbl_5",
-        "branch_pool",
-    ];
-    let d = [
-        "branch3x3_1",
-        "branch3x3_2",
-        "branch7x7x3_1",
-        "branch7x7x3_2",
-        "branch7x7x3_3",
-        "branch7x7x3_4",
-    ];
-    let e = [
-        "branch1x1",
-        "branch3x3_1",
-        "branch3x3_2a",
-        "branch3x3_2b",
-        "branch3x3dbl_1",
-        "branch3x3dbl_2",
-        "branch3x3dbl_3a",
-        "branch3x3dbl_3b",
-        "branch_pool",
-    ];
-    let blocks: [(&str, &[&str]); 11] = [
-        ("Mixed_5b", &a),
-        ("Mixed_5c", &a),
-        ("Mixed_5d", &a),
-        ("Mixed_6a", &b),
-        ("Mixed_6b", &c),
-        ("Mixed_6c", &c),
-        ("Mixed_6d", &c),
-        ("Mixed_6e", &c),
-        ("Mixed_7a", &d),
-        ("Mixed_7b", &e),
-        ("Mixed_7c", &e),
-    ];
-    for (block, branches) in blocks {
-        names.extend(branches.iter().map(|b| format!("{block}.{b}")));
-    }
-    names
+    inception_v3::keras_order()
+        .iter()
+        .map(|name| {
+            let (block, unit) = name.split_once('/').expect("block/unit names");
+            match block.strip_prefix("mixed") {
+                Some(i) => format!("{}.{unit}", BLOCKS[i.parse::<usize>().expect("mixedN")]),
+                None => format!("C{}", &unit[1..]),
+            }
+        })
+        .collect()
 }
 
 /// torchvision's tensor name for conv `index`'s `part`.

@@ -9,7 +9,8 @@ mod tuning;
 pub use batching::preprocess_params;
 
 use crate::gpu::kernels::{Dispatch, Kernels};
-use crate::gpu::scheduler::{assign_slots, GpuWeights, Plan};
+use crate::gpu::scheduler::{GpuWeights, Plan};
+use crate::gpu::slots::assign_slots;
 use crate::gpu::timer::GpuTimer;
 use crate::gpu::tuning::Tuning;
 use crate::gpu::Gpu;

@@ -6,6 +6,7 @@ pub mod kernels;
 pub mod params;
 pub mod scheduler;
 pub mod shader;
+pub mod slots;
 pub mod timer;
 pub mod tuning;
 

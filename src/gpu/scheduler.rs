@@ -5,6 +5,7 @@
 use super::context::Gpu;
 use super::kernels::{Dispatch, Kernels, PoolKind};
 use super::params::{ConvParams, GlobalPoolParams, PoolParams};
+use super::slots::assign_slots;
 use super::tuning::{shape_key, Tuning};
 use crate::model::graph::{Conv, Graph, Op, Padding, Pool, PoolOp, TensorId};
 use crate::model::weights::WeightFile;
@@ -13,15 +14,18 @@ use std::collections::HashMap;
 
 /// The folded weights and bias of each conv, uploaded once from the mapped
 /// file, and of each merged conv, assembled on the GPU from its parts'. Keyed
-/// by the conv indexes an op computes (one, or a merged conv's parts).
+/// by the names of the convs an op computes (one, or a merged conv's parts).
 pub struct GpuWeights {
-    buffers: HashMap<Vec<usize>, (wgpu::Buffer, wgpu::Buffer)>,
+    buffers: HashMap<Vec<String>, (wgpu::Buffer, wgpu::Buffer)>,
     /// Bytes per stored weight: 4 (f32) or 2 (f16); biases are always f32.
     weight_bytes: u64,
 }
 
 impl GpuWeights {
+    /// Checks the file against `graph` (every conv's tensors, and no other)
+    /// and uploads each conv's weights and bias.
     pub fn upload(gpu: &Gpu, file: &WeightFile, graph: &Graph) -> Result<Self> {
+        file.check(graph)?;
         let buffers = graph
             .convs()
             .map(|conv| {
@@ -31,7 +35,7 @@ impl GpuWeights {
                     gpu.storage_buffer_with(&conv.weight_name(), w),
                     gpu.storage_buffer_with(&conv.bias_name(), b),
                 );
-                Ok((vec![conv.index], buffers))
+                Ok((vec![conv.name.clone()], buffers))
             })
             .collect::<Result<_>>()?;
         let weight_bytes = if file.half_weights() { 2 } else { 4 };
@@ -66,7 +70,7 @@ impl GpuWeights {
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         let mut offset = 0;
         for part in parts {
-            let (w, b) = &self.buffers[&vec![part.index]];
+            let (w, b) = &self.buffers[&vec![part.name.clone()]];
             let out_c = part.output.channels as u64;
             let row = out_c * self.weight_bytes;
             for r in 0..in_c {
@@ -80,60 +84,10 @@ impl GpuWeights {
         (weights, bias)
     }
 
-    fn of(&self, units: &[usize]) -> (&wgpu::Buffer, &wgpu::Buffer) {
+    fn of(&self, units: &[String]) -> (&wgpu::Buffer, &wgpu::Buffer) {
         let (w, b) = &self.buffers[units];
         (w, b)
     }
-}
-
-/// Which slot each tensor lives in, and each slot's size in bytes. A tensor
-/// takes a slot when first written and gives it back after its last reader;
-/// tensors in `keep` are never given back (they are read after the run).
-pub fn assign_slots(graph: &Graph, batch: u32, keep: &[TensorId]) -> (Vec<usize>, Vec<u64>) {
-    let bytes = |t: TensorId| graph.shape(t).elements() * batch as u64 * 4;
-    let mut last_use = vec![0usize; graph.shapes.len()];
-    for (i, op) in graph.ops.iter().enumerate() {
-        last_use[op.input().0] = i;
-    }
-    for t in keep {
-        last_use[t.0] = usize::MAX;
-    }
-    let mut slot_of = vec![usize::MAX; graph.shapes.len()];
-    let mut sizes: Vec<u64> = Vec::new();
-    let mut free: Vec<usize> = Vec::new();
-    let mut take = |t: TensorId, slot_of: &mut Vec<usize>, free: &mut Vec<usize>| {
-        let need = bytes(t);
-        // Best fit among free slots; else grow the largest free one; else a new slot.
-        let fit = free
-            .iter()
-            .enumerate()
-            .filter(|(_, &s)| sizes[s] >= need)
-            .min_by_key(|(_, &s)| sizes[s]);
-        let pick = fit
-            .or_else(|| free.iter().enumerate().max_by_key(|(_, &s)| sizes[s]))
-            .map(|(i, _)| i);
-        let slot = match pick {
-            Some(i) => free.swap_remove(i),
-            None => {
-                sizes.push(0);
-                sizes.len() - 1
-            }
-        };
-        sizes[slot] = sizes[slot].max(need);
-        slot_of[t.0] = slot;
-    };
-    if let Some(input) = graph.ops.first().map(Op::input) {
-        take(input, &mut slot_of, &mut free);
-    }
-    for (i, op) in graph.ops.iter().enumerate() {
-        if slot_of[op.output().0] == usize::MAX {
-            take(op.output(), &mut slot_of, &mut free);
-        }
-        if last_use[op.input().0] == i {
-            free.push(slot_of[op.input().0]);
-        }
-    }
-    (slot_of, sizes)
 }
 
 /// A tensor copied back to the CPU after each run.

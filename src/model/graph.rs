@@ -70,11 +70,11 @@ impl Padding {
     }
 }
 
-/// A convolution with folded batch norm (a bias) and ReLU. `index` is the
-/// 1-based creation order, which names its weights `conv2d_{index}`.
+/// A convolution with folded batch norm (a bias) and ReLU. Its weights are
+/// stored as `{name}.weight` and `{name}.bias`.
 #[derive(Clone, Debug)]
 pub struct Conv {
-    pub index: usize,
+    pub name: String,
     pub input: Slice,
     pub output: Slice,
     pub kernel: (u32, u32),
@@ -84,10 +84,10 @@ pub struct Conv {
 
 impl Conv {
     pub fn weight_name(&self) -> String {
-        format!("conv2d_{}.weight", self.index)
+        format!("{}.weight", self.name)
     }
     pub fn bias_name(&self) -> String {
-        format!("conv2d_{}.bias", self.index)
+        format!("{}.bias", self.name)
     }
     /// Weight shape in the engine's layout: [kernel_h, kernel_w, in_c, out_c].
     pub fn weight_shape(&self) -> [usize; 4] {
@@ -129,7 +129,7 @@ pub struct MergedConv {
 }
 
 impl MergedConv {
-    /// The GEMM as one conv over all the parts' output channels (its `index`
+    /// The GEMM as one conv over all the parts' output channels (its `name`
     /// is the first part's).
     pub fn as_conv(&self) -> Conv {
         let first = &self.parts[0];
@@ -176,11 +176,11 @@ impl Op {
             _ => None,
         }
     }
-    /// The indexes of the convs whose weights the op uses.
-    pub fn weight_units(&self) -> Vec<usize> {
+    /// The names of the convs whose weights the op uses.
+    pub fn weight_units(&self) -> Vec<String> {
         match self {
-            Op::Conv(c) => vec![c.index],
-            Op::MergedConv(m) => m.parts.iter().map(|c| c.index).collect(),
+            Op::Conv(c) => vec![c.name.clone()],
+            Op::MergedConv(m) => m.parts.iter().map(|c| c.name.clone()).collect(),
             _ => vec![],
         }
     }
@@ -193,7 +193,6 @@ pub struct Graph {
     pub shapes: Vec<Shape>,
     pub ops: Vec<Op>,
     pub names: BTreeMap<String, TensorId>,
-    convs: usize,
 }
 
 impl Graph {
@@ -247,9 +246,10 @@ impl Graph {
         }
     }
 
-    /// Convolution + bias + ReLU writing into an existing slice.
+    /// Convolution + bias + ReLU named `name`, writing into an existing slice.
     pub fn conv_into(
         &mut self,
+        name: &str,
         input: Slice,
         output: Slice,
         kernel: (u32, u32),
@@ -263,9 +263,11 @@ impl Graph {
             (h, w),
             "conv output slice has the wrong size"
         );
-        self.convs += 1;
+        if self.convs().any(|c| c.name == name) {
+            bail!("the network names two convs {name}");
+        }
         self.ops.push(Op::Conv(Conv {
-            index: self.convs,
+            name: name.to_string(),
             input,
             output,
             kernel,
@@ -275,9 +277,10 @@ impl Graph {
         Ok(())
     }
 
-    /// Convolution + bias + ReLU into a new tensor of `channels` channels.
+    /// Convolution + bias + ReLU named `name`, into a new tensor of `channels` channels.
     pub fn conv(
         &mut self,
+        name: &str,
         input: Slice,
         channels: u32,
         kernel: (u32, u32),
@@ -286,7 +289,7 @@ impl Graph {
     ) -> Result<Slice> {
         let (h, w) = self.out_hw(input, kernel, stride, padding)?;
         let output = self.tensor(h, w, channels);
-        self.conv_into(input, output, kernel, stride, padding)?;
+        self.conv_into(name, input, output, kernel, stride, padding)?;
         Ok(output)
     }
 

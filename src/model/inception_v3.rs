@@ -1,7 +1,10 @@
 //! Inception V3 (Szegedy et al., 2015) as Keras's `inception_v3.py` builds it,
 //! without the classifier: the stem, mixed0..mixed10, then global average
-//! pooling to the 2048-d bottleneck. Convs are created in Keras's order, so the
-//! n-th `conv_bn` here is Keras's `conv2d_n` / `batch_normalization_n`.
+//! pooling to the 2048-d bottleneck. Each conv is named by where it sits —
+//! its block and torchvision's branch name, e.g. `mixed5/branch7x7dbl_2` —
+//! and its weights are bound by that name, not by the order the convs are
+//! built in. `KERAS_ORDER` lists the names in Keras's creation order
+//! (`conv2d_1`, `conv2d_2`, …), which converters map Keras files by.
 
 use super::graph::{Graph, Padding, PoolOp, Slice};
 use anyhow::{bail, Result};
@@ -15,9 +18,20 @@ pub const BOTTLENECK: u32 = 2048;
 pub const INPUT: &str = "input";
 pub const OUTPUT: &str = "bottleneck";
 
-/// Convolution with folded batch norm and ReLU (Keras's `conv2d_bn`).
-fn conv_bn(g: &mut Graph, x: Slice, channels: u32, kernel: (u32, u32)) -> Result<Slice> {
-    g.conv(x, channels, kernel, 1, Same)
+/// Convolution with folded batch norm and ReLU (Keras's `conv2d_bn`), stride 1, SAME.
+fn conv_bn(
+    g: &mut Graph,
+    name: &str,
+    x: Slice,
+    channels: u32,
+    kernel: (u32, u32),
+) -> Result<Slice> {
+    g.conv(name, x, channels, kernel, 1, Same)
+}
+
+/// `block/branch`: the name a conv's weights are stored under.
+fn at(block: &str, branch: &str) -> String {
+    format!("{block}/{branch}")
 }
 
 fn avg_pool_3x3(g: &mut Graph, x: Slice) -> Result<Slice> {
@@ -25,85 +39,179 @@ fn avg_pool_3x3(g: &mut Graph, x: Slice) -> Result<Slice> {
 }
 
 /// mixed0..2 (35×35): 1×1, 5×5, double 3×3 and pool branches.
-fn mixed_35(g: &mut Graph, x: Slice, pool_channels: u32) -> Result<Slice> {
+fn mixed_35(g: &mut Graph, block: &str, x: Slice, pool_channels: u32) -> Result<Slice> {
     let s = g.shape(x.tensor);
     let out = g.tensor(s.height, s.width, 64 + 64 + 96 + pool_channels);
     let [b1x1, b5x5, b3x3dbl, bpool] = out.split([64, 64, 96, pool_channels]);
-    g.conv_into(x, b1x1, (1, 1), 1, Same)?;
-    let t = conv_bn(g, x, 48, (1, 1))?;
-    g.conv_into(t, b5x5, (5, 5), 1, Same)?;
-    let t = conv_bn(g, x, 64, (1, 1))?;
-    let t = conv_bn(g, t, 96, (3, 3))?;
-    g.conv_into(t, b3x3dbl, (3, 3), 1, Same)?;
+    g.conv_into(&at(block, "branch1x1"), x, b1x1, (1, 1), 1, Same)?;
+    let t = conv_bn(g, &at(block, "branch5x5_1"), x, 48, (1, 1))?;
+    g.conv_into(&at(block, "branch5x5_2"), t, b5x5, (5, 5), 1, Same)?;
+    let t = conv_bn(g, &at(block, "branch3x3dbl_1"), x, 64, (1, 1))?;
+    let t = conv_bn(g, &at(block, "branch3x3dbl_2"), t, 96, (3, 3))?;
+    g.conv_into(&at(block, "branch3x3dbl_3"), t, b3x3dbl, (3, 3), 1, Same)?;
     let t = avg_pool_3x3(g, x)?;
-    g.conv_into(t, bpool, (1, 1), 1, Same)?;
+    g.conv_into(&at(block, "branch_pool"), t, bpool, (1, 1), 1, Same)?;
     Ok(out)
 }
 
 /// mixed3: reduction 35×35 -> 17×17.
 fn reduction_a(g: &mut Graph, x: Slice) -> Result<Slice> {
+    let block = "mixed3";
     let (h, w) = g.out_hw(x, (3, 3), 2, Valid)?;
     let out = g.tensor(h, w, 384 + 96 + x.channels);
     let [b3x3, b3x3dbl, bpool] = out.split([384, 96, x.channels]);
-    g.conv_into(x, b3x3, (3, 3), 2, Valid)?;
-    let t = conv_bn(g, x, 64, (1, 1))?;
-    let t = conv_bn(g, t, 96, (3, 3))?;
-    g.conv_into(t, b3x3dbl, (3, 3), 2, Valid)?;
+    g.conv_into(&at(block, "branch3x3"), x, b3x3, (3, 3), 2, Valid)?;
+    let t = conv_bn(g, &at(block, "branch3x3dbl_1"), x, 64, (1, 1))?;
+    let t = conv_bn(g, &at(block, "branch3x3dbl_2"), t, 96, (3, 3))?;
+    g.conv_into(&at(block, "branch3x3dbl_3"), t, b3x3dbl, (3, 3), 2, Valid)?;
     g.pool_into(PoolOp::Max, x, bpool, 3, 2, Valid)?;
     Ok(out)
 }
 
 /// mixed4..7 (17×17): 1×1, factorised 7×7, double factorised 7×7 and pool branches.
-fn mixed_17(g: &mut Graph, x: Slice, c7: u32) -> Result<Slice> {
+fn mixed_17(g: &mut Graph, block: &str, x: Slice, c7: u32) -> Result<Slice> {
     let s = g.shape(x.tensor);
     let out = g.tensor(s.height, s.width, 4 * 192);
     let [b1x1, b7x7, b7x7dbl, bpool] = out.split([192; 4]);
-    g.conv_into(x, b1x1, (1, 1), 1, Same)?;
-    let t = conv_bn(g, x, c7, (1, 1))?;
-    let t = conv_bn(g, t, c7, (1, 7))?;
-    g.conv_into(t, b7x7, (7, 1), 1, Same)?;
-    let t = conv_bn(g, x, c7, (1, 1))?;
-    let t = conv_bn(g, t, c7, (7, 1))?;
-    let t = conv_bn(g, t, c7, (1, 7))?;
-    let t = conv_bn(g, t, c7, (7, 1))?;
-    g.conv_into(t, b7x7dbl, (1, 7), 1, Same)?;
+    g.conv_into(&at(block, "branch1x1"), x, b1x1, (1, 1), 1, Same)?;
+    let t = conv_bn(g, &at(block, "branch7x7_1"), x, c7, (1, 1))?;
+    let t = conv_bn(g, &at(block, "branch7x7_2"), t, c7, (1, 7))?;
+    g.conv_into(&at(block, "branch7x7_3"), t, b7x7, (7, 1), 1, Same)?;
+    let t = conv_bn(g, &at(block, "branch7x7dbl_1"), x, c7, (1, 1))?;
+    let t = conv_bn(g, &at(block, "branch7x7dbl_2"), t, c7, (7, 1))?;
+    let t = conv_bn(g, &at(block, "branch7x7dbl_3"), t, c7, (1, 7))?;
+    let t = conv_bn(g, &at(block, "branch7x7dbl_4"), t, c7, (7, 1))?;
+    g.conv_into(&at(block, "branch7x7dbl_5"), t, b7x7dbl, (1, 7), 1, Same)?;
     let t = avg_pool_3x3(g, x)?;
-    g.conv_into(t, bpool, (1, 1), 1, Same)?;
+    g.conv_into(&at(block, "branch_pool"), t, bpool, (1, 1), 1, Same)?;
     Ok(out)
 }
 
 /// mixed8: reduction 17×17 -> 8×8.
 fn reduction_b(g: &mut Graph, x: Slice) -> Result<Slice> {
+    let block = "mixed8";
     let (h, w) = g.out_hw(x, (3, 3), 2, Valid)?;
     let out = g.tensor(h, w, 320 + 192 + x.channels);
     let [b3x3, b7x7x3, bpool] = out.split([320, 192, x.channels]);
-    let t = conv_bn(g, x, 192, (1, 1))?;
-    g.conv_into(t, b3x3, (3, 3), 2, Valid)?;
-    let t = conv_bn(g, x, 192, (1, 1))?;
-    let t = conv_bn(g, t, 192, (1, 7))?;
-    let t = conv_bn(g, t, 192, (7, 1))?;
-    g.conv_into(t, b7x7x3, (3, 3), 2, Valid)?;
+    let t = conv_bn(g, &at(block, "branch3x3_1"), x, 192, (1, 1))?;
+    g.conv_into(&at(block, "branch3x3_2"), t, b3x3, (3, 3), 2, Valid)?;
+    let t = conv_bn(g, &at(block, "branch7x7x3_1"), x, 192, (1, 1))?;
+    let t = conv_bn(g, &at(block, "branch7x7x3_2"), t, 192, (1, 7))?;
+    let t = conv_bn(g, &at(block, "branch7x7x3_3"), t, 192, (7, 1))?;
+    g.conv_into(&at(block, "branch7x7x3_4"), t, b7x7x3, (3, 3), 2, Valid)?;
     g.pool_into(PoolOp::Max, x, bpool, 3, 2, Valid)?;
     Ok(out)
 }
 
 /// mixed9, mixed10 (8×8): 1×1, split 3×3, double split 3×3 and pool branches.
-fn mixed_8(g: &mut Graph, x: Slice) -> Result<Slice> {
+fn mixed_8(g: &mut Graph, block: &str, x: Slice) -> Result<Slice> {
     let s = g.shape(x.tensor);
     let out = g.tensor(s.height, s.width, 320 + 768 + 768 + 192);
-    let [b1x1, b3x3_1, b3x3_2, b3x3dbl_1, b3x3dbl_2, bpool] =
+    let [b1x1, b3x3_2a, b3x3_2b, b3x3dbl_3a, b3x3dbl_3b, bpool] =
         out.split([320, 384, 384, 384, 384, 192]);
-    g.conv_into(x, b1x1, (1, 1), 1, Same)?;
-    let t = conv_bn(g, x, 384, (1, 1))?;
-    g.conv_into(t, b3x3_1, (1, 3), 1, Same)?;
-    g.conv_into(t, b3x3_2, (3, 1), 1, Same)?;
-    let t = conv_bn(g, x, 448, (1, 1))?;
-    let t = conv_bn(g, t, 384, (3, 3))?;
-    g.conv_into(t, b3x3dbl_1, (1, 3), 1, Same)?;
-    g.conv_into(t, b3x3dbl_2, (3, 1), 1, Same)?;
+    g.conv_into(&at(block, "branch1x1"), x, b1x1, (1, 1), 1, Same)?;
+    let t = conv_bn(g, &at(block, "branch3x3_1"), x, 384, (1, 1))?;
+    g.conv_into(&at(block, "branch3x3_2a"), t, b3x3_2a, (1, 3), 1, Same)?;
+    g.conv_into(&at(block, "branch3x3_2b"), t, b3x3_2b, (3, 1), 1, Same)?;
+    let t = conv_bn(g, &at(block, "branch3x3dbl_1"), x, 448, (1, 1))?;
+    let t = conv_bn(g, &at(block, "branch3x3dbl_2"), t, 384, (3, 3))?;
+    g.conv_into(
+        &at(block, "branch3x3dbl_3a"),
+        t,
+        b3x3dbl_3a,
+        (1, 3),
+        1,
+        Same,
+    )?;
+    g.conv_into(
+        &at(block, "branch3x3dbl_3b"),
+        t,
+        b3x3dbl_3b,
+        (3, 1),
+        1,
+        Same,
+    )?;
     let t = avg_pool_3x3(g, x)?;
-    g.conv_into(t, bpool, (1, 1), 1, Same)?;
+    g.conv_into(&at(block, "branch_pool"), t, bpool, (1, 1), 1, Same)?;
     Ok(out)
+}
+
+/// The conv names in Keras's creation order: the n-th is Keras's `conv2d_n`
+/// (Keras 2 names; Keras 3 counts from `conv2d`) with `batch_normalization_n`.
+/// Kept apart from the definition above on purpose: reordering the
+/// definition must not change which Keras layer feeds which conv.
+pub fn keras_order() -> Vec<String> {
+    const STEM: [&str; 5] = [
+        "conv2d_1a_3x3",
+        "conv2d_2a_3x3",
+        "conv2d_2b_3x3",
+        "conv2d_3b_1x1",
+        "conv2d_4a_3x3",
+    ];
+    const MIXED_35: &[&str] = &[
+        "branch1x1",
+        "branch5x5_1",
+        "branch5x5_2",
+        "branch3x3dbl_1",
+        "branch3x3dbl_2",
+        "branch3x3dbl_3",
+        "branch_pool",
+    ];
+    const REDUCTION_A: &[&str] = &[
+        "branch3x3",
+        "branch3x3dbl_1",
+        "branch3x3dbl_2",
+        "branch3x3dbl_3",
+    ];
+    const MIXED_17: &[&str] = &[
+        "branch1x1",
+        "branch7x7_1",
+        "branch7x7_2",
+        "branch7x7_3",
+        "branch7x7dbl_1",
+        "branch7x7dbl_2",
+        "branch7x7dbl_3",
+        "branch7x7dbl_4",
+        "branch7x7dbl_5",
+        "branch_pool",
+    ];
+    const REDUCTION_B: &[&str] = &[
+        "branch3x3_1",
+        "branch3x3_2",
+        "branch7x7x3_1",
+        "branch7x7x3_2",
+        "branch7x7x3_3",
+        "branch7x7x3_4",
+    ];
+    const MIXED_8: &[&str] = &[
+        "branch1x1",
+        "branch3x3_1",
+        "branch3x3_2a",
+        "branch3x3_2b",
+        "branch3x3dbl_1",
+        "branch3x3dbl_2",
+        "branch3x3dbl_3a",
+        "branch3x3dbl_3b",
+        "branch_pool",
+    ];
+    let blocks: [&[&str]; 11] = [
+        MIXED_35,
+        MIXED_35,
+        MIXED_35,
+        REDUCTION_A,
+        MIXED_17,
+        MIXED_17,
+        MIXED_17,
+        MIXED_17,
+        REDUCTION_B,
+        MIXED_8,
+        MIXED_8,
+    ];
+    let mut names: Vec<String> = STEM.iter().map(|c| at("stem", c)).collect();
+    for (i, branches) in blocks.iter().enumerate() {
+        names.extend(branches.iter().map(|b| at(&format!("mixed{i}"), b)));
+    }
+    names
 }
 
 /// The whole network for an input of `height`×`width` RGB pixels. Names the
@@ -116,30 +224,33 @@ pub fn inception_v3(height: u32, width: u32) -> Result<Graph> {
     let x = g.tensor(height, width, 3);
     g.name(INPUT, x);
 
-    let x = g.conv(x, 32, (3, 3), 2, Valid)?;
-    let x = g.conv(x, 32, (3, 3), 1, Valid)?;
-    let x = conv_bn(&mut g, x, 64, (3, 3))?;
+    let x = g.conv("stem/conv2d_1a_3x3", x, 32, (3, 3), 2, Valid)?;
+    let x = g.conv("stem/conv2d_2a_3x3", x, 32, (3, 3), 1, Valid)?;
+    let x = conv_bn(&mut g, "stem/conv2d_2b_3x3", x, 64, (3, 3))?;
     let x = g.pool(PoolOp::Max, x, 3, 2, Valid)?;
-    let x = g.conv(x, 80, (1, 1), 1, Valid)?;
-    let x = g.conv(x, 192, (3, 3), 1, Valid)?;
+    let x = g.conv("stem/conv2d_3b_1x1", x, 80, (1, 1), 1, Valid)?;
+    let x = g.conv("stem/conv2d_4a_3x3", x, 192, (3, 3), 1, Valid)?;
     let mut x = g.pool(PoolOp::Max, x, 3, 2, Valid)?;
     g.name("stem", x);
 
     for (i, pool_channels) in [32, 64, 64].into_iter().enumerate() {
-        x = mixed_35(&mut g, x, pool_channels)?;
-        g.name(&format!("mixed{i}"), x);
+        let block = format!("mixed{i}");
+        x = mixed_35(&mut g, &block, x, pool_channels)?;
+        g.name(&block, x);
     }
     x = reduction_a(&mut g, x)?;
     g.name("mixed3", x);
     for (i, c7) in [128, 160, 160, 192].into_iter().enumerate() {
-        x = mixed_17(&mut g, x, c7)?;
-        g.name(&format!("mixed{}", i + 4), x);
+        let block = format!("mixed{}", i + 4);
+        x = mixed_17(&mut g, &block, x, c7)?;
+        g.name(&block, x);
     }
     x = reduction_b(&mut g, x)?;
     g.name("mixed8", x);
     for i in 9..=10 {
-        x = mixed_8(&mut g, x)?;
-        g.name(&format!("mixed{i}"), x);
+        let block = format!("mixed{i}");
+        x = mixed_8(&mut g, &block, x)?;
+        g.name(&block, x);
     }
     let bottleneck = g.global_avg_pool(x);
     g.name(OUTPUT, bottleneck);
@@ -166,6 +277,21 @@ mod tests {
         assert_eq!(shape("mixed8"), (8, 8, 1280));
         assert_eq!(shape("mixed10"), (8, 8, 2048));
         assert_eq!(shape("bottleneck"), (1, 1, 2048));
+    }
+
+    #[test]
+    fn keras_order_lists_every_conv_once() {
+        let g = inception_v3(299, 299).unwrap();
+        let order = keras_order();
+        let mut defined: Vec<&str> = g.convs().map(|c| c.name.as_str()).collect();
+        let mut listed: Vec<&str> = order.iter().map(String::as_str).collect();
+        defined.sort();
+        listed.sort();
+        assert_eq!(defined, listed);
+        // Spot checks against Keras's inception_v3.py: conv2d_12 is mixed0's
+        // pool branch, conv2d_94 mixed10's.
+        assert_eq!(order[11], "mixed0/branch_pool");
+        assert_eq!(order[93], "mixed10/branch_pool");
     }
 
     #[test]

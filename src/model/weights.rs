@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 
 pub const ARCHITECTURE: &str = "inception_v3";
 /// Bumped whenever the tensor layout in the file changes.
-pub const LAYOUT: &str =
+pub const LAYOUT: &str = "retrain-v2: NAME.weight [kh,kw,in,out] f32 with batch norm folded, NAME.bias [out]; NAME as the network definition names each conv";
+/// Files of the first layout name each conv by its place in Keras's creation
+/// order (`conv2d_N`); they are still read, through `inception_v3::keras_order`.
+const LAYOUT_V1: &str =
     "retrain-v1: conv2d_N.weight [kh,kw,in,out] f32 with batch norm folded, conv2d_N.bias [out]";
 
 /// How raw 0..255 pixel values become network inputs: `x·scale[c] + offset[c]`.
@@ -133,7 +136,7 @@ impl ModelInfo {
                 path.display()
             );
         }
-        if get("layout")? != LAYOUT {
+        if ![LAYOUT, LAYOUT_V1].contains(&get("layout")?.as_str()) {
             bail!("{}: was written by another version of convert-weights (layout differs); convert the weights again", path.display());
         }
         let (h, w) = parse_size(&get("input_size")?)
@@ -274,6 +277,8 @@ pub struct WeightFile {
     pub path: PathBuf,
     map: Mmap,
     pub info: ModelInfo,
+    /// For files of the first layout: each conv name's `conv2d_N`.
+    v1_names: Option<HashMap<String, String>>,
 }
 
 impl WeightFile {
@@ -299,10 +304,18 @@ impl WeightFile {
             )
         })?;
         let info = ModelInfo::from_metadata(path, &meta)?;
+        let v1_names = (meta.get("layout").map(String::as_str) == Some(LAYOUT_V1)).then(|| {
+            let order = super::inception_v3::keras_order().into_iter();
+            order
+                .zip(1..)
+                .map(|(name, k)| (name, format!("conv2d_{k}")))
+                .collect()
+        });
         Ok(WeightFile {
             path: path.to_path_buf(),
             map,
             info,
+            v1_names,
         })
     }
 
@@ -315,7 +328,7 @@ impl WeightFile {
     /// an f16 file), checked against the shape the network expects.
     pub fn tensor_bytes(&self, name: &str, shape: &[usize]) -> Result<&[u8]> {
         let tensors = SafeTensors::deserialize(&self.map)?;
-        let view = tensors.tensor(name).map_err(|_| {
+        let view = tensors.tensor(&self.stored_name(name)).map_err(|_| {
             anyhow!(
                 "{}: tensor \"{name}\" is missing (expected shape {shape:?})",
                 self.path.display()
@@ -342,11 +355,41 @@ impl WeightFile {
         Ok(view.data())
     }
 
-    /// Checks that every conv of `graph` has its weight and bias, correctly shaped.
+    /// The name `name` ("conv.weight", "conv.bias") is stored under.
+    fn stored_name(&self, name: &str) -> String {
+        let v1 = |(conv, what): (&str, &str)| {
+            Some(format!("{}.{what}", self.v1_names.as_ref()?.get(conv)?))
+        };
+        name.rsplit_once('.')
+            .and_then(v1)
+            .unwrap_or_else(|| name.to_string())
+    }
+
+    /// Checks that every conv of `graph` has its weight and bias, correctly
+    /// shaped, and that the file holds nothing else: a tensor no conv reads
+    /// means the file was made for another definition of the network.
     pub fn check(&self, graph: &Graph) -> Result<()> {
+        let mut used = std::collections::HashSet::new();
         for conv in graph.convs() {
             self.tensor_bytes(&conv.weight_name(), &conv.weight_shape())?;
             self.tensor_bytes(&conv.bias_name(), &[conv.output.channels as usize])?;
+            used.extend([conv.weight_name(), conv.bias_name()].map(|n| self.stored_name(&n)));
+        }
+        let tensors = SafeTensors::deserialize(&self.map)?;
+        let mut unused: Vec<String> = tensors
+            .names()
+            .into_iter()
+            .filter(|n| !used.contains(*n))
+            .map(String::from)
+            .collect();
+        if !unused.is_empty() {
+            unused.sort();
+            bail!(
+                "{}: holds {} tensors no layer of the network reads (e.g. \"{}\"): it was written for another network; convert the weights again",
+                self.path.display(),
+                unused.len(),
+                unused[0]
+            );
         }
         Ok(())
     }
