@@ -13,8 +13,9 @@ use std::path::PathBuf;
 ///   - a Keras Inception V3 in TF.js layers format: a folder holding model.json
 ///     or model.min.js and its weight shards (nsfwjs@4.4.0's
 ///     dist/models/inception_v3);
-///   - Keras HDF5 weights (inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5,
-///     the full-model variant, Keras 3 .weights.h5), Keras 2 or Keras 3 layer names;
+///   - Keras weights: HDF5 (inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5,
+///     full-model .h5, Keras 3 .weights.h5) and Keras 3 .keras archives, mapped
+///     by the model's config where the file has one (--inspect says how);
 ///   - PyTorch weights with torchvision's names: timm's safetensors
 ///     (inception_v3.tv_in1k) or torchvision's .pth checkpoint.
 #[derive(Parser)]

@@ -6,9 +6,10 @@ use crate::convert::default_weights;
 use crate::data::{images, loader};
 use crate::engine::Engine;
 use crate::gpu::Gpu;
-use crate::head::classifier::{Classifier, SAVED_BASE, SAVED_CLASSIFIER};
+use crate::head::classifier::{top_k, Classifier, Prediction, SAVED_BASE, SAVED_CLASSIFIER};
 use crate::model::weights::WeightFile;
 use anyhow::{bail, Context, Result};
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// The classifier file and, for a saved-model folder, the base weights beside it.
@@ -98,23 +99,28 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
     Ok(())
 }
 
+/// `classify --json`'s line for one image.
+#[derive(Serialize)]
+struct ImageResult<'a> {
+    path: String,
+    predictions: &'a [Prediction],
+}
+
 fn print_top(path: &Path, probs: &[f32], labels: &[String], k: usize, json: bool) {
-    let mut order: Vec<usize> = (0..probs.len()).collect();
-    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-    order.truncate(k.max(1));
+    let top = top_k(probs, labels, k);
     if json {
-        let top: Vec<_> = order
-            .iter()
-            .map(|&c| serde_json::json!({"label": labels[c], "score": probs[c]}))
-            .collect();
+        let line = ImageResult {
+            path: path.display().to_string(),
+            predictions: &top,
+        };
         println!(
             "{}",
-            serde_json::json!({"path": path.display().to_string(), "predictions": top})
+            serde_json::to_string(&line).expect("plain data serialises")
         );
     } else {
         println!("{}", path.display());
-        for &c in &order {
-            println!("  {:<24} {:.5}", labels[c], probs[c]);
+        for p in &top {
+            println!("  {:<24} {:.5}", p.label, p.score);
         }
     }
 }

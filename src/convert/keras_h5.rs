@@ -1,21 +1,33 @@
-//! Keras HDF5 weights: `save_weights` files such as
-//! inception_v3_weights_tf_dim_ordering_tf_kernels(_notop).h5 (layer groups
-//! holding `<layer>/kernel:0`, ...), full-model files (the same under
-//! `model_weights/`) and Keras 3 `.weights.h5` (`layers/<layer>/vars/<i>`).
-//! Layers are recognised by name — Keras 2's `conv2d_1` … `conv2d_94` or
-//! Keras 3's `conv2d`, `conv2d_1` … — and put in creation order by their
-//! numeric suffix; every other layer (the classifier on top) is not used.
+//! Keras HDF5 weights, in the two layouts Keras writes, each layer mapped
+//! onto the network in the one way its file allows:
+//!
+//! - legacy: `<layer>/<layer>/<weight>` keyed by the layers' own names —
+//!   Keras 2's `save_weights` (e.g. inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5)
+//!   and full-model files (the same under `model_weights/`, Keras 2's or
+//!   Keras 3's `save("x.h5")`). With the model's config (the root attribute
+//!   `model_config`) the layers are mapped by it (keras_config.rs); without,
+//!   by creation order (the numeric suffix of `conv2d_N`, `batch_normalization_N`).
+//! - Keras 3: `layers/<class>_<n>/vars/<i>` as `save_weights("x.weights.h5")`
+//!   and the `.keras` archive (keras_archive.rs) write it, entries numbered
+//!   per class in Keras's walk of `model.layers` — not in creation order. In
+//!   an archive the config maps them; a bare file is mapped by the walk the
+//!   network definition records (`inception_v3::keras_walk_order`).
+//!
+//! Every other layer (a classifier on top, a wrapper) is not used.
 
+use super::keras_config::{self, ConfigMapping};
 use super::{keras_part, keras_weight_name, Found, KernelLayout, Part, Source, SourceWeights};
+use crate::model::inception_v3;
 use crate::model::weights::Normalization;
 use anyhow::{anyhow, bail, Result};
 use hdf5_pure::{File, Group};
-use std::collections::BTreeMap;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// A Keras layer kind this converter maps.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
-enum Kind {
+pub enum Kind {
     Conv,
     BatchNorm,
 }
@@ -36,12 +48,11 @@ fn layer_of(name: &str) -> Option<(Kind, u32)> {
     None
 }
 
-/// Every dataset under `group`, as (path, shape, values).
-fn datasets(
-    group: &Group,
-    prefix: &str,
-    out: &mut Vec<(String, Vec<usize>, Vec<f32>)>,
-) -> Result<()> {
+/// A stored dataset: path, shape, values.
+type Dataset = (String, Vec<usize>, Vec<f32>);
+
+/// Every dataset under `group`.
+fn datasets(group: &Group, prefix: &str, out: &mut Vec<Dataset>) -> Result<()> {
     for name in group.datasets()? {
         let ds = group.dataset(&name)?;
         let shape = ds.shape()?.iter().map(|&d| d as usize).collect();
@@ -56,18 +67,40 @@ fn datasets(
     Ok(())
 }
 
-/// The mapped layer of a dataset path and its part: by weight name
-/// (`kernel:0`, `moving_mean:0`) or, in Keras 3 files, by position (`vars/<i>`).
-fn locate(path: &str) -> Option<((Kind, u32), Result<Part, usize>)> {
+/// Where a dataset's variable sits: in Keras 3's layout its layer group
+/// (`layers/conv2d_9`) and position (`vars/<i>`); in the legacy layout the
+/// layer's name (the variable's parent group) and the weight's name.
+#[derive(Clone, Debug, PartialEq)]
+enum Slot {
+    Positional { layer: String, position: usize },
+    Named { layer: String, weight: String },
+}
+
+fn slot_of(path: &str) -> Option<Slot> {
     let parts: Vec<&str> = path.split('/').collect();
-    let layer = parts.iter().find_map(|p| layer_of(p))?;
-    let last = *parts.last()?;
-    match (parts.len() >= 2).then(|| parts[parts.len() - 2]) {
-        Some("vars") => Some((layer, Err(last.parse().ok()?))),
-        _ => Some((layer, Ok(keras_part(last)?))),
+    let n = parts.len();
+    if n >= 3 && parts[n - 2] == "vars" {
+        let layer = parts[..n - 2].join("/");
+        return Some(Slot::Positional {
+            layer,
+            position: parts[n - 1].parse().ok()?,
+        });
+    }
+    (n >= 2).then(|| Slot::Named {
+        layer: parts[n - 2].to_string(),
+        weight: parts[n - 1].to_string(),
+    })
+}
+
+impl Slot {
+    fn layer(&self) -> &str {
+        match self {
+            Slot::Positional { layer, .. } | Slot::Named { layer, .. } => layer,
+        }
     }
 }
 
+/// A Keras HDF5 file on disk, with its model config when it has one.
 pub fn read(path: &Path) -> Result<SourceWeights> {
     let file = File::open(path).map_err(|e| {
         anyhow!(
@@ -75,44 +108,87 @@ pub fn read(path: &Path) -> Result<SourceWeights> {
             path.display()
         )
     })?;
-    let mut all = Vec::new();
-    datasets(&file.root(), "", &mut all).map_err(|e| {
+    let config = model_config(&file).map_err(|e| {
         anyhow!(
-            "{}: cannot read the HDF5 contents (truncated or damaged?): {e:#}",
+            "{}: its model_config attribute is unreadable: {e:#}",
             path.display()
         )
     })?;
+    read_file(
+        &file,
+        config.as_ref(),
+        &path.display().to_string(),
+        "Keras HDF5",
+    )
+}
 
-    // Layers in creation order, and each batch norm's positional variables.
-    let mut layers: BTreeMap<(Kind, u32), usize> = BTreeMap::new();
-    let mut vars: BTreeMap<(Kind, u32), usize> = BTreeMap::new();
-    for (p, _, _) in &all {
-        if let Some((layer, part)) = locate(p) {
-            layers.insert(layer, 0);
-            if part.is_err() {
-                *vars.entry(layer).or_default() += 1;
-            }
-        }
+/// The root attribute `model_config` of a full-model file, parsed.
+fn model_config(file: &File) -> Result<Option<Value>> {
+    let attrs = file.root().attrs()?;
+    match attrs.get("model_config").and_then(|a| a.as_str()) {
+        Some(text) => Ok(Some(serde_json::from_str(text)?)),
+        None => Ok(None),
     }
-    for kind in [Kind::Conv, Kind::BatchNorm] {
-        for (i, (_, index)) in layers.iter_mut().filter(|(l, _)| l.0 == kind).enumerate() {
-            *index = i + 1;
+}
+
+/// The weights of an open Keras HDF5 file (`what` names it in messages and
+/// in the weight file's metadata; `kind` says what it is), mapped by
+/// `config` when given.
+pub fn read_file(
+    file: &File,
+    config: Option<&Value>,
+    what: &str,
+    kind: &str,
+) -> Result<SourceWeights> {
+    let mut all = Vec::new();
+    datasets(&file.root(), "", &mut all).map_err(|e| {
+        anyhow!("{what}: cannot read the HDF5 contents (truncated or damaged?): {e:#}")
+    })?;
+    let slots: Vec<Option<Slot>> = all.iter().map(|(p, _, _)| slot_of(p)).collect();
+    let keras3 = slots
+        .iter()
+        .flatten()
+        .any(|s| matches!(s, Slot::Positional { .. }));
+    let graph = inception_v3::inception_v3(299, 299)?;
+    let (units, epsilon, method) = match config {
+        Some(c) => {
+            let mapping = keras_config::map(c, &graph).map_err(|e| anyhow!("{what}: {e:#}"))?;
+            let units = by_config(&mapping, keras3);
+            (units, mapping.epsilon, "mapped by the model's config")
         }
+        None if keras3 => (
+            by_walk(&slots),
+            super::BN_EPSILON,
+            "mapped by Keras's layer walk order",
+        ),
+        None => (
+            by_creation(&slots),
+            super::BN_EPSILON,
+            "mapped by creation order",
+        ),
+    };
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for s in slots
+        .iter()
+        .flatten()
+        .filter(|s| matches!(s, Slot::Positional { .. }))
+    {
+        *counts.entry(s.layer()).or_default() += 1;
     }
-    let keras3 = layers.contains_key(&(Kind::Conv, 0));
     let mut names: BTreeMap<(u32, Part), String> = BTreeMap::new();
     let mut tensors = Vec::new();
-    for (name, shape, data) in all {
-        let role = match locate(&name) {
-            Some((layer, part)) => {
-                let index = layers[&layer] as u32;
-                let part = match part {
-                    Ok(p) => p,
-                    Err(position) => positional(layer.0, position, vars[&layer])
-                        .ok_or_else(|| anyhow!("{}: unexpected variable {name}", path.display()))?,
-                };
-                names.insert((index, part), name.clone());
-                Some((index, part))
+    for ((name, shape, data), slot) in all.iter().cloned().zip(&slots) {
+        let role = match slot.as_ref().and_then(|s| Some((s, units.get(s.layer())?))) {
+            Some((slot, &(kind, unit))) => {
+                let part = match slot {
+                    Slot::Positional { layer, position } => {
+                        positional(kind, *position, counts[layer.as_str()])
+                    }
+                    Slot::Named { weight, .. } => keras_part(weight),
+                }
+                .ok_or_else(|| anyhow!("{what}: unexpected variable {name}"))?;
+                names.insert((unit, part), name.clone());
+                Some((unit, part))
             }
             None => None,
         };
@@ -124,25 +200,29 @@ pub fn read(path: &Path) -> Result<SourceWeights> {
         });
     }
     if tensors.iter().all(|t| t.role.is_none()) {
-        bail!(
-            "{}: no conv2d or batch_normalization layers in this HDF5 file: is it a Keras Inception V3?",
-            path.display()
-        );
+        bail!("{what}: no conv2d or batch_normalization layers in this HDF5 file: is it a Keras Inception V3?");
     }
-    let naming = if keras3 {
-        "Keras 3 layer names (conv2d, conv2d_1, ...)"
-    } else {
-        "Keras 2 layer names (conv2d_1 ... conv2d_94)"
+    let layout = match keras3 {
+        true => "Keras 3 layout layers/<class>_<n>/vars/<i>",
+        false => "legacy layout <layer>/<layer>/<weight>",
+    };
+    let naming = match (config, keras3) {
+        (None, false) if units.keys().any(|l| l.as_str() == "conv2d") => {
+            ", Keras 3 layer names (conv2d, conv2d_1, ...)"
+        }
+        (None, false) => ", Keras 2 layer names (conv2d_1 ... conv2d_94)",
+        _ => "",
     };
     Ok(SourceWeights {
-        format: format!("Keras HDF5 weights, {naming}"),
+        format: format!("{kind}, {layout}, {method}{naming}"),
         layout: KernelLayout::Hwio,
         tensors,
         source: Source {
-            description: format!("Keras HDF5 weights {}", path.display()),
+            description: format!("{kind} {what}"),
             normalization: Normalization::signed(),
             average_pool_counts_padding: false,
         },
+        bn_epsilon: epsilon,
         name_of: Box::new(move |k, part| {
             names.get(&(k, part)).cloned().unwrap_or_else(|| {
                 let layer = if part == Part::Kernel {
@@ -151,12 +231,75 @@ pub fn read(path: &Path) -> Result<SourceWeights> {
                     "batch_normalization"
                 };
                 format!(
-                    "{layer} #{k} in creation order ({})",
+                    "the {layer} layer of conv #{k} in creation order ({})",
                     keras_weight_name(part)
                 )
             })
         }),
     })
+}
+
+/// Layer (store path in Keras 3's layout, name in the legacy one) → kind and
+/// conv unit, as the model's config says.
+fn by_config(mapping: &ConfigMapping, keras3: bool) -> HashMap<String, (Kind, u32)> {
+    mapping
+        .layers
+        .iter()
+        .map(|l| {
+            let key = if keras3 { &l.store_path } else { &l.name };
+            (key.clone(), (l.kind, l.unit))
+        })
+        .collect()
+}
+
+/// Keras 3 layer groups → kind and conv unit, by the walk the definition
+/// records: the n-th conv and batch-norm entries of the layer list holding
+/// the convs (the backbone, when a wrapper model holds it) are the walk's n-th.
+fn by_walk(slots: &[Option<Slot>]) -> HashMap<String, (Kind, u32)> {
+    let walk = inception_v3::keras_walk_order();
+    let creation = inception_v3::keras_order();
+    let unit = |n: u32| {
+        let name = walk.get(n as usize)?;
+        Some(creation.iter().position(|c| c == name)? as u32 + 1)
+    };
+    let mut by_list: BTreeMap<&str, Vec<(&str, Kind, u32)>> = BTreeMap::new();
+    for slot in slots.iter().flatten() {
+        let layer = slot.layer();
+        let (list, name) = layer.rsplit_once('/').unwrap_or(("", layer));
+        if let Some((kind, n)) = layer_of(name) {
+            by_list.entry(list).or_default().push((layer, kind, n));
+        }
+    }
+    let convs =
+        |entries: &Vec<(&str, Kind, u32)>| entries.iter().filter(|e| e.1 == Kind::Conv).count();
+    let backbone = by_list
+        .values()
+        .max_by_key(|e| convs(e))
+        .cloned()
+        .unwrap_or_default();
+    backbone
+        .into_iter()
+        .filter_map(|(layer, kind, n)| Some((layer.to_string(), (kind, unit(n)?))))
+        .collect()
+}
+
+/// Legacy layer names → kind and conv unit, by creation order: the layers
+/// of each kind sorted by their numeric suffix.
+fn by_creation(slots: &[Option<Slot>]) -> HashMap<String, (Kind, u32)> {
+    let mut layers: BTreeMap<(Kind, u32), &str> = BTreeMap::new();
+    for slot in slots.iter().flatten() {
+        if let Some(layer) = layer_of(slot.layer()) {
+            layers.insert(layer, slot.layer());
+        }
+    }
+    let mut units = HashMap::new();
+    for kind in [Kind::Conv, Kind::BatchNorm] {
+        let of_kind = layers.iter().filter(|((k, _), _)| *k == kind);
+        for (i, (_, name)) in of_kind.enumerate() {
+            units.insert(name.to_string(), (kind, i as u32 + 1));
+        }
+    }
+    units
 }
 
 /// Keras 3's variable order: a conv's `vars/0` is its kernel; a batch norm
@@ -180,7 +323,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn layers_and_parts_are_recognised_in_every_naming() {
+    fn layers_and_slots_are_recognised_in_every_layout() {
         assert_eq!(layer_of("conv2d"), Some((Kind::Conv, 0)));
         assert_eq!(layer_of("conv2d_94"), Some((Kind::Conv, 94)));
         assert_eq!(
@@ -190,14 +333,35 @@ mod tests {
         assert_eq!(layer_of("conv2d_transpose"), None);
         assert_eq!(layer_of("predictions"), None);
         assert_eq!(
-            locate("model_weights/conv2d_5/conv2d_5/kernel:0"),
-            Some(((Kind::Conv, 5), Ok(Part::Kernel)))
+            slot_of("model_weights/conv2d_5/conv2d_5/kernel:0"),
+            Some(Slot::Named {
+                layer: "conv2d_5".into(),
+                weight: "kernel:0".into()
+            })
         );
         assert_eq!(
-            locate("layers/batch_normalization/vars/2"),
-            Some(((Kind::BatchNorm, 0), Err(2)))
+            slot_of("layers/functional/layers/batch_normalization/vars/2"),
+            Some(Slot::Positional {
+                layer: "layers/functional/layers/batch_normalization".into(),
+                position: 2
+            })
         );
         assert_eq!(positional(Kind::BatchNorm, 0, 3), Some(Part::Beta));
         assert_eq!(positional(Kind::BatchNorm, 0, 4), Some(Part::Gamma));
+    }
+
+    #[test]
+    fn a_bare_keras3_file_is_read_in_walk_order() {
+        let slot = |p: &str| slot_of(p);
+        let slots = [
+            slot("layers/conv2d_7/vars/0"),
+            slot("layers/batch_normalization_7/vars/0"),
+            slot("layers/dense/vars/0"),
+        ];
+        let units = by_walk(&slots);
+        // The 8th conv of the walk is mixed0's second 3×3, the 10th in creation order.
+        assert_eq!(units["layers/conv2d_7"], (Kind::Conv, 10));
+        assert_eq!(units["layers/batch_normalization_7"], (Kind::BatchNorm, 10));
+        assert!(!units.contains_key("layers/dense"));
     }
 }

@@ -7,6 +7,8 @@
 
 pub mod default_weights;
 pub mod js_literal;
+pub mod keras_archive;
+pub mod keras_config;
 pub mod keras_h5;
 pub mod pickle;
 pub mod tfjs;
@@ -130,13 +132,15 @@ pub struct SourceWeights {
     pub layout: KernelLayout,
     pub tensors: Vec<Found>,
     pub source: Source,
+    /// The batch norms' epsilon (Keras's Inception V3: 0.001).
+    pub bn_epsilon: f64,
     /// The name the source would give conv `index`'s `part`, for messages.
     pub name_of: Box<dyn Fn(u32, Part) -> String + Send + Sync>,
 }
 
 /// Reads any supported source, recognising the format from the content:
-/// a folder (TF.js layers model), HDF5 (Keras), a zip (PyTorch .pth) or
-/// safetensors (timm).
+/// a folder (TF.js layers model), HDF5 (Keras), a zip (Keras .keras archive or PyTorch .pth) or
+/// safetensors (timm), or a Keras `.keras` archive (a zip too).
 pub fn read_source(path: &Path) -> Result<SourceWeights> {
     if path.is_dir() {
         return tfjs::read_source(path);
@@ -148,6 +152,8 @@ pub fn read_source(path: &Path) -> Result<SourceWeights> {
     let head = &head[..n];
     if head.starts_with(b"\x89HDF\r\n\x1a\n") {
         keras_h5::read(path)
+    } else if head.starts_with(b"PK\x03\x04") && keras_archive::is_archive(path) {
+        keras_archive::read(path)
     } else if head.starts_with(b"PK\x03\x04") {
         torch::read_pth(path)
     } else if n == 8 && u64::from_le_bytes(head.try_into().unwrap()) < 100_000_000 {
@@ -214,7 +220,7 @@ fn assemble(source: &SourceWeights, graph: &Graph) -> Result<Vec<Tensor>> {
             beta: &get(Part::Beta, &[out_c])?.data,
             mean: &get(Part::Mean, &[out_c])?.data,
             variance: &get(Part::Variance, &[out_c])?.data,
-            epsilon: BN_EPSILON,
+            epsilon: source.bn_epsilon,
         };
         let (w, b) = fold_batch_norm(&kernel, &bn);
         tensors.push(Tensor {

@@ -293,7 +293,8 @@ pub fn read_source(dir: &Path) -> Result<SourceWeights> {
         .collect();
     tensors.sort_by(|a, b| a.role.cmp(&b.role).then(a.name.cmp(&b.name)));
     Ok(SourceWeights {
-        format: "TF.js layers model (Keras names)".into(),
+        bn_epsilon: super::BN_EPSILON,
+        format: "TF.js layers model (Keras 2 layer names), mapped by creation order".into(),
         layout: KernelLayout::Hwio,
         tensors,
         source: default_weights::source_of(dir),

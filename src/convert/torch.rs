@@ -95,7 +95,8 @@ fn source(
         );
     }
     Ok(SourceWeights {
-        format: format.into(),
+        bn_epsilon: super::BN_EPSILON,
+        format: format!("{format}, mapped by torchvision's module names"),
         layout: KernelLayout::Oihw,
         tensors,
         source: Source {

@@ -9,6 +9,7 @@ use crate::gpu::Gpu;
 use crate::model::weights::{write_tensors, Normalization, Tensor};
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::SafeTensors;
+use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -134,6 +135,27 @@ impl Classifier {
             extra: meta,
         })
     }
+}
+
+/// A label with its probability.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Prediction {
+    pub label: String,
+    pub score: f32,
+}
+
+/// The `k` (at least one) most probable labels of one image's `probs`, best first.
+pub fn top_k(probs: &[f32], labels: &[String], k: usize) -> Vec<Prediction> {
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    order.truncate(k.max(1));
+    order
+        .into_iter()
+        .map(|c| Prediction {
+            label: labels[c].clone(),
+            score: probs[c],
+        })
+        .collect()
 }
 
 fn softmax(logits: &[f32]) -> Vec<f32> {

@@ -214,6 +214,28 @@ pub fn keras_order() -> Vec<String> {
     names
 }
 
+/// Keras's walk of `keras.applications.InceptionV3`'s `model.layers` (the
+/// functional model's topological order, not the creation order), as each
+/// conv's 1-based place in `keras_order`. Keras 3 numbers the entries of a
+/// `.weights.h5` file and of a `.keras` archive in this walk (`layers/conv2d`,
+/// `layers/conv2d_1`, …, the batch norms likewise), so its n-th conv entry
+/// is `keras_order()[KERAS_WALK[n] - 1]`. Read off a file Keras 3.15 wrote.
+const KERAS_WALK: [usize; 94] = [
+    1, 2, 3, 4, 5, 9, 7, 10, 6, 8, 11, 12, 16, 14, 17, 13, 15, 18, 19, 23, 21, 24, 20, 22, 25, 26,
+    28, 29, 27, 30, 35, 36, 32, 37, 33, 38, 31, 34, 39, 40, 45, 46, 42, 47, 43, 48, 41, 44, 49, 50,
+    55, 56, 52, 57, 53, 58, 51, 54, 59, 60, 65, 66, 62, 67, 63, 68, 61, 64, 69, 70, 73, 74, 71, 75,
+    72, 76, 81, 78, 82, 79, 80, 83, 84, 77, 85, 90, 87, 91, 88, 89, 92, 93, 86, 94,
+];
+
+/// The conv names in Keras's `model.layers` walk (see KERAS_WALK).
+pub fn keras_walk_order() -> Vec<String> {
+    let creation = keras_order();
+    KERAS_WALK
+        .iter()
+        .map(|&k| creation[k - 1].clone())
+        .collect()
+}
+
 /// The whole network for an input of `height`×`width` RGB pixels. Names the
 /// tensors `input`, `stem`, `mixed0`..`mixed10` and `bottleneck`.
 pub fn inception_v3(height: u32, width: u32) -> Result<Graph> {
@@ -292,6 +314,15 @@ mod tests {
         // pool branch, conv2d_94 mixed10's.
         assert_eq!(order[11], "mixed0/branch_pool");
         assert_eq!(order[93], "mixed10/branch_pool");
+    }
+
+    #[test]
+    fn keras_walk_visits_every_conv_once() {
+        let mut walk = KERAS_WALK.to_vec();
+        walk.sort();
+        assert_eq!(walk, (1..=94).collect::<Vec<_>>());
+        // Keras 3's layers/conv2d_7 is the 3×3 64→96 conv, not mixed0's 5×5.
+        assert_eq!(keras_walk_order()[7], "mixed0/branch3x3dbl_2");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! random data, buffer round trips and error measures.
 #![allow(dead_code)]
 
+pub mod nsfwjs;
+
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use retrain::gpu::{kernels::Kernels, Gpu};
 use std::sync::OnceLock;
