@@ -89,7 +89,9 @@ fn gemm_ceiling(gpu: &Gpu, engine: &Engine, timer: &GpuTimer, n: u32) -> Vec<(Co
         .iter()
         .filter(|v| v.fits(&p, gpu.limits.max_compute_workgroups_per_dimension))
         .map(|&v| {
-            let d = engine.kernels().conv2d(gpu, &p, v, &a, &b, &bias, &c);
+            let d = engine
+                .kernels()
+                .conv2d(gpu, &p, v, &a, (&b, &bias), &c, None);
             timer.time(gpu, &[&[&d]]).expect("warm-up");
             let best = (0..5)
                 .map(|_| timer.time(gpu, &[&[&d]]).expect("time")[0])

@@ -1,4 +1,5 @@
-// conv2d: 2-D convolution as an implicit GEMM, with bias and optional ReLU fused.
+// conv2d: 2-D convolution as an implicit GEMM, with bias, an optional residual
+// add and an activation (none, ReLU, ReLU6) fused.
 //
 // GEMM view: M = batch·out_h·out_w rows (output pixels), N = out_c columns,
 // K = kernel_h·kernel_w·in_c, walked one kernel tap at a time so that each
@@ -16,6 +17,8 @@
 //   4 output  (storage)  NHWC f32 [batch, out_h, out_w, out_stride]; writes
 //                        channels out_offset .. out_offset+out_c, so a mixed
 //                        block's branches write straight into their concat slice
+//   5 residual (storage) NHWC f32 [batch, out_h, out_w, res_stride], added when
+//                        p.residual is 1 (an unread placeholder otherwise)
 //
 // Tiling: a 16×16 workgroup computes a 64×64 output tile, 4×4 values per
 // invocation, staging 16-deep K slices of A (input) and B (weights) in
@@ -31,6 +34,7 @@ fn weight_at(i: u32) -> f32 {
 // WEIGHTS END
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> output: array<f32>;
+@group(0) @binding(5) var<storage, read> residual: array<f32>;
 
 const TILE_M: u32 = 64u;
 const TILE_N: u32 = 64u;
@@ -123,10 +127,10 @@ fn main(
             let co = n0 + local.x + 16u * j;
             if (co < p.out_c) {
                 var v = acc[i][j] + bias[co];
-                if (p.relu != 0u) {
-                    v = max(v, 0.0);
+                if (p.residual != 0u) {
+                    v += residual[r * p.res_stride + p.res_offset + co];
                 }
-                output[r * p.out_stride + p.out_offset + co] = v;
+                output[r * p.out_stride + p.out_offset + co] = activate(v, p.activation);
             }
         }
     }

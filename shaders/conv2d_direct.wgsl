@@ -1,5 +1,5 @@
-// conv2d_direct: the same convolution as conv2d.wgsl (implicit GEMM, bias and
-// optional ReLU fused, channel slices in and out), tiled in registers only:
+// conv2d_direct: the same convolution as conv2d.wgsl (implicit GEMM, bias,
+// residual add and activation fused, channel slices in and out), tiled in registers only:
 // no workgroup memory and no barriers, which suits CPU drivers (lavapipe),
 // where each invocation is a SIMD lane and the caches do the staging.
 //
@@ -10,8 +10,9 @@
 // per variant by the host (the autotuner picks one per conv shape and device);
 // the workgroup size is the override constant GROUP.
 //
-// Needs out_c, out_stride and out_offset to be multiples of 4 (the host
-// falls back to conv2d.wgsl otherwise). Input channels are read four at a
+// Needs out_c, out_stride and out_offset (and res_stride, res_offset with a
+// residual) to be multiples of 4 (the host falls back to conv2d.wgsl
+// otherwise). Input channels are read four at a
 // time as one vec4 when in_c, in_stride and in_offset are multiples of 4;
 // otherwise the host swaps in the scalar `input` binding and `input_quad`
 // below (marked INPUT), which read them one by one (the RGB first layer).
@@ -25,6 +26,8 @@
 //                        (vec2<u32>: four f16, read with unpack2x16float)
 //   3 bias    (storage)  vec4 [out_c/4]
 //   4 output  (storage)  NHWC vec4 [batch, out_h, out_w, out_stride/4]
+//   5 residual (storage) NHWC vec4 [batch, out_h, out_w, res_stride/4], added when
+//                        p.residual is 1 (res_stride, res_offset multiples of 4)
 //
 // Grid: x over channel groups (out_c / (4·COLS)), y over row groups (m / ROWS).
 
@@ -44,6 +47,7 @@ fn weight4_at(i: u32) -> vec4<f32> {
 // WEIGHTS END
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> output: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> residual: array<vec4<f32>>;
 
 const ROWS: u32 = 4u;
 const COLS: u32 = 2u;
@@ -116,10 +120,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
                 break;
             }
             var v = acc[i][j] + bias[g];
-            if (p.relu != 0u) {
-                v = max(v, vec4<f32>(0.0));
+            if (p.residual != 0u) {
+                v += residual[(r * p.res_stride + p.res_offset) / 4u + g];
             }
-            output[(r * p.out_stride + p.out_offset) / 4u + g] = v;
+            output[(r * p.out_stride + p.out_offset) / 4u + g] = activate4(v, p.activation);
         }
     }
 }

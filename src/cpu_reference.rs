@@ -2,11 +2,29 @@
 //! The kernel tests compare the GPU against these; nothing in the engine calls them.
 
 use crate::gpu::kernels::PoolKind;
-use crate::gpu::params::{ConvParams, GlobalPoolParams, PoolParams, PreprocessParams};
+use crate::gpu::params::{
+    ConvParams, DepthwiseParams, GlobalPoolParams, PoolParams, PreprocessParams,
+};
 use crate::head::optimizer::{HeadSettings, Optimizer, TrainingRule};
 
-/// Conv2d (+ bias, optional ReLU) into `output`'s channel slice; NHWC / HWIO layouts as the kernel's.
-pub fn conv2d(p: &ConvParams, input: &[f32], weights: &[f32], bias: &[f32], output: &mut [f32]) {
+/// activation.wgsl's activation `code` (0 none, 1 ReLU, 2 ReLU6).
+fn activate(v: f64, code: u32) -> f64 {
+    match code {
+        1 => v.max(0.0),
+        2 => v.clamp(0.0, 6.0),
+        _ => v,
+    }
+}
+
+/// Conv2d (+ bias, + `residual` when p.residual, then the activation) into
+/// `output`'s channel slice; NHWC / HWIO layouts as the kernel's.
+pub fn conv2d(
+    p: &ConvParams,
+    input: &[f32],
+    (weights, bias): (&[f32], &[f32]),
+    residual: &[f32],
+    output: &mut [f32],
+) {
     for img in 0..p.batch {
         for oy in 0..p.out_h {
             for ox in 0..p.out_w {
@@ -34,10 +52,48 @@ pub fn conv2d(p: &ConvParams, input: &[f32], weights: &[f32], bias: &[f32], outp
                             }
                         }
                     }
-                    if p.relu != 0 {
-                        sum = sum.max(0.0);
+                    if p.residual != 0 {
+                        sum += residual[row * p.res_stride as usize + (p.res_offset + co) as usize]
+                            as f64;
                     }
-                    output[row * p.out_stride as usize + (p.out_offset + co) as usize] = sum as f32;
+                    output[row * p.out_stride as usize + (p.out_offset + co) as usize] =
+                        activate(sum, p.activation) as f32;
+                }
+            }
+        }
+    }
+}
+
+/// Depthwise conv (+ bias, then the activation) into `output`'s channel
+/// slice; weights [kh, kw, channels].
+pub fn depthwise(
+    p: &DepthwiseParams,
+    input: &[f32],
+    (weights, bias): (&[f32], &[f32]),
+    output: &mut [f32],
+) {
+    for img in 0..p.batch {
+        for oy in 0..p.out_h {
+            for ox in 0..p.out_w {
+                let row = ((img * p.out_h + oy) * p.out_w + ox) as usize;
+                for c in 0..p.channels {
+                    let mut sum = bias[c as usize] as f64;
+                    for ky in 0..p.kernel_h {
+                        let iy = (oy * p.stride_h + ky) as i64 - p.pad_top as i64;
+                        for kx in 0..p.kernel_w {
+                            let ix = (ox * p.stride_w + kx) as i64 - p.pad_left as i64;
+                            if iy < 0 || iy >= p.in_h as i64 || ix < 0 || ix >= p.in_w as i64 {
+                                continue;
+                            }
+                            let pixel = (img as i64 * p.in_h as i64 + iy) * p.in_w as i64 + ix;
+                            let x = input[pixel as usize * p.in_stride as usize
+                                + (p.in_offset + c) as usize];
+                            let w = weights[((ky * p.kernel_w + kx) * p.channels + c) as usize];
+                            sum += x as f64 * w as f64;
+                        }
+                    }
+                    output[row * p.out_stride as usize + (p.out_offset + c) as usize] =
+                        activate(sum, p.activation) as f32;
                 }
             }
         }

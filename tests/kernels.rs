@@ -1,9 +1,10 @@
 //! Each kernel against its CPU reference on random shapes and random data,
 //! with the output buffer poisoned first so that an unwritten element fails.
 //!
-//! Longer than the crate's other files on purpose: every kernel family's test
-//! is here so that they share one GPU, one set of helpers and one test binary
-//! (each binary links wgpu and starts a device).
+//! Longer than the crate's other files on purpose: the Inception V3 kernel
+//! families' tests are here so that they share one GPU, one set of helpers
+//! and one test binary (each binary links wgpu and starts a device);
+//! MobileNet V2's depthwise kernel is tested in tests/depthwise.rs.
 
 mod common;
 
@@ -82,8 +83,25 @@ fn run_conv_with(
         in_offset,
         out_stride: out_offset + out_c + out_extra,
         out_offset,
-        relu: rng.random_range(0..2),
-        _unused: 0,
+        activation: rng.random_range(0..3),
+        residual: 0,
+        res_stride: 0,
+        res_offset: 0,
+        _pad0: 0,
+        _pad1: 0,
+    };
+    // Half the convs add a residual tensor (MobileNet V2's projections).
+    let p = match rng.random_bool(0.5) {
+        true => {
+            let res_offset = a(rng.random_range(0..5));
+            ConvParams {
+                residual: 1,
+                res_offset,
+                res_stride: res_offset + out_c + a(rng.random_range(0..5)),
+                ..p
+            }
+        }
+        false => p,
     };
     let fitting = ConvVariant::CANDIDATES
         .iter()
@@ -133,10 +151,12 @@ fn check_conv_variant(
     } else {
         bytemuck::cast_slice(&weights).to_vec()
     };
+    let residual = random_vec(rng, (p.m * p.res_stride) as usize);
     let out_len = (p.m * p.out_stride) as usize;
     let mut expected = vec![POISON; out_len];
-    cpu_reference::conv2d(p, &input, &weights, &bias, &mut expected);
+    cpu_reference::conv2d(p, &input, (&weights, &bias), &residual, &mut expected);
     let output = poisoned(gpu, out_len);
+    let br = (p.residual != 0).then(|| upload(gpu, &residual));
     let (bi, bw, bb) = (
         upload(gpu, &input),
         gpu.storage_buffer_with("weights", &weight_bytes),
@@ -144,7 +164,7 @@ fn check_conv_variant(
     );
     submit(
         gpu,
-        &[&kernels.conv2d(gpu, p, variant, &bi, &bw, &bb, &output)],
+        &[&kernels.conv2d(gpu, p, variant, &bi, (&bw, &bb), &output, br.as_ref())],
     );
     assert_close(
         &download(gpu, &output, out_len),
@@ -212,8 +232,12 @@ fn conv_larger_than_one_tile() {
         in_offset: 0,
         out_stride: 160,
         out_offset: 5,
-        relu: 1,
-        _unused: 0,
+        activation: 1,
+        residual: 0,
+        res_stride: 0,
+        res_offset: 0,
+        _pad0: 0,
+        _pad1: 0,
     };
     check_conv(&p, &mut rng);
 }

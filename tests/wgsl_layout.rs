@@ -40,6 +40,7 @@ fn check<T: WgslStruct>(source: &str) {
 fn parameter_blocks_match_their_shaders() {
     check::<ConvParams>(ConvParams::SHADER);
     check::<ConvParams>(shader::CONV2D_DIRECT);
+    check::<DepthwiseParams>(DepthwiseParams::SHADER);
     check::<PoolParams>(PoolParams::SHADER);
     check::<GlobalPoolParams>(GlobalPoolParams::SHADER);
     check::<PreprocessParams>(PreprocessParams::SHADER);
@@ -55,8 +56,8 @@ fn a_drifted_declaration_is_caught() {
     assert_ne!(rust_layout::<ConvParams>().0, wgsl);
     // One field more: another size.
     let longer = shader::CONV2D.replacen(
-        "relu: u32, _unused: u32,",
-        "relu: u32, _unused: u32, extra: u32,",
+        "_pad0: u32, _pad1: u32,",
+        "_pad0: u32, _pad1: u32, extra: u32,",
         1,
     );
     assert_ne!(rust_layout::<ConvParams>().1, wgsl_layout(&longer).1);

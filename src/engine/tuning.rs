@@ -3,8 +3,8 @@
 //! adapter's first use, and which groups then run merged.
 
 use super::{max_batch, Engine, Merging};
+use crate::gpu::lowering::conv_params;
 use crate::gpu::params::ConvParams;
-use crate::gpu::scheduler::conv_params;
 use crate::gpu::tuning::{merge_key, shape_key};
 use crate::model::graph::Op;
 use crate::model::merge::{merge, sibling_groups, SiblingGroup};

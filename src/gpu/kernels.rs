@@ -1,9 +1,10 @@
-//! The network's compute pipelines (convs, pools, preprocessing), compiled
+//! The network's compute pipelines (convs, depthwise convs, pools,
+//! preprocessing), compiled
 //! once per device, and how each is dispatched. Their parameter blocks are in
 //! params.rs, their sources and specialisations in shader.rs.
 
 use super::context::Gpu;
-use super::params::{ConvParams, GlobalPoolParams, PoolParams, PreprocessParams};
+use super::params::{ConvParams, DepthwiseParams, GlobalPoolParams, PoolParams, PreprocessParams};
 use super::shader::{self, set_const, swap_block};
 use bytemuck::Pod;
 use std::collections::HashMap;
@@ -75,13 +76,18 @@ impl ConvVariant {
     ];
 
     /// Whether this variant can run the conv `p` (the direct one needs the
-    /// output channel count and slice aligned to 4, and its grid within the limit).
+    /// output channel count and slices aligned to 4, and its grid within the limit).
     pub fn fits(&self, p: &ConvParams, max_groups: u32) -> bool {
         match *self {
             ConvVariant::Tiled => true,
             ConvVariant::Direct { rows, .. } => {
+                let residual = match p.residual {
+                    0 => [0, 0],
+                    _ => [p.res_stride, p.res_offset],
+                };
                 [p.out_c, p.out_stride, p.out_offset]
                     .iter()
+                    .chain(&residual)
                     .all(|v| v % 4 == 0)
                     && p.m.div_ceil(rows) <= max_groups
             }
@@ -135,6 +141,18 @@ alias Value = vec4<f32>;
 const LANES: u32 = 4u;
 ";
 
+/// depthwise.wgsl's value type and its helpers for channels aligned to 4.
+const VEC4_DEPTHWISE_VALUES: &str = "
+alias Value = vec4<f32>;
+const LANES: u32 = 4u;
+fn activate_value(v: Value, kind: u32) -> Value {
+    return activate4(v, kind);
+}
+fn select_lanes(w: array<f32, 4>) -> Value {
+    return vec4<f32>(w[0], w[1], w[2], w[3]);
+}
+";
+
 /// pool.wgsl's three entry points, compiled from one variant of its source.
 struct PoolPipelines {
     max: wgpu::ComputePipeline,
@@ -171,8 +189,13 @@ pub struct Kernels {
     /// pool.wgsl reading one f32 at a time, and one vec4 (aligned channels).
     pool_scalar: PoolPipelines,
     pool_vec4: PoolPipelines,
+    /// depthwise.wgsl reading one f32 at a time, and one vec4 (aligned channels).
+    depthwise_scalar: wgpu::ComputePipeline,
+    depthwise_vec4: wgpu::ComputePipeline,
     global_avg_pool: wgpu::ComputePipeline,
     preprocess: wgpu::ComputePipeline,
+    /// Bound as a conv's residual when it has none (the binding must hold a buffer).
+    no_residual: wgpu::Buffer,
     max_groups: u32,
 }
 
@@ -211,17 +234,23 @@ impl Kernels {
     pub fn new(gpu: &Gpu, half_weights: bool) -> Self {
         let pool_vec4_src = swap_block(shader::POOL, "VALUE", VEC4_VALUES);
         let mut conv_src = shader::CONV2D.to_string();
+        let mut depthwise_src = shader::DEPTHWISE.to_string();
         if half_weights {
             conv_src = swap_block(&conv_src, "WEIGHTS", HALF_WEIGHTS_TILED);
+            depthwise_src = swap_block(&depthwise_src, "WEIGHTS", HALF_WEIGHTS_TILED);
         }
+        let depthwise_vec4_src = swap_block(&depthwise_src, "VALUE", VEC4_DEPTHWISE_VALUES);
         Kernels {
             half_weights,
             conv2d: pipeline(gpu, "conv2d", &conv_src, "main"),
             direct: Mutex::default(),
             pool_scalar: PoolPipelines::new(gpu, shader::POOL),
             pool_vec4: PoolPipelines::new(gpu, &pool_vec4_src),
+            depthwise_scalar: pipeline(gpu, "depthwise", &depthwise_src, "main"),
+            depthwise_vec4: pipeline(gpu, "depthwise", &depthwise_vec4_src, "main"),
             global_avg_pool: pipeline(gpu, "global_avg_pool", shader::GLOBAL_AVG_POOL, "main"),
             preprocess: pipeline(gpu, "preprocess", shader::PREPROCESS, "main"),
+            no_residual: gpu.storage_buffer("no residual", 16),
             max_groups: gpu.limits.max_compute_workgroups_per_dimension,
         }
     }
@@ -271,7 +300,8 @@ impl Kernels {
         [x as u32, groups.div_ceil(x) as u32, 1]
     }
 
-    /// The conv `p` with `variant` (or the tiled kernel where it does not fit).
+    /// The conv `p` with `variant` (or the tiled kernel where it does not
+    /// fit), adding `residual` when `p.residual` is set.
     #[allow(clippy::too_many_arguments)]
     pub fn conv2d(
         &self,
@@ -279,11 +309,13 @@ impl Kernels {
         p: &ConvParams,
         variant: ConvVariant,
         input: &wgpu::Buffer,
-        weights: &wgpu::Buffer,
-        bias: &wgpu::Buffer,
+        (weights, bias): (&wgpu::Buffer, &wgpu::Buffer),
         output: &wgpu::Buffer,
+        residual: Option<&wgpu::Buffer>,
     ) -> Dispatch {
-        let buffers = [input, weights, bias, output];
+        assert_eq!(p.residual != 0, residual.is_some(), "conv residual");
+        let residual = residual.unwrap_or(&self.no_residual);
+        let buffers = [input, weights, bias, output, residual];
         match variant {
             ConvVariant::Direct { rows, cols, group } if variant.fits(p, self.max_groups) => {
                 let pipeline = self.direct_pipeline(gpu, variant, input_aligned(p));
@@ -351,6 +383,33 @@ impl Kernels {
         let count = p.batch as u64 * p.out_h as u64 * p.out_w as u64 * (p.channels / lanes) as u64;
         let pipeline = pipelines.of(kind);
         Self::dispatch(gpu, pipeline, p, &[input, output], self.linear_grid(count))
+    }
+
+    /// The depthwise conv `p`, reading vec4s when channels and slices are aligned to 4.
+    pub fn depthwise(
+        &self,
+        gpu: &Gpu,
+        p: &DepthwiseParams,
+        input: &wgpu::Buffer,
+        (weights, bias): (&wgpu::Buffer, &wgpu::Buffer),
+        output: &wgpu::Buffer,
+    ) -> Dispatch {
+        let aligned = [
+            p.channels,
+            p.in_stride,
+            p.in_offset,
+            p.out_stride,
+            p.out_offset,
+        ]
+        .iter()
+        .all(|v| v % 4 == 0);
+        let (pipeline, lanes) = match aligned {
+            true => (&self.depthwise_vec4, 4),
+            false => (&self.depthwise_scalar, 1),
+        };
+        let count = p.batch as u64 * p.out_h as u64 * p.out_w as u64 * (p.channels / lanes) as u64;
+        let buffers = [input, weights, bias, output];
+        Self::dispatch(gpu, pipeline, p, &buffers, self.linear_grid(count))
     }
 
     pub fn global_avg_pool(

@@ -3,6 +3,7 @@
 
 pub mod context;
 pub mod kernels;
+pub mod lowering;
 pub mod params;
 pub mod scheduler;
 pub mod shader;

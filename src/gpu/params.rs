@@ -57,8 +57,40 @@ wgsl_struct! {
         pub in_offset: u32,
         pub out_stride: u32,
         pub out_offset: u32,
-        pub relu: u32,
-        pub _unused: u32,
+        /// 0 none, 1 ReLU, 2 ReLU6 (shaders/common/activation.wgsl).
+        pub activation: u32,
+        /// 1: add the residual tensor before the activation.
+        pub residual: u32,
+        pub res_stride: u32,
+        pub res_offset: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+    }
+}
+
+wgsl_struct! {
+    /// A depthwise conv (shaders/depthwise.wgsl).
+    pub struct DepthwiseParams in super::shader::DEPTHWISE => {
+        pub batch: u32,
+        pub in_h: u32,
+        pub in_w: u32,
+        pub channels: u32,
+        pub out_h: u32,
+        pub out_w: u32,
+        pub kernel_h: u32,
+        pub kernel_w: u32,
+        pub stride_h: u32,
+        pub stride_w: u32,
+        pub pad_top: u32,
+        pub pad_left: u32,
+        pub in_stride: u32,
+        pub in_offset: u32,
+        pub out_stride: u32,
+        pub out_offset: u32,
+        pub activation: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+        pub _pad2: u32,
     }
 }
 

@@ -4,10 +4,11 @@
 
 use super::context::Gpu;
 use super::kernels::{Dispatch, Kernels, PoolKind};
-use super::params::{ConvParams, GlobalPoolParams, PoolParams};
+use super::lowering::{conv_params, depthwise_params, pool_params};
+use super::params::GlobalPoolParams;
 use super::slots::assign_slots;
 use super::tuning::{shape_key, Tuning};
-use crate::model::graph::{Conv, Graph, Op, Padding, Pool, PoolOp, TensorId};
+use crate::model::graph::{Conv, Graph, Op, PoolOp, TensorId};
 use crate::model::weights::WeightFile;
 use anyhow::{Context, Result};
 use std::collections::HashMap;
@@ -22,20 +23,20 @@ pub struct GpuWeights {
 }
 
 impl GpuWeights {
-    /// Checks the file against `graph` (every conv's tensors, and no other)
-    /// and uploads each conv's weights and bias.
+    /// Checks the file against `graph` (every layer's tensors, and no other)
+    /// and uploads each layer's weights and bias.
     pub fn upload(gpu: &Gpu, file: &WeightFile, graph: &Graph) -> Result<Self> {
         file.check(graph)?;
         let buffers = graph
-            .convs()
-            .map(|conv| {
-                let w = file.tensor_bytes(&conv.weight_name(), &conv.weight_shape())?;
-                let b = file.tensor_bytes(&conv.bias_name(), &[conv.output.channels as usize])?;
+            .weighted_layers()
+            .map(|layer| {
+                let w = file.tensor_bytes(&layer.weight_name(), &layer.weight_shape)?;
+                let b = file.tensor_bytes(&layer.bias_name(), &[layer.outputs])?;
                 let buffers = (
-                    gpu.storage_buffer_with(&conv.weight_name(), w),
-                    gpu.storage_buffer_with(&conv.bias_name(), b),
+                    gpu.storage_buffer_with(&layer.weight_name(), w),
+                    gpu.storage_buffer_with(&layer.bias_name(), b),
                 );
-                Ok((vec![conv.name.clone()], buffers))
+                Ok((vec![layer.name.to_string()], buffers))
             })
             .collect::<Result<_>>()?;
         let weight_bytes = if file.half_weights() { 2 } else { 4 };
@@ -84,9 +85,11 @@ impl GpuWeights {
         (weights, bias)
     }
 
-    fn of(&self, units: &[String]) -> (&wgpu::Buffer, &wgpu::Buffer) {
-        let (w, b) = &self.buffers[units];
-        (w, b)
+    /// The weights and bias of the layers `units` (one, or a merged conv's
+    /// parts); None for an op without weights.
+    fn of(&self, units: &[String]) -> Option<(&wgpu::Buffer, &wgpu::Buffer)> {
+        let (w, b) = self.buffers.get(units)?;
+        Some((w, b))
     }
 }
 
@@ -135,63 +138,13 @@ impl Plan {
             .map(|(i, &s)| gpu.storage_buffer(&format!("activation slot {i}"), s))
             .collect();
         let buffer = |t: TensorId| &slots[slot_of[t.0]];
-        let labels = graph
-            .ops
-            .iter()
-            .map(|op| match op {
-                Op::Conv(_) | Op::MergedConv(_) => {
-                    let p = conv_params(graph, &op.as_conv().expect("conv"), batch);
-                    let macs =
-                        p.m as f64 * p.out_c as f64 * (p.kernel_h * p.kernel_w * p.in_c) as f64;
-                    (format!("conv {}", shape_key(&p)), 2.0 * macs)
-                }
-                Op::Pool(p) => (format!("{:?} pool", p.kind).to_lowercase(), 0.0),
-                Op::GlobalAvgPool { .. } => ("global average pool".into(), 0.0),
-            })
-            .collect();
+        let labels = graph.ops.iter().map(|op| label(graph, op, batch)).collect();
         let dispatches = graph
             .ops
             .iter()
-            .map(|op| match op {
-                Op::Conv(_) | Op::MergedConv(_) => {
-                    let c = op.as_conv().expect("conv");
-                    let (w, b) = weights.of(&op.weight_units());
-                    let p = conv_params(graph, &c, batch);
-                    kernels.conv2d(
-                        gpu,
-                        &p,
-                        tuning.variant(gpu, &p),
-                        buffer(c.input.tensor),
-                        w,
-                        b,
-                        buffer(c.output.tensor),
-                    )
-                }
-                Op::Pool(p) => {
-                    let kind = match p.kind {
-                        PoolOp::Max => PoolKind::Max,
-                        PoolOp::Average => PoolKind::Average,
-                        PoolOp::AverageCountingPadding => PoolKind::AverageCountingPadding,
-                    };
-                    let params = pool_params(graph, p, batch);
-                    kernels.pool(
-                        gpu,
-                        kind,
-                        &params,
-                        buffer(p.input.tensor),
-                        buffer(p.output.tensor),
-                    )
-                }
-                Op::GlobalAvgPool { input, output } => {
-                    let s = graph.shape(*input);
-                    let p = GlobalPoolParams {
-                        batch,
-                        height: s.height,
-                        width: s.width,
-                        channels: s.channels,
-                    };
-                    kernels.global_avg_pool(gpu, &p, buffer(*input), buffer(*output))
-                }
+            .map(|op| {
+                let weights = weights.of(&op.weight_units());
+                dispatch(gpu, kernels, tuning, graph, op, batch, &buffer, weights)
             })
             .collect();
         let mut offset = 0;
@@ -271,58 +224,93 @@ impl Plan {
     }
 }
 
-fn pad_before(padding: Padding, input: u32, window: u32, stride: u32) -> u32 {
-    padding
-        .resolve(input, window, stride)
-        .map_or(0, |(_, pad)| pad)
-}
-
-pub fn conv_params(graph: &Graph, c: &Conv, batch: u32) -> ConvParams {
-    let i = graph.shape(c.input.tensor);
-    let o = graph.shape(c.output.tensor);
-    ConvParams {
-        batch,
-        in_h: i.height,
-        in_w: i.width,
-        in_c: c.input.channels,
-        out_h: o.height,
-        out_w: o.width,
-        out_c: c.output.channels,
-        m: batch * o.height * o.width,
-        kernel_h: c.kernel.0,
-        kernel_w: c.kernel.1,
-        stride_h: c.stride,
-        stride_w: c.stride,
-        pad_top: pad_before(c.padding, i.height, c.kernel.0, c.stride),
-        pad_left: pad_before(c.padding, i.width, c.kernel.1, c.stride),
-        in_stride: i.channels,
-        in_offset: c.input.offset,
-        out_stride: o.channels,
-        out_offset: c.output.offset,
-        relu: 1,
-        _unused: 0,
+/// What an op computes, for profiles, and its floating-point operations.
+fn label(graph: &Graph, op: &Op, batch: u32) -> (String, f64) {
+    match op {
+        Op::Conv(_) | Op::MergedConv(_) => {
+            let p = conv_params(graph, &op.as_conv().expect("conv"), batch);
+            let macs = p.m as f64 * p.out_c as f64 * (p.kernel_h * p.kernel_w * p.in_c) as f64;
+            (format!("conv {}", shape_key(&p)), 2.0 * macs)
+        }
+        Op::Depthwise(d) => {
+            let p = depthwise_params(graph, d, batch);
+            let outputs = p.batch as f64 * p.out_h as f64 * p.out_w as f64 * p.channels as f64;
+            let label = format!(
+                "depthwise {}x{}s{}_{}",
+                p.kernel_h, p.kernel_w, p.stride_h, p.channels
+            );
+            (label, 2.0 * outputs * (p.kernel_h * p.kernel_w) as f64)
+        }
+        Op::Pool(p) => (format!("{:?} pool", p.kind).to_lowercase(), 0.0),
+        Op::GlobalAvgPool { .. } => ("global average pool".into(), 0.0),
     }
 }
 
-fn pool_params(graph: &Graph, p: &Pool, batch: u32) -> PoolParams {
-    let i = graph.shape(p.input.tensor);
-    let o = graph.shape(p.output.tensor);
-    PoolParams {
-        batch,
-        in_h: i.height,
-        in_w: i.width,
-        channels: p.input.channels,
-        out_h: o.height,
-        out_w: o.width,
-        window_h: p.window,
-        window_w: p.window,
-        stride_h: p.stride,
-        stride_w: p.stride,
-        pad_top: pad_before(p.padding, i.height, p.window, p.stride),
-        pad_left: pad_before(p.padding, i.width, p.window, p.stride),
-        in_stride: i.channels,
-        in_offset: p.input.offset,
-        out_stride: o.channels,
-        out_offset: p.output.offset,
+/// The dispatch of `op` at `batch`, its tensors in `buffer`'s slots and its
+/// weights (when it has any) in `weights`.
+#[allow(clippy::too_many_arguments)]
+fn dispatch<'a>(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tuning: &Tuning,
+    graph: &Graph,
+    op: &Op,
+    batch: u32,
+    buffer: &dyn Fn(TensorId) -> &'a wgpu::Buffer,
+    weights: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
+) -> Dispatch {
+    match op {
+        Op::Conv(_) | Op::MergedConv(_) => {
+            let c: Conv = op.as_conv().expect("conv");
+            let p = conv_params(graph, &c, batch);
+            let residual = c.residual.map(|r| buffer(r.tensor));
+            let weights = weights.expect("conv weights");
+            let (input, output) = (buffer(c.input.tensor), buffer(c.output.tensor));
+            kernels.conv2d(
+                gpu,
+                &p,
+                tuning.variant(gpu, &p),
+                input,
+                weights,
+                output,
+                residual,
+            )
+        }
+        Op::Depthwise(d) => {
+            let p = depthwise_params(graph, d, batch);
+            let weights = weights.expect("depthwise weights");
+            kernels.depthwise(
+                gpu,
+                &p,
+                buffer(d.input.tensor),
+                weights,
+                buffer(d.output.tensor),
+            )
+        }
+        Op::Pool(p) => {
+            let kind = match p.kind {
+                PoolOp::Max => PoolKind::Max,
+                PoolOp::Average => PoolKind::Average,
+                PoolOp::AverageCountingPadding => PoolKind::AverageCountingPadding,
+            };
+            let params = pool_params(graph, p, batch);
+            kernels.pool(
+                gpu,
+                kind,
+                &params,
+                buffer(p.input.tensor),
+                buffer(p.output.tensor),
+            )
+        }
+        Op::GlobalAvgPool { input, output } => {
+            let s = graph.shape(*input);
+            let p = GlobalPoolParams {
+                batch,
+                height: s.height,
+                width: s.width,
+                channels: s.channels,
+            };
+            kernels.global_avg_pool(gpu, &p, buffer(*input), buffer(*output))
+        }
     }
 }

@@ -9,8 +9,17 @@ macro_rules! shader {
     };
 }
 
-pub const CONV2D: &str = shader!("common/conv_params.wgsl", "conv2d.wgsl");
-pub const CONV2D_DIRECT: &str = shader!("common/conv_params.wgsl", "conv2d_direct.wgsl");
+pub const CONV2D: &str = shader!(
+    "common/conv_params.wgsl",
+    "common/activation.wgsl",
+    "conv2d.wgsl"
+);
+pub const CONV2D_DIRECT: &str = shader!(
+    "common/conv_params.wgsl",
+    "common/activation.wgsl",
+    "conv2d_direct.wgsl"
+);
+pub const DEPTHWISE: &str = shader!("common/activation.wgsl", "depthwise.wgsl");
 pub const POOL: &str = shader!("pool.wgsl");
 pub const GLOBAL_AVG_POOL: &str = shader!("global_avg_pool.wgsl");
 pub const PREPROCESS: &str = shader!("preprocess.wgsl");

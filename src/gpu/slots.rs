@@ -11,7 +11,9 @@ pub fn assign_slots(graph: &Graph, batch: u32, keep: &[TensorId]) -> (Vec<usize>
     let bytes = |t: TensorId| graph.shape(t).elements() * batch as u64 * 4;
     let mut last_use = vec![0usize; graph.shapes.len()];
     for (i, op) in graph.ops.iter().enumerate() {
-        last_use[op.input().0] = i;
+        for t in op.inputs() {
+            last_use[t.0] = i;
+        }
     }
     for t in keep {
         last_use[t.0] = usize::MAX;
@@ -47,8 +49,10 @@ pub fn assign_slots(graph: &Graph, batch: u32, keep: &[TensorId]) -> (Vec<usize>
         if slot_of[op.output().0] == usize::MAX {
             take(op.output(), &mut slot_of, &mut free);
         }
-        if last_use[op.input().0] == i {
-            free.push(slot_of[op.input().0]);
+        let mut inputs = op.inputs();
+        inputs.dedup();
+        for t in inputs.into_iter().filter(|t| last_use[t.0] == i) {
+            free.push(slot_of[t.0]);
         }
     }
     (slot_of, sizes)
@@ -100,8 +104,9 @@ mod tests {
             let i = i as i64;
             let out = &mut life[op.output().0];
             *out = (out.0.min(i), out.1.max(i));
-            let input = &mut life[op.input().0];
-            input.1 = input.1.max(i);
+            for t in op.inputs() {
+                life[t.0].1 = life[t.0].1.max(i);
+            }
         }
         for t in keep {
             life[t.0].1 = i64::MAX;

@@ -70,8 +70,19 @@ impl Padding {
     }
 }
 
-/// A convolution with folded batch norm (a bias) and ReLU. Its weights are
-/// stored as `{name}.weight` and `{name}.bias`.
+/// What follows a layer's bias (and residual add).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// Linear (MobileNet V2's projections).
+    None,
+    Relu,
+    /// min(max(x, 0), 6).
+    Relu6,
+}
+
+/// A convolution with folded batch norm (a bias), optionally plus a residual
+/// tensor, then its activation. Its weights are stored as `{name}.weight`
+/// and `{name}.bias`.
 #[derive(Clone, Debug)]
 pub struct Conv {
     pub name: String,
@@ -80,6 +91,9 @@ pub struct Conv {
     pub kernel: (u32, u32),
     pub stride: u32,
     pub padding: Padding,
+    pub activation: Activation,
+    /// Added to the output before the activation (same pixels, out channels).
+    pub residual: Option<Slice>,
 }
 
 impl Conv {
@@ -98,6 +112,19 @@ impl Conv {
             self.output.channels as usize,
         ]
     }
+}
+
+/// A depthwise convolution (one filter per channel) with folded batch norm
+/// and its activation; weights `{name}.weight` [kh, kw, channels], `{name}.bias`.
+#[derive(Clone, Debug)]
+pub struct Depthwise {
+    pub name: String,
+    pub input: Slice,
+    pub output: Slice,
+    pub kernel: (u32, u32),
+    pub stride: u32,
+    pub padding: Padding,
+    pub activation: Activation,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,23 +174,35 @@ impl MergedConv {
 pub enum Op {
     Conv(Conv),
     MergedConv(MergedConv),
+    Depthwise(Depthwise),
     Pool(Pool),
     GlobalAvgPool { input: TensorId, output: TensorId },
 }
 
 impl Op {
+    /// The tensor the op computes from (a conv's residual aside).
     pub fn input(&self) -> TensorId {
         match self {
             Op::Conv(c) => c.input.tensor,
             Op::MergedConv(m) => m.parts[0].input.tensor,
+            Op::Depthwise(d) => d.input.tensor,
             Op::Pool(p) => p.input.tensor,
             Op::GlobalAvgPool { input, .. } => *input,
         }
+    }
+    /// Every tensor the op reads: its input and, for a conv, its residual.
+    pub fn inputs(&self) -> Vec<TensorId> {
+        let residual = match self {
+            Op::Conv(c) => c.residual.map(|r| r.tensor),
+            _ => None,
+        };
+        std::iter::once(self.input()).chain(residual).collect()
     }
     pub fn output(&self) -> TensorId {
         match self {
             Op::Conv(c) => c.output.tensor,
             Op::MergedConv(m) => m.parts[0].output.tensor,
+            Op::Depthwise(d) => d.output.tensor,
             Op::Pool(p) => p.output.tensor,
             Op::GlobalAvgPool { output, .. } => *output,
         }
@@ -176,13 +215,38 @@ impl Op {
             _ => None,
         }
     }
-    /// The names of the convs whose weights the op uses.
+    /// The names of the layers whose weights the op uses.
     pub fn weight_units(&self) -> Vec<String> {
         match self {
             Op::Conv(c) => vec![c.name.clone()],
             Op::MergedConv(m) => m.parts.iter().map(|c| c.name.clone()).collect(),
+            Op::Depthwise(d) => vec![d.name.clone()],
             _ => vec![],
         }
+    }
+}
+
+/// A layer's weights as the weight file holds them: `{name}.weight` of
+/// `weight_shape` and `{name}.bias` of `outputs` values.
+pub struct WeightedLayer<'g> {
+    pub name: &'g str,
+    pub weight_shape: Vec<usize>,
+    pub outputs: usize,
+}
+
+impl<'g> WeightedLayer<'g> {
+    fn of_conv(c: &'g Conv) -> Self {
+        WeightedLayer {
+            name: &c.name,
+            weight_shape: c.weight_shape().to_vec(),
+            outputs: c.output.channels as usize,
+        }
+    }
+    pub fn weight_name(&self) -> String {
+        format!("{}.weight", self.name)
+    }
+    pub fn bias_name(&self) -> String {
+        format!("{}.bias", self.name)
     }
 }
 
@@ -256,24 +320,66 @@ impl Graph {
         stride: u32,
         padding: Padding,
     ) -> Result<()> {
-        let (h, w) = self.out_hw(input, kernel, stride, padding)?;
-        let o = self.shape(output.tensor);
-        assert_eq!(
-            (o.height, o.width),
-            (h, w),
-            "conv output slice has the wrong size"
-        );
-        if self.convs().any(|c| c.name == name) {
-            bail!("the network names two convs {name}");
-        }
-        self.ops.push(Op::Conv(Conv {
+        self.add_conv(Conv {
             name: name.to_string(),
             input,
             output,
             kernel,
             stride,
             padding,
+            activation: Activation::Relu,
+            residual: None,
+        })
+    }
+
+    /// Adds `conv`, checking its output (and residual) size and its name.
+    pub fn add_conv(&mut self, conv: Conv) -> Result<()> {
+        let (h, w) = self.out_hw(conv.input, conv.kernel, conv.stride, conv.padding)?;
+        for slice in std::iter::once(conv.output).chain(conv.residual) {
+            let s = self.shape(slice.tensor);
+            assert_eq!(
+                (s.height, s.width),
+                (h, w),
+                "conv output or residual has the wrong size"
+            );
+        }
+        if let Some(r) = conv.residual {
+            assert_eq!(r.channels, conv.output.channels, "residual channels");
+        }
+        self.check_new_name(&conv.name)?;
+        self.ops.push(Op::Conv(conv));
+        Ok(())
+    }
+
+    /// Depthwise convolution + bias + `activation` named `name`, into a new tensor.
+    pub fn depthwise(
+        &mut self,
+        name: &str,
+        input: Slice,
+        kernel: (u32, u32),
+        stride: u32,
+        activation: Activation,
+    ) -> Result<Slice> {
+        let padding = Padding::Same;
+        let (h, w) = self.out_hw(input, kernel, stride, padding)?;
+        let output = self.tensor(h, w, input.channels);
+        self.check_new_name(name)?;
+        self.ops.push(Op::Depthwise(Depthwise {
+            name: name.to_string(),
+            input,
+            output,
+            kernel,
+            stride,
+            padding,
+            activation,
         }));
+        Ok(output)
+    }
+
+    fn check_new_name(&self, name: &str) -> Result<()> {
+        if self.weighted_layers().any(|l| l.name == name) {
+            bail!("the network names two layers {name}");
+        }
         Ok(())
     }
 
@@ -354,6 +460,28 @@ impl Graph {
                 }
             }
         }
+    }
+
+    /// Every layer with weights (convs, merged ones part by part, and
+    /// depthwise convs), in execution order.
+    pub fn weighted_layers(&self) -> impl Iterator<Item = WeightedLayer<'_>> {
+        self.ops.iter().flat_map(|op| {
+            let layers: Vec<WeightedLayer> = match op {
+                Op::Conv(c) => vec![WeightedLayer::of_conv(c)],
+                Op::MergedConv(m) => m.parts.iter().map(WeightedLayer::of_conv).collect(),
+                Op::Depthwise(d) => vec![WeightedLayer {
+                    name: &d.name,
+                    weight_shape: vec![
+                        d.kernel.0 as usize,
+                        d.kernel.1 as usize,
+                        d.output.channels as usize,
+                    ],
+                    outputs: d.output.channels as usize,
+                }],
+                _ => vec![],
+            };
+            layers
+        })
     }
 
     /// Every conv of the network (merged ones part by part), in execution order.

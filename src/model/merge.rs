@@ -48,17 +48,21 @@ pub fn sibling_groups(graph: &Graph) -> Vec<SiblingGroup> {
 }
 
 /// A 1×1 stride-1 conv with channels aligned to 4 (so every kernel variant
-/// can still run it) writing a whole unnamed tensor of its own that only
-/// convs and pools read (they can read a slice instead).
+/// can still run it) and no residual, writing a whole unnamed tensor of its
+/// own that only convs and pools read as their input (they can read a slice instead).
 fn mergeable(graph: &Graph, c: &Conv) -> bool {
     let out = c.output.tensor;
     let writers = graph.ops.iter().filter(|op| op.output() == out).count();
     let readers_take_slices = graph
         .ops
         .iter()
-        .filter(|op| op.input() == out)
-        .all(|op| matches!(op, Op::Conv(_) | Op::Pool(_)));
-    c.kernel == (1, 1)
+        .filter(|op| op.inputs().contains(&out))
+        .all(|op| {
+            matches!(op, Op::Conv(c) if c.residual.is_none_or(|r| r.tensor != out))
+                || matches!(op, Op::Pool(_))
+        });
+    c.residual.is_none()
+        && c.kernel == (1, 1)
         && c.stride == 1
         && c.output.offset == 0
         && c.output.channels == graph.shape(out).channels
@@ -116,6 +120,7 @@ fn repoint_readers(g: &mut Graph, old: TensorId, new: Slice) {
         match op {
             Op::Conv(c) => repoint(&mut c.input),
             Op::MergedConv(m) => m.parts.iter_mut().for_each(|c| repoint(&mut c.input)),
+            Op::Depthwise(d) => repoint(&mut d.input),
             Op::Pool(p) => repoint(&mut p.input),
             Op::GlobalAvgPool { .. } => {}
         }

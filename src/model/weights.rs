@@ -365,15 +365,15 @@ impl WeightFile {
             .unwrap_or_else(|| name.to_string())
     }
 
-    /// Checks that every conv of `graph` has its weight and bias, correctly
-    /// shaped, and that the file holds nothing else: a tensor no conv reads
+    /// Checks that every layer of `graph` has its weight and bias, correctly
+    /// shaped, and that the file holds nothing else: a tensor no layer reads
     /// means the file was made for another definition of the network.
     pub fn check(&self, graph: &Graph) -> Result<()> {
         let mut used = std::collections::HashSet::new();
-        for conv in graph.convs() {
-            self.tensor_bytes(&conv.weight_name(), &conv.weight_shape())?;
-            self.tensor_bytes(&conv.bias_name(), &[conv.output.channels as usize])?;
-            used.extend([conv.weight_name(), conv.bias_name()].map(|n| self.stored_name(&n)));
+        for layer in graph.weighted_layers() {
+            self.tensor_bytes(&layer.weight_name(), &layer.weight_shape)?;
+            self.tensor_bytes(&layer.bias_name(), &[layer.outputs])?;
+            used.extend([layer.weight_name(), layer.bias_name()].map(|n| self.stored_name(&n)));
         }
         let tensors = SafeTensors::deserialize(&self.map)?;
         let mut unused: Vec<String> = tensors
