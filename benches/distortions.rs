@@ -18,6 +18,7 @@ use retrain::gpu::Gpu;
 use retrain::head::optimizer::{HeadSettings, Optimizer, TrainingRule};
 use retrain::head::GpuHeads;
 use retrain::model::weights::WeightFile;
+use retrain::model::Architecture;
 use retrain::train::batches::BatchSource;
 use retrain::train::bottlenecks::Example;
 use retrain::train::distorted::DistortedBatches;
@@ -29,8 +30,10 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(299);
-    let file =
-        WeightFile::open(&default_weights::resolve(None).expect("weights")).expect("weights");
+    let file = WeightFile::open(
+        &default_weights::resolve(None, Architecture::InceptionV3).expect("weights"),
+    )
+    .expect("weights");
     let mut engine =
         Engine::new(Gpu::new().expect("gpu"), &file, Some((size, size))).expect("engine");
     let gpu = engine.gpu.clone();

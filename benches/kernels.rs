@@ -30,6 +30,7 @@ use retrain::gpu::Gpu;
 use retrain::head::optimizer::{HeadSettings, Optimizer, TrainingRule};
 use retrain::head::GpuHeads;
 use retrain::model::weights::WeightFile;
+use retrain::model::Architecture;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -173,8 +174,10 @@ fn compare_merging(engine: &mut Engine, adapter: &str, batches: &[u32]) -> Value
 
 fn main() {
     let size = env_u32("BENCH_INPUT").unwrap_or(299);
-    let file =
-        WeightFile::open(&default_weights::resolve(None).expect("weights")).expect("weights");
+    let file = WeightFile::open(
+        &default_weights::resolve(None, Architecture::InceptionV3).expect("weights"),
+    )
+    .expect("weights");
     let mut engine =
         Engine::new(Gpu::new().expect("gpu"), &file, Some((size, size))).expect("engine");
     engine.tune_on_first_use().expect("tuning");

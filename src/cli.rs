@@ -1,6 +1,7 @@
 //! Command-line definitions.
 
 use crate::data::distortion::DistortionFlags;
+use crate::model::Architecture;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -8,8 +9,8 @@ use std::path::PathBuf;
 #[command(
     name = "retrain",
     version,
-    about = "Transfer learning on a folder of labelled images with a pretrained Inception V3, on any Vulkan, Metal or DX12 GPU",
-    long_about = "Transfer learning on a folder of labelled images with a pretrained Inception V3, on any Vulkan, \
+    about = "Transfer learning on a folder of labelled images with a pretrained Inception V3 or MobileNet V2, on any Vulkan, Metal or DX12 GPU",
+    long_about = "Transfer learning on a folder of labelled images with a pretrained Inception V3 or MobileNet V2, on any Vulkan, \
 Metal or DX12 GPU.\n\nWithout a subcommand, retrains a new classifier on IMAGE_DIR (one sub-folder per \
 class), as TensorFlow Hub's retrain.py does; its underscore flag spellings (--image_dir, ...) are accepted too.",
     args_conflicts_with_subcommands = true,
@@ -31,10 +32,17 @@ pub struct TrainArgs {
     /// Folder of labelled images: one sub-folder of images per class.
     #[arg(long, alias = "image_dir", value_name = "DIR", required = true)]
     pub image_dir: Option<PathBuf>,
-    /// Weight file made by convert-weights (default: nsfwjs@4.4.0's Inception V3, fetched on first use).
-    #[arg(long, alias = "tfhub_module", value_name = "FILE")]
+    /// Weight file made by convert-weights (default: nsfwjs@4.4.0's weights of
+    /// --architecture, fetched on first use). Its own architecture is used.
+    #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
-    /// Network input size, H or HxW (at least 75). Default: the weights' own (299).
+    /// The network whose default weights to use: inception_v3 (5.7 GMAC per
+    /// 299×299 image) or mobilenet_v2 (0.3 GMAC at 224×224). retrain.py's
+    /// --tfhub_module with the TF Hub handle of either feature-vector module works too.
+    #[arg(long, alias = "tfhub_module", visible_alias = "tfhub-module", value_name = "NAME", default_value = "inception_v3", value_parser = parse_architecture)]
+    pub architecture: Architecture,
+    /// Network input size, H or HxW (at least 75 for Inception V3, 32 for
+    /// MobileNet V2). Default: the weights' own (299, 224).
     #[arg(long, alias = "input_size", value_name = "HxW", value_parser = parse_size)]
     pub input_size: Option<(u32, u32)>,
     /// Where cached bottleneck vectors are kept.
@@ -284,12 +292,17 @@ pub struct ClassifyArgs {
 /// Which weights to load and at what input size.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// Weight file made by convert-weights. Default: nsfwjs@4.4.0's Inception V3,
-    /// fetched with npm and converted on first use, then cached in the user's
-    /// cache folder (override it with RETRAIN_CACHE_DIR).
+    /// Weight file made by convert-weights. Default: nsfwjs@4.4.0's weights of
+    /// --architecture, fetched with npm and converted on first use, then cached
+    /// in the user's cache folder (override it with RETRAIN_CACHE_DIR).
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
-    /// Network input size, H or HxW (at least 75). Default: the weights' own (299).
+    /// The network whose default weights to use: inception_v3 or mobilenet_v2
+    /// (a --weights file brings its own).
+    #[arg(long, value_name = "NAME", default_value = "inception_v3", value_parser = parse_architecture)]
+    pub architecture: Architecture,
+    /// Network input size, H or HxW (at least 75 for Inception V3, 32 for
+    /// MobileNet V2). Default: the weights' own (299, 224).
     #[arg(long, value_name = "HxW", value_parser = parse_size)]
     pub input_size: Option<(u32, u32)>,
 }
@@ -321,11 +334,42 @@ fn percentage(s: &str) -> Result<u32, String> {
 
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let (h, w) = crate::model::weights::parse_size(s).map_err(|e| e.to_string())?;
-    let min = crate::model::inception_v3::MIN_INPUT;
+    let min = Architecture::ALL
+        .iter()
+        .map(|a| a.min_input())
+        .min()
+        .unwrap_or(1);
     if h < min || w < min {
         return Err(format!(
-            "{h}x{w} is too small: Inception V3 needs at least {min}x{min}"
+            "{h}x{w} is too small: no network runs below {min}x{min}"
         ));
     }
     Ok((h, w))
+}
+
+/// The TF Hub feature-vector modules retrain.py's --tfhub_module named, by
+/// the part of their handle that identifies them.
+const TFHUB_MODULES: [(&str, Architecture); 2] = [
+    (
+        "imagenet/inception_v3/feature_vector",
+        Architecture::InceptionV3,
+    ),
+    (
+        "imagenet/mobilenet_v2_100_224/feature_vector",
+        Architecture::MobileNetV2,
+    ),
+];
+
+/// An architecture by name, or by the TF Hub module handle retrain.py took.
+fn parse_architecture(s: &str) -> Result<Architecture, String> {
+    if let Ok(a) = Architecture::from_name(s) {
+        return Ok(a);
+    }
+    match TFHUB_MODULES.iter().find(|(handle, _)| s.contains(handle)) {
+        Some((_, a)) => Ok(*a),
+        None => Err(format!(
+            "{s} is not a network retrain runs: use inception_v3 or mobilenet_v2 (or the TF Hub handles \
+             .../google/imagenet/inception_v3/feature_vector/... and .../google/imagenet/mobilenet_v2_100_224/feature_vector/...)"
+        )),
+    }
 }

@@ -11,6 +11,7 @@ use retrain::engine::{preprocess_params, Engine, Merging};
 use retrain::gpu::kernels::submit;
 use retrain::gpu::Gpu;
 use retrain::model::weights::{Normalization, WeightFile};
+use retrain::model::Architecture;
 use std::path::{Path, PathBuf};
 
 const TOLERANCE: f64 = 1e-4;
@@ -27,7 +28,7 @@ fn load(name: &str) -> Vec<f32> {
 }
 
 fn engine(input: (u32, u32)) -> Engine {
-    let path = default_weights::resolve(None).expect("default weights");
+    let path = default_weights::resolve(None, Architecture::InceptionV3).expect("default weights");
     let file = WeightFile::open(&path).unwrap();
     Engine::new(Gpu::new().unwrap(), &file, Some(input)).unwrap()
 }

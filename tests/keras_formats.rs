@@ -327,7 +327,11 @@ fn keras_2_lists_the_layers_in_the_same_walk_as_keras_3() {
     // in the walk the definition records from a Keras 3 file, so mapping a
     // Keras 2 full-model config by that walk is sound too.
     let dir = tempfile::tempdir().unwrap();
-    retrain::convert::default_weights::fetch_model(dir.path()).unwrap();
+    retrain::convert::default_weights::fetch_model(
+        dir.path(),
+        retrain::model::Architecture::InceptionV3,
+    )
+    .unwrap();
     let model = retrain::convert::tfjs::TfjsModel::read(dir.path()).unwrap();
     let convs: Vec<u32> = model
         .layers()

@@ -9,10 +9,11 @@ use retrain::engine::Engine;
 use retrain::gpu::tuning::Tuning;
 use retrain::gpu::Gpu;
 use retrain::model::weights::WeightFile;
+use retrain::model::Architecture;
 
 #[test]
 fn tuning_is_cached_per_device_and_changes_no_result() {
-    let weights = default_weights::resolve(None).unwrap();
+    let weights = default_weights::resolve(None, Architecture::InceptionV3).unwrap();
     let cache = tempfile::tempdir().unwrap();
     // This test binary holds this one test, so setting the variable is safe.
     unsafe { std::env::set_var("RETRAIN_CACHE_DIR", cache.path()) };

@@ -10,6 +10,7 @@ use retrain::model::graph::{Graph, Padding};
 use retrain::model::inception_v3::inception_v3;
 use retrain::model::inception_v3::keras_order;
 use retrain::model::weights::{self, ModelInfo, Normalization, Tensor, WeightFile};
+use retrain::model::Architecture;
 use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::Path;
@@ -153,7 +154,9 @@ fn converter_refuses_a_folder_without_a_model() {
 
 #[test]
 fn default_weights_carry_the_expected_metadata() {
-    let file = WeightFile::open(&default_weights::resolve(None).unwrap()).unwrap();
+    let file =
+        WeightFile::open(&default_weights::resolve(None, Architecture::InceptionV3).unwrap())
+            .unwrap();
     assert_eq!(file.info.architecture, "inception_v3");
     assert_eq!(file.info.normalization, Normalization::unit());
     assert_eq!(
@@ -294,7 +297,7 @@ fn a_file_for_another_definition_of_the_network_is_refused() {
 #[test]
 fn files_of_the_first_layout_are_read_through_keras_order() {
     let dir = tempfile::tempdir().unwrap();
-    let v2 = default_weights::resolve(None).unwrap();
+    let v2 = default_weights::resolve(None, Architecture::InceptionV3).unwrap();
     let bytes = std::fs::read(&v2).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();

@@ -32,7 +32,7 @@ fn base_weights(
     if classifier.base_weights.is_file() {
         return Ok(classifier.base_weights.clone());
     }
-    default_weights::resolve(None)
+    default_weights::resolve(None, classifier.architecture)
 }
 
 fn inputs(args: &ClassifyArgs) -> Result<Vec<PathBuf>> {

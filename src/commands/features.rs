@@ -31,8 +31,10 @@ pub fn paths_file(output: &Path) -> PathBuf {
 }
 
 pub fn run(args: &FeaturesArgs) -> Result<()> {
+    // The network first: an input size it cannot take is refused before any work.
+    let mut engine = open_engine(&args.model)?;
     let paths = input_paths(args)?;
-    let mut engine = open_engine(&args.model, true)?;
+    engine.tune_on_first_use()?;
     let batch = args.batch_size.unwrap_or(u32::MAX).min(engine.max_batch()) as usize;
     let (h, w) = engine.input_size();
     log::info!(

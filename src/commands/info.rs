@@ -5,7 +5,7 @@ use crate::cli::ModelArgs;
 use anyhow::Result;
 
 pub fn run(args: &ModelArgs) -> Result<()> {
-    let engine = open_engine(args, false)?;
+    let engine = open_engine(args)?;
     let gpu = &engine.gpu;
     let i = &gpu.info;
     let l = &gpu.limits;

@@ -17,8 +17,8 @@
 
 use super::keras_config::{self, ConfigMapping};
 use super::{keras_part, keras_weight_name, Found, KernelLayout, Part, Source, SourceWeights};
-use crate::model::inception_v3;
 use crate::model::weights::Normalization;
+use crate::model::{inception_v3, mobilenet_v2, Architecture};
 use anyhow::{anyhow, bail, Result};
 use hdf5_pure::{File, Group};
 use serde_json::Value;
@@ -149,6 +149,21 @@ pub fn read_file(
         .iter()
         .flatten()
         .any(|s| matches!(s, Slot::Positional { .. }));
+    if slots.iter().flatten().any(|s| s.layer() == "bn_Conv1") {
+        if keras3 {
+            bail!("{what}: a MobileNet V2 in Keras 3's .weights.h5 layout, which retrain does not read yet: save the model with model.save(\"x.h5\") instead");
+        }
+        let mapping = "legacy layout <layer>/<layer>/<weight>, mapped by name";
+        let units = by_name_mobilenet();
+        return source_weights(
+            all,
+            &slots,
+            units,
+            (what, kind),
+            mapping,
+            Architecture::MobileNetV2,
+        );
+    }
     let graph = inception_v3::inception_v3(299, 299)?;
     let (units, epsilon, method) = match config {
         Some(c) => {
@@ -167,6 +182,38 @@ pub fn read_file(
             "mapped by creation order",
         ),
     };
+    let layout = match keras3 {
+        true => "Keras 3 layout layers/<class>_<n>/vars/<i>",
+        false => "legacy layout <layer>/<layer>/<weight>",
+    };
+    let naming = match (config, keras3) {
+        (None, false) if units.keys().any(|l| l.as_str() == "conv2d") => {
+            ", Keras 3 layer names (conv2d, conv2d_1, ...)"
+        }
+        (None, false) => ", Keras 2 layer names (conv2d_1 ... conv2d_94)",
+        _ => "",
+    };
+    let mut source = source_weights(
+        all,
+        &slots,
+        units,
+        (what, kind),
+        &format!("{layout}, {method}{naming}"),
+        Architecture::InceptionV3,
+    )?;
+    source.bn_epsilon = epsilon;
+    Ok(source)
+}
+
+/// The datasets with their roles given by `units` (layer → kind and unit).
+fn source_weights(
+    all: Vec<Dataset>,
+    slots: &[Option<Slot>],
+    units: HashMap<String, (Kind, u32)>,
+    (what, kind): (&str, &str),
+    mapping: &str,
+    architecture: Architecture,
+) -> Result<SourceWeights> {
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for s in slots
         .iter()
@@ -177,7 +224,7 @@ pub fn read_file(
     }
     let mut names: BTreeMap<(u32, Part), String> = BTreeMap::new();
     let mut tensors = Vec::new();
-    for ((name, shape, data), slot) in all.iter().cloned().zip(&slots) {
+    for ((name, shape, data), slot) in all.into_iter().zip(slots) {
         let role = match slot.as_ref().and_then(|s| Some((s, units.get(s.layer())?))) {
             Some((slot, &(kind, unit))) => {
                 let part = match slot {
@@ -200,21 +247,10 @@ pub fn read_file(
         });
     }
     if tensors.iter().all(|t| t.role.is_none()) {
-        bail!("{what}: no conv2d or batch_normalization layers in this HDF5 file: is it a Keras Inception V3?");
+        bail!("{what}: no conv2d or batch_normalization layers in this HDF5 file: is it a Keras Inception V3 or MobileNet V2?");
     }
-    let layout = match keras3 {
-        true => "Keras 3 layout layers/<class>_<n>/vars/<i>",
-        false => "legacy layout <layer>/<layer>/<weight>",
-    };
-    let naming = match (config, keras3) {
-        (None, false) if units.keys().any(|l| l.as_str() == "conv2d") => {
-            ", Keras 3 layer names (conv2d, conv2d_1, ...)"
-        }
-        (None, false) => ", Keras 2 layer names (conv2d_1 ... conv2d_94)",
-        _ => "",
-    };
     Ok(SourceWeights {
-        format: format!("{kind}, {layout}, {method}{naming}"),
+        format: format!("{kind}, {mapping}"),
         layout: KernelLayout::Hwio,
         tensors,
         source: Source {
@@ -222,7 +258,8 @@ pub fn read_file(
             normalization: Normalization::signed(),
             average_pool_counts_padding: false,
         },
-        bn_epsilon: epsilon,
+        architecture,
+        bn_epsilon: super::BN_EPSILON,
         name_of: Box::new(move |k, part| {
             names.get(&(k, part)).cloned().unwrap_or_else(|| {
                 let layer = if part == Part::Kernel {
@@ -237,6 +274,18 @@ pub fn read_file(
             })
         }),
     })
+}
+
+/// MobileNet V2's layers, which Keras names itself: each conv and its batch
+/// norm (`block_3_expand`, `block_3_expand_BN`) by name.
+fn by_name_mobilenet() -> HashMap<String, (Kind, u32)> {
+    let order = mobilenet_v2::keras_order();
+    let mut units = HashMap::new();
+    for (unit, layer) in (1..).zip(&order) {
+        units.insert(layer.clone(), (Kind::Conv, unit));
+        units.insert(mobilenet_v2::batch_norm_of(layer), (Kind::BatchNorm, unit));
+    }
+    units
 }
 
 /// Layer (store path in Keras 3's layout, name in the legacy one) → kind and

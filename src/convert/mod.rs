@@ -14,9 +14,9 @@ pub mod pickle;
 pub mod tfjs;
 pub mod torch;
 
-use crate::model::graph::{Conv, Graph};
-use crate::model::inception_v3::{self, BOTTLENECK};
+use crate::model::graph::{Graph, WeightedLayer};
 use crate::model::weights::{self, ModelInfo, Normalization, Tensor};
+use crate::model::Architecture;
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -87,7 +87,7 @@ impl Part {
 /// Keras's weight name (`kernel`, `gamma`, `moving_mean:0`, ...) → part.
 pub(crate) fn keras_part(weight: &str) -> Option<Part> {
     Some(match weight.trim_end_matches(":0") {
-        "kernel" => Part::Kernel,
+        "kernel" | "depthwise_kernel" => Part::Kernel,
         "gamma" => Part::Gamma,
         "beta" => Part::Beta,
         "moving_mean" => Part::Mean,
@@ -132,6 +132,8 @@ pub struct SourceWeights {
     pub layout: KernelLayout,
     pub tensors: Vec<Found>,
     pub source: Source,
+    /// The network the weights are for.
+    pub architecture: Architecture,
     /// The batch norms' epsilon (Keras's Inception V3: 0.001).
     pub bn_epsilon: f64,
     /// The name the source would give conv `index`'s `part`, for messages.
@@ -166,47 +168,62 @@ pub fn read_source(path: &Path) -> Result<SourceWeights> {
     }
 }
 
-/// The engine tensors (folded weights and biases) of every conv of `graph`.
+/// The engine tensors (folded weights and biases) of every layer of `graph`.
 fn assemble(source: &SourceWeights, graph: &Graph) -> Result<Vec<Tensor>> {
+    let network = source.architecture.name();
     let mut parts: BTreeMap<(u32, Part), &Found> = BTreeMap::new();
     for f in &source.tensors {
         if let Some(role) = f.role {
             if parts.insert(role, f).is_some() {
                 bail!(
-                    "two tensors map to {} of conv {}: is this an Inception V3?",
+                    "two tensors map to {} of layer {}: is this an {network}?",
                     role.1.describe(),
                     role.0
                 );
             }
         }
     }
-    let order = inception_v3::keras_order();
+    let order = source.architecture.keras_order();
     let expected = order.len() as u32;
     if let Some((index, _)) = parts.keys().find(|(i, _)| *i > expected) {
-        bail!(
-            "the source has a conv #{index}; Inception V3 has {expected}: is this an Inception V3?"
-        );
+        bail!("the source has a layer #{index}; {network} has {expected}: is this an {network}?");
     }
     let mut tensors = Vec::new();
-    for (conv, k) in keras_numbered(graph, &order)? {
-        let out_c = conv.output.channels as usize;
+    for (layer, k) in keras_numbered(graph, &order)? {
+        let out_c = layer.outputs;
         let get = |part: Part, shape: &[usize]| -> Result<&Found> {
             let name = (source.name_of)(k, part);
             let f = parts.get(&(k, part)).ok_or_else(|| {
                 anyhow!(
-                    "{name} ({} of conv {k}, shape {shape:?}) is missing: is this an Inception V3?",
-                    part.describe()
+                    "{name} ({} of {}, shape {shape:?}) is missing: is this an {network}?",
+                    part.describe(),
+                    layer.name
                 )
             })?;
             if f.shape != shape {
-                bail!("{} has shape {:?}, expected {shape:?} ({} of conv {k}): is this an Inception V3?", f.name, f.shape, part.describe());
+                bail!(
+                    "{} has shape {:?}, expected {shape:?} ({} of {}): is this an {network}?",
+                    f.name,
+                    f.shape,
+                    part.describe(),
+                    layer.name
+                );
             }
             Ok(f)
         };
-        let hwio = conv.weight_shape();
-        let kernel = match source.layout {
-            KernelLayout::Hwio => get(Part::Kernel, &hwio)?.data.clone(),
-            KernelLayout::Oihw => oihw_to_hwio(
+        // A depthwise kernel [kh, kw, C] is stored as Keras's [kh, kw, C, 1]
+        // or PyTorch's [C, 1, kh, kw]: a conv from 1 channel to C, in layout.
+        let hwio = match layer.weight_shape[..] {
+            [kh, kw, c] => [kh, kw, 1, c],
+            [kh, kw, i, o] => [kh, kw, i, o],
+            _ => unreachable!("weights are 3-D or 4-D"),
+        };
+        let kernel = match (source.layout, layer.weight_shape.len()) {
+            (KernelLayout::Hwio, 3) => get(Part::Kernel, &[hwio[0], hwio[1], hwio[3], 1])?
+                .data
+                .clone(),
+            (KernelLayout::Hwio, _) => get(Part::Kernel, &hwio)?.data.clone(),
+            (KernelLayout::Oihw, _) => oihw_to_hwio(
                 &get(Part::Kernel, &[hwio[3], hwio[2], hwio[0], hwio[1]])?.data,
                 hwio,
             ),
@@ -224,12 +241,12 @@ fn assemble(source: &SourceWeights, graph: &Graph) -> Result<Vec<Tensor>> {
         };
         let (w, b) = fold_batch_norm(&kernel, &bn);
         tensors.push(Tensor {
-            name: conv.weight_name(),
-            shape: hwio.to_vec(),
+            name: layer.weight_name(),
+            shape: layer.weight_shape.clone(),
             data: w,
         });
         tensors.push(Tensor {
-            name: conv.bias_name(),
+            name: layer.bias_name(),
             shape: vec![out_c],
             data: b,
         });
@@ -237,15 +254,31 @@ fn assemble(source: &SourceWeights, graph: &Graph) -> Result<Vec<Tensor>> {
     Ok(tensors)
 }
 
-/// Each conv of `graph` with its 1-based place in Keras's creation `order`.
-fn keras_numbered<'g>(graph: &'g Graph, order: &[String]) -> Result<Vec<(&'g Conv, u32)>> {
+/// Each layer of `graph` with weights, with its 1-based place in Keras's creation `order`.
+fn keras_numbered<'g>(graph: &'g Graph, order: &[String]) -> Result<Vec<(WeightedLayer<'g>, u32)>> {
     graph
-        .convs()
-        .map(|conv| match order.iter().position(|n| *n == conv.name) {
-            Some(i) => Ok((conv, i as u32 + 1)),
-            None => bail!("conv {} has no place in Keras's layer order", conv.name),
+        .weighted_layers()
+        .map(|layer| match order.iter().position(|n| n == layer.name) {
+            Some(i) => Ok((layer, i as u32 + 1)),
+            None => bail!("layer {} has no place in Keras's layer order", layer.name),
         })
         .collect()
+}
+
+/// The role of Keras weight `weight` of layer `layer` in a network whose
+/// layers carry Keras's names (`order`), its batch norms named by `batch_norm_of`.
+pub(crate) fn named_role(
+    order: &[String],
+    batch_norm_of: impl Fn(&str) -> String,
+    layer: &str,
+    weight: &str,
+) -> Option<(u32, Part)> {
+    let part = keras_part(weight)?;
+    let position = match part {
+        Part::Kernel => order.iter().position(|n| n == layer)?,
+        _ => order.iter().position(|n| batch_norm_of(n) == layer)?,
+    };
+    Some((position as u32 + 1, part))
 }
 
 /// [out, in, kh, kw] -> [kh, kw, in, out].
@@ -292,15 +325,17 @@ pub fn write_engine_file(
     output: &Path,
     half_weights: bool,
 ) -> Result<ModelInfo> {
-    let graph = inception_v3::inception_v3(299, 299)?;
+    let arch = source.architecture;
+    let side = arch.default_input();
+    let graph = arch.build(side, side)?;
     let tensors = assemble(source, &graph)?;
     let info = ModelInfo {
-        architecture: weights::ARCHITECTURE.into(),
+        architecture: arch.name().into(),
         source: source.source.description.clone(),
-        input_height: 299,
-        input_width: 299,
-        bottleneck_size: BOTTLENECK,
-        bottleneck_layer: "mixed10 global average pool".into(),
+        input_height: side,
+        input_width: side,
+        bottleneck_size: arch.bottleneck_size(),
+        bottleneck_layer: arch.bottleneck_layer().into(),
         normalization: source.source.normalization.clone(),
         average_pool_counts_padding: source.source.average_pool_counts_padding,
         dtype: if half_weights { "f16" } else { "f32" }.into(),
@@ -313,16 +348,22 @@ pub fn write_engine_file(
 /// and what it maps to, and what is missing.
 pub fn inspect(path: &Path) -> Result<String> {
     let source = read_source(path)?;
-    let graph = inception_v3::inception_v3(299, 299)?;
+    let side = source.architecture.default_input();
+    let graph = source.architecture.build(side, side)?;
     let mut lines = vec![
-        format!("{}: {}", path.display(), source.format),
+        format!(
+            "{}: {}, {}",
+            path.display(),
+            source.architecture.name(),
+            source.format
+        ),
         format!(
             "  normalisation by default: {}",
             source.source.normalization.describe()
         ),
         format!("  {} tensors:", source.tensors.len()),
     ];
-    let order = inception_v3::keras_order();
+    let order = source.architecture.keras_order();
     for f in &source.tensors {
         let target = match f.role {
             Some((k, part)) => match (k as usize).checked_sub(1).and_then(|i| order.get(i)) {
@@ -339,7 +380,7 @@ pub fn inspect(path: &Path) -> Result<String> {
     }
     match assemble(&source, &graph) {
         Ok(t) => lines.push(format!(
-            "  complete: {} engine tensors for the {} convs",
+            "  complete: {} engine tensors for the {} layers",
             t.len(),
             t.len() / 2
         )),

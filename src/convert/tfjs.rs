@@ -4,7 +4,7 @@
 
 use super::{default_weights, js_literal, keras_part, Found, KernelLayout, SourceWeights};
 use crate::model::graph::{Conv, Graph, Padding};
-use crate::model::inception_v3;
+use crate::model::{inception_v3, mobilenet_v2, Architecture};
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use serde_json::Value;
@@ -263,7 +263,11 @@ fn check_topology(model: &TfjsModel, graph: &Graph) -> Result<()> {
             graph.convs().count()
         );
     }
-    for (conv, k) in super::keras_numbered(graph, &inception_v3::keras_order())? {
+    for (layer, k) in super::keras_numbered(graph, &inception_v3::keras_order())? {
+        let conv = graph
+            .convs()
+            .find(|c| c.name == layer.name)
+            .expect("Inception's layers are convs");
         let name = format!("conv2d_{k}");
         let layer = convs
             .iter()
@@ -274,34 +278,73 @@ fn check_topology(model: &TfjsModel, graph: &Graph) -> Result<()> {
     Ok(())
 }
 
-/// A TF.js layers model folder as a source: Keras names `conv2d_N/kernel`,
-/// `batch_normalization_N/{gamma?, beta, moving_mean, moving_variance}`.
+/// A TF.js layers model folder as a source. Inception V3's layers have
+/// Keras's generated names, `conv2d_N/kernel` and `batch_normalization_N/{gamma?,
+/// beta, moving_mean, moving_variance}`, mapped by creation order; MobileNet
+/// V2's have names of their own (`block_3_expand/kernel`, `block_3_expand_BN/gamma`,
+/// `block_3_depthwise/depthwise_kernel`, …), mapped by name.
 pub fn read_source(dir: &Path) -> Result<SourceWeights> {
     let model = TfjsModel::read(dir)?;
-    let graph = inception_v3::inception_v3(299, 299)?;
-    check_topology(&model, &graph)
-        .with_context(|| format!("{}: not the Inception V3 topology", dir.display()))?;
+    let architecture = match model.weights.keys().any(|n| n.starts_with("Conv1/")) {
+        true => Architecture::MobileNetV2,
+        false => Architecture::InceptionV3,
+    };
+    if architecture == Architecture::InceptionV3 {
+        let graph = inception_v3::inception_v3(299, 299)?;
+        check_topology(&model, &graph)
+            .with_context(|| format!("{}: not the Inception V3 topology", dir.display()))?;
+    }
+    let order = architecture.keras_order();
+    let role = |name: &str| match architecture {
+        Architecture::InceptionV3 => keras_role(name),
+        Architecture::MobileNetV2 => {
+            let (layer, weight) = name.split_once('/')?;
+            super::named_role(&order, mobilenet_v2::batch_norm_of, layer, weight)
+        }
+    };
     let mut tensors: Vec<Found> = model
         .weights
         .into_iter()
         .map(|(name, a)| Found {
-            role: keras_role(&name),
+            role: role(&name),
             name,
             shape: a.shape,
             data: a.data,
         })
         .collect();
     tensors.sort_by(|a, b| a.role.cmp(&b.role).then(a.name.cmp(&b.name)));
+    let (format, name_of): (_, Box<dyn Fn(u32, super::Part) -> String + Send + Sync>) =
+        match architecture {
+            Architecture::InceptionV3 => (
+                "TF.js layers model (Keras 2 layer names), mapped by creation order",
+                Box::new(|k, part| match part {
+                    super::Part::Kernel => format!("conv2d_{k}/kernel"),
+                    _ => format!("batch_normalization_{k}/{}", super::keras_weight_name(part)),
+                }),
+            ),
+            Architecture::MobileNetV2 => (
+                "TF.js layers model (Keras layer names), mapped by name",
+                Box::new(move |k, part| {
+                    let layer = &order[k as usize - 1];
+                    match part {
+                        super::Part::Kernel => format!("{layer}/kernel"),
+                        _ => format!(
+                            "{}/{}",
+                            mobilenet_v2::batch_norm_of(layer),
+                            super::keras_weight_name(part)
+                        ),
+                    }
+                }),
+            ),
+        };
     Ok(SourceWeights {
+        architecture,
         bn_epsilon: super::BN_EPSILON,
-        format: "TF.js layers model (Keras 2 layer names), mapped by creation order".into(),
+        format: format.into(),
         layout: KernelLayout::Hwio,
         tensors,
-        source: default_weights::source_of(dir),
-        name_of: Box::new(|k, part| match part {
-            super::Part::Kernel => format!("conv2d_{k}/kernel"),
-            _ => format!("batch_normalization_{k}/{}", super::keras_weight_name(part)),
-        }),
+        source: default_weights::source_of(dir, architecture),
+        name_of,
     })
 }
 

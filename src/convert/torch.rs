@@ -13,8 +13,8 @@
 
 use super::pickle::{self, Value};
 use super::{Found, KernelLayout, Part, Source, SourceWeights};
-use crate::model::inception_v3;
 use crate::model::weights::Normalization;
+use crate::model::{inception_v3, Architecture};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashMap;
 use std::io::Read;
@@ -95,6 +95,7 @@ fn source(
         );
     }
     Ok(SourceWeights {
+        architecture: Architecture::InceptionV3,
         bn_epsilon: super::BN_EPSILON,
         format: format!("{format}, mapped by torchvision's module names"),
         layout: KernelLayout::Oihw,

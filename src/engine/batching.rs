@@ -6,7 +6,7 @@ use super::Engine;
 use crate::data::distortion::Distortion;
 use crate::gpu::kernels::Dispatch;
 use crate::gpu::params::PreprocessParams;
-use crate::model::inception_v3::OUTPUT;
+use crate::model::graph::OUTPUT;
 use crate::model::weights::Normalization;
 use anyhow::{bail, Result};
 use image::RgbImage;

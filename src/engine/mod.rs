@@ -1,4 +1,5 @@
-//! The engine: Inception V3 for one input size on one device, with its
+//! The engine: the network of a weight file (Inception V3 or MobileNet V2)
+//! for one input size on one device, with its
 //! weights uploaded and a plan of dispatches for the batch size in use,
 //! turning decoded images into bottleneck vectors (batching.rs). Which
 //! kernel variants run, and which sibling convs merge, is tuning.rs.
@@ -15,8 +16,9 @@ use crate::gpu::timer::GpuTimer;
 use crate::gpu::tuning::Tuning;
 use crate::gpu::Gpu;
 use crate::model::graph::Graph;
-use crate::model::inception_v3::{self, INPUT, OUTPUT};
+use crate::model::graph::{INPUT, OUTPUT};
 use crate::model::weights::{ModelInfo, WeightFile};
+use crate::model::Architecture;
 use anyhow::{bail, Result};
 
 /// Activation memory one batch may use; batches are split to stay under it.
@@ -54,7 +56,7 @@ impl Engine {
     /// size), checks the weight file against it and uploads the weights.
     pub fn new(gpu: Gpu, file: &WeightFile, input: Option<(u32, u32)>) -> Result<Self> {
         let (h, w) = input.unwrap_or((file.info.input_height, file.info.input_width));
-        let mut network = inception_v3::inception_v3(h, w)?;
+        let mut network = Architecture::from_name(&file.info.architecture)?.build(h, w)?;
         if file.info.average_pool_counts_padding {
             network.count_padding_in_average_pools();
         }
@@ -86,6 +88,11 @@ impl Engine {
 
     pub fn kernels(&self) -> &Kernels {
         &self.kernels
+    }
+
+    /// The network this engine runs.
+    pub fn architecture(&self) -> Architecture {
+        Architecture::from_name(&self.info.architecture).expect("checked when the engine was built")
     }
 
     pub fn input_size(&self) -> (u32, u32) {

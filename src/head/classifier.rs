@@ -7,6 +7,7 @@ use super::GpuHeads;
 use crate::atomic_file;
 use crate::gpu::Gpu;
 use crate::model::weights::{write_tensors, Normalization, Tensor};
+use crate::model::Architecture;
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::SafeTensors;
 use serde::Serialize;
@@ -22,6 +23,8 @@ pub const SAVED_LABELS: &str = "labels.txt";
 /// A trained classifier head and what it needs to be applied exactly as trained.
 #[derive(Clone, Debug)]
 pub struct Classifier {
+    /// The network whose bottlenecks the head reads.
+    pub architecture: Architecture,
     /// [dim, classes] row-major.
     pub weights: Vec<f32>,
     pub biases: Vec<f32>,
@@ -73,6 +76,7 @@ impl Classifier {
         let mut meta = self.extra.clone();
         for (k, v) in [
             ("format", FORMAT.to_string()),
+            ("architecture", self.architecture.name().to_string()),
             ("labels", serde_json::to_string(&self.labels)?),
             ("base_fingerprint", self.base_fingerprint.clone()),
             ("base_weights", self.base_weights.display().to_string()),
@@ -120,7 +124,13 @@ impl Classifier {
             );
         }
         let floats = |k: &str| -> Result<[f32; 3]> { Ok(serde_json::from_str(&get(k)?)?) };
+        // Classifiers written before MobileNet V2 existed are Inception V3's.
+        let architecture = meta
+            .get("architecture")
+            .map_or("inception_v3", String::as_str);
         Ok(Classifier {
+            architecture: Architecture::from_name(architecture)
+                .map_err(|e| anyhow!("{}: {e}", path.display()))?,
             weights,
             biases,
             base_fingerprint: get("base_fingerprint")?,

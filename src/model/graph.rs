@@ -6,6 +6,10 @@
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 
+/// The tensor names every network exposes: its input and its bottleneck.
+pub const INPUT: &str = "input";
+pub const OUTPUT: &str = "bottleneck";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TensorId(pub usize);
 

@@ -6,7 +6,7 @@
 //! built in. `KERAS_ORDER` lists the names in Keras's creation order
 //! (`conv2d_1`, `conv2d_2`, …), which converters map Keras files by.
 
-use super::graph::{Graph, Padding, PoolOp, Slice};
+use super::graph::{Graph, Padding, PoolOp, Slice, INPUT, OUTPUT};
 use anyhow::{bail, Result};
 
 use Padding::{Same, Valid};
@@ -14,9 +14,7 @@ use Padding::{Same, Valid};
 /// Smallest input side the network accepts (mixed8's stride-2 convs need 3×3).
 pub const MIN_INPUT: u32 = 75;
 pub const BOTTLENECK: u32 = 2048;
-/// Tensor names the graph exposes.
-pub const INPUT: &str = "input";
-pub const OUTPUT: &str = "bottleneck";
+pub const DEFAULT_INPUT: u32 = 299;
 
 /// Convolution with folded batch norm and ReLU (Keras's `conv2d_bn`), stride 1, SAME.
 fn conv_bn(

@@ -3,6 +3,7 @@
 //! describing the model. The engine memory-maps it and uploads from the mapping.
 
 use super::graph::Graph;
+use super::Architecture;
 use anyhow::{anyhow, bail, Context, Result};
 use memmap2::Mmap;
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
@@ -11,7 +12,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-pub const ARCHITECTURE: &str = "inception_v3";
 /// Bumped whenever the tensor layout in the file changes.
 pub const LAYOUT: &str = "retrain-v2: NAME.weight [kh,kw,in,out] f32 with batch norm folded, NAME.bias [out]; NAME as the network definition names each conv";
 /// Files of the first layout name each conv by its place in Keras's creation
@@ -130,9 +130,9 @@ impl ModelInfo {
             })
         };
         let architecture = get("architecture")?;
-        if architecture != ARCHITECTURE {
+        if Architecture::from_name(&architecture).is_err() {
             bail!(
-                "{}: holds a {architecture} model, but retrain runs {ARCHITECTURE}",
+                "{}: holds a {architecture} model, but retrain runs inception_v3 and mobilenet_v2",
                 path.display()
             );
         }

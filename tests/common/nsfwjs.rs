@@ -7,6 +7,7 @@ use retrain::convert::{self, default_weights, tfjs, Found, Overrides, Part, Sour
 use retrain::engine::{Engine, Merging};
 use retrain::gpu::Gpu;
 use retrain::model::weights::{Normalization, WeightFile};
+use retrain::model::Architecture;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -23,7 +24,8 @@ pub fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("model");
-        default_weights::fetch_model(&model).expect("npm pack nsfwjs@4.4.0");
+        default_weights::fetch_model(&model, Architecture::InceptionV3)
+            .expect("npm pack nsfwjs@4.4.0");
         let source = tfjs::read_source(&model).unwrap();
         let direct = dir.path().join("direct.safetensors");
         convert::write_engine_file(&source, &direct, false).unwrap();

@@ -129,7 +129,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
 /// The base weights (the default ones fetched on first use), their file, and
 /// the engine at the requested input size.
 fn open_base(args: &TrainArgs) -> Result<(PathBuf, WeightFile, Engine)> {
-    let path = default_weights::resolve(args.weights.as_deref())?;
+    let path = default_weights::resolve(args.weights.as_deref(), args.architecture)?;
     let file = WeightFile::open(&path)?;
     let engine = Engine::new(Gpu::new()?, &file, args.input_size)?;
     Ok((path, file, engine))
@@ -145,6 +145,7 @@ fn classifier_template(
 ) -> Classifier {
     let extra = HashMap::from([("final_tensor_name".into(), args.final_tensor_name.clone())]);
     Classifier {
+        architecture: engine.architecture(),
         weights: Vec::new(),
         biases: Vec::new(),
         labels: labels.to_vec(),
