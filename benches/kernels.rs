@@ -127,6 +127,8 @@ fn profile(engine: &mut Engine, batch: u32) -> Vec<(String, f64, f64, usize)> {
 fn family(label: &str) -> &'static str {
     if label.starts_with("conv 1x1") {
         "1x1 conv"
+    } else if label.starts_with("depthwise") {
+        "depthwise conv"
     } else if label.starts_with("conv") {
         "spatial conv"
     } else if label.contains("pool") {
@@ -134,6 +136,54 @@ fn family(label: &str) -> &'static str {
     } else {
         "other"
     }
+}
+
+/// MobileNet V2's forward pass at 224×224 beside Inception V3's (`inception`:
+/// this run's forward rows): images/s, the ratio, each layer family's share
+/// and the depthwise convs' GFLOPS.
+fn mobilenet_forward(gpu: &Gpu, adapter: &str, inception: &[Value]) -> Value {
+    let path =
+        default_weights::resolve(None, Architecture::MobileNetV2).expect("MobileNet V2 weights");
+    let file = WeightFile::open(&path).expect("weights");
+    let mut engine = Engine::new(gpu.clone(), &file, None).expect("engine");
+    engine.tune_on_first_use().expect("tuning");
+    let (size, _) = engine.input_size();
+    println!();
+    let mut rows = Vec::new();
+    for row in inception {
+        let batch = (row["batch"].as_u64().expect("batch") as u32).min(engine.max_batch());
+        let input: Vec<f32> = (0..batch * size * size * 3)
+            .map(|i| (i % 255) as f32 / 255.0)
+            .collect();
+        let secs = wall_secs(|| {
+            engine
+                .run_tensors(&input, batch, &["bottleneck"])
+                .expect("forward");
+        });
+        let profile = profile(&mut engine, batch);
+        let total: f64 = profile.iter().map(|r| r.2).sum();
+        let mut shares: BTreeMap<&str, f64> = BTreeMap::new();
+        for r in &profile {
+            *shares.entry(family(&r.0)).or_default() += r.2 / total;
+        }
+        let (dw_flops, dw_secs) = profile
+            .iter()
+            .filter(|r| r.0.starts_with("depthwise"))
+            .fold((0.0, 0.0), |(f, t), r| (f + r.1, t + r.2));
+        let rate = batch as f64 / secs;
+        let ratio = rate / row["images_per_s"].as_f64().expect("rate");
+        let share_text: Vec<String> = shares
+            .iter()
+            .map(|(f, s)| format!("{f} {:.0}%", s * 100.0))
+            .collect();
+        println!(
+            "[{adapter}] MobileNet V2 forward {size}×{size} batch {batch:>2}: {rate:8.2} images/s = {ratio:.1}× Inception V3's  ({}; depthwise {:.2} GFLOPS)",
+            share_text.join(", "),
+            dw_flops / dw_secs / 1e9
+        );
+        rows.push(json!({"batch": batch, "images_per_s": rate, "times_inception_v3": ratio, "shares": shares, "depthwise_gflops": dw_flops / dw_secs / 1e9}));
+    }
+    Value::Array(rows)
 }
 
 /// Forward images/s at each batch with sibling 1×1 convs merged as tuned,
@@ -293,8 +343,9 @@ fn main() {
         forward
             .push(json!({"batch": batch, "images_per_s": batch as f64 / secs, "shares": shares}));
     }
-    out["forward"] = Value::Array(forward);
+    out["forward"] = Value::Array(forward.clone());
     out["merging"] = compare_merging(&mut engine, &adapter, &[1, 8.min(max_batch)]);
+    out["mobilenet_v2"] = mobilenet_forward(&gpu, &adapter, &forward);
 
     // 4. End to end, as `retrain features` runs.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/webstyle");

@@ -171,3 +171,24 @@ fn missing_npm_gives_manual_instructions() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn mobilenet_v2_features_are_1280_wide() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("f.npy");
+    let o = retrain(&[
+        "features",
+        "--architecture",
+        "mobilenet_v2",
+        "--output",
+        out.to_str().unwrap(),
+        dataset("broken")
+            .join("ws_1067e3a242.jpg")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (rows, cols, data) = read_npy(&out);
+    assert_eq!((rows, cols), (1, 1280));
+    assert!(data.iter().all(|v| v.is_finite() && *v >= 0.0) && data.iter().any(|v| *v > 0.0));
+}

@@ -321,3 +321,56 @@ fn one_class_is_an_error() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("only one class"), "{}", stderr(&o));
 }
+
+#[test]
+fn mobilenet_v2_retrains_and_classifies_as_trained() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    image_folder(root, 6);
+    // MobileNet V2's smallest input is 32; 64 keeps the run short.
+    let mut args: Vec<&str> = TRAIN
+        .iter()
+        .map(|&a| if a == "80" { "64" } else { a })
+        .collect();
+    args.extend([
+        "--tfhub_module",
+        "https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/4",
+    ]);
+    let o = retrain(root, &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let model = root.join("retrain-output/model.safetensors");
+    let c = Classifier::read(&model).unwrap();
+    assert_eq!(c.architecture.name(), "mobilenet_v2");
+    assert_eq!(c.weights.len(), 1280 * 2);
+    assert_eq!(c.input_size, (64, 64));
+    let o = retrain(
+        root,
+        &[
+            "classify",
+            "--json",
+            "--graph",
+            model.to_str().unwrap(),
+            "images/broken",
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(out.lines().count(), 6, "{out}");
+
+    // Any other TF Hub module is refused, naming the two that exist.
+    let o = retrain(
+        root,
+        &[
+            "--image_dir",
+            "images",
+            "--tfhub_module",
+            "https://tfhub.dev/google/imagenet/resnet_v2_50/feature_vector/5",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("inception_v3 or mobilenet_v2"),
+        "{}",
+        stderr(&o)
+    );
+}
