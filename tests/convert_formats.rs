@@ -272,7 +272,7 @@ fn check_pytorch_defaults(source: &Path) {
     let out = source.with_extension("defaults.safetensors");
     let info = convert::convert(source, &out, &Overrides::default()).unwrap();
     assert_eq!(info.normalization, Normalization::signed());
-    assert!(info.average_pool_counts_padding);
+    assert!(info.pytorch_padding);
     let unit = source.with_extension("unit.safetensors");
     let overrides = Overrides {
         normalization: Some(Normalization::unit()),
@@ -309,7 +309,7 @@ fn keras2_h5_notop_and_full_model_convert_back_exactly() {
     let plain = dir.path().join("plain.safetensors");
     let info = convert::convert(&notop, &plain, &Overrides::default()).unwrap();
     assert_eq!(info.normalization, Normalization::signed());
-    assert!(!info.average_pool_counts_padding);
+    assert!(!info.pytorch_padding);
 }
 
 #[test]

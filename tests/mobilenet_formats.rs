@@ -142,3 +142,125 @@ fn a_misshaped_mobilenet_file_is_refused_naming_the_tensor() {
     );
     assert!(!out.exists());
 }
+
+/// [kh, kw, in, out] -> [out, in, kh, kw].
+fn hwio_to_oihw(hwio: &[f32], [kh, kw, ic, oc]: [usize; 4]) -> Vec<f32> {
+    let mut out = vec![0.0; hwio.len()];
+    for y in 0..kh {
+        for x in 0..kw {
+            for i in 0..ic {
+                for o in 0..oc {
+                    out[((o * ic + i) * kh + y) * kw + x] = hwio[((y * kw + x) * ic + i) * oc + o];
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_torchvision_mobilenet_converts_with_its_names_epsilon_and_padding() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let dir = tempfile::tempdir().unwrap();
+    let source = nsfwjs_mobilenet(dir.path());
+    let order = mobilenet_v2::keras_order();
+    let by_role: std::collections::BTreeMap<(u32, convert::Part), &Found> = source
+        .tensors
+        .iter()
+        .filter_map(|f| Some((f.role?, f)))
+        .collect();
+    // torchvision's names: features.0.0 (stem), features.1.conv.{0.0, 1}, features.N.conv.{0.0, 1.0, 2}, features.18.0.
+    let mut modules = vec![("features.0.0".to_string(), "features.0.1".to_string())];
+    modules.push(("features.1.conv.0.0".into(), "features.1.conv.0.1".into()));
+    modules.push(("features.1.conv.1".into(), "features.1.conv.2".into()));
+    for f in 2..=17 {
+        for (c, b) in [
+            ("conv.0.0", "conv.0.1"),
+            ("conv.1.0", "conv.1.1"),
+            ("conv.2", "conv.3"),
+        ] {
+            modules.push((format!("features.{f}.{c}"), format!("features.{f}.{b}")));
+        }
+    }
+    modules.push(("features.18.0".into(), "features.18.1".into()));
+    assert_eq!(modules.len(), order.len());
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for (k, (conv, bn)) in (1u32..).zip(&modules) {
+        let kernel = by_role[&(k, convert::Part::Kernel)];
+        // Keras [kh, kw, in, out], or [kh, kw, C, 1] for a depthwise kernel (= [kh, kw, 1, C]).
+        let s = &kernel.shape;
+        let hwio = if order[k as usize - 1].ends_with("depthwise") {
+            [s[0], s[1], 1, s[2]]
+        } else {
+            [s[0], s[1], s[2], s[3]]
+        };
+        let oihw = vec![hwio[3], hwio[2], hwio[0], hwio[1]];
+        tensors.push((
+            format!("{conv}.weight"),
+            oihw,
+            hwio_to_oihw(&kernel.data, hwio),
+        ));
+        for (part, name) in [
+            (convert::Part::Gamma, "weight"),
+            (convert::Part::Beta, "bias"),
+            (convert::Part::Mean, "running_mean"),
+            (convert::Part::Variance, "running_var"),
+        ] {
+            let f = by_role[&(k, part)];
+            tensors.push((format!("{bn}.{name}"), f.shape.clone(), f.data.clone()));
+        }
+    }
+    tensors.push((
+        "classifier.1.weight".into(),
+        vec![1000, 1280],
+        vec![0.5; 1_280_000],
+    ));
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, s, d)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), bytemuck::cast_slice(d)).unwrap(),
+            )
+        })
+        .collect();
+    let path = dir.path().join("mobilenet_v2.safetensors");
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+
+    let out = dir.path().join("torch.safetensors");
+    let info = convert::convert(&path, &out, &Default::default()).unwrap();
+    assert_eq!(info.architecture, "mobilenet_v2");
+    assert!(info.pytorch_padding);
+    assert_eq!(
+        info.normalization,
+        retrain::model::weights::Normalization::imagenet()
+    );
+    // Every layer folded with torchvision's batch-norm epsilon, 1e-5.
+    let file = WeightFile::open(&out).unwrap();
+    let graph = graph();
+    for (k, layer) in (1u32..).zip(graph.weighted_layers()) {
+        assert_eq!(layer.name, order[k as usize - 1]);
+        let f = |p| &by_role[&(k, p)].data;
+        let bn = convert::BatchNorm {
+            gamma: Some(f(convert::Part::Gamma)),
+            beta: f(convert::Part::Beta),
+            mean: f(convert::Part::Mean),
+            variance: f(convert::Part::Variance),
+            epsilon: 1e-5,
+        };
+        let (w, b) = convert::fold_batch_norm(f(convert::Part::Kernel), &bn);
+        let got: Vec<f32> = bytemuck::pod_collect_to_vec(
+            file.tensor_bytes(&layer.weight_name(), &layer.weight_shape)
+                .unwrap(),
+        );
+        let bias: Vec<f32> = bytemuck::pod_collect_to_vec(
+            file.tensor_bytes(&layer.bias_name(), &[layer.outputs])
+                .unwrap(),
+        );
+        assert!(
+            common::rel_l2(&got, &w) < 1e-6 && common::rel_l2(&bias, &b) < 1e-6,
+            "{}",
+            layer.name
+        );
+    }
+}

@@ -25,7 +25,7 @@ fn info(architecture: &str) -> ModelInfo {
         bottleneck_size: 2048,
         bottleneck_layer: "test".into(),
         normalization: Normalization::unit(),
-        average_pool_counts_padding: false,
+        pytorch_padding: false,
         dtype: "f32".into(),
         fingerprint: String::new(),
     }

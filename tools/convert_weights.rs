@@ -37,10 +37,11 @@ struct Args {
     /// ImageNet weights).
     #[arg(long, value_name = "NAME")]
     normalize: Option<String>,
-    /// How the network's average pools treat padding: tensorflow (left out of
-    /// the mean) or pytorch (counted). Default: the source framework's.
-    #[arg(long, value_name = "RULE", value_parser = ["tensorflow", "pytorch"])]
-    average_pool: Option<String>,
+    /// How windows are padded: tensorflow (left out of average pools' means,
+    /// SAME convs pad after) or pytorch (counted in the means, convs pad
+    /// symmetrically). Default: the source framework's.
+    #[arg(long, visible_alias = "average-pool", value_name = "RULE", value_parser = ["tensorflow", "pytorch"])]
+    padding: Option<String>,
     /// List the tensors FILE holds and how they would be mapped, without writing anything.
     #[arg(long, value_name = "FILE_OR_DIR", conflicts_with_all = ["from", "output"])]
     inspect: Option<PathBuf>,
@@ -58,19 +59,19 @@ fn run(args: Args) -> Result<()> {
             .as_deref()
             .map(Normalization::from_name)
             .transpose()?,
-        average_pool_counts_padding: args.average_pool.map(|rule| rule == "pytorch"),
+        pytorch_padding: args.padding.map(|rule| rule == "pytorch"),
         half_weights: args.dtype == "f16",
     };
     let info = convert(&from, &output, &overrides)?;
     println!("wrote {}", output.display());
     println!("  source:        {}", info.source);
     println!("  normalisation: {}", info.normalization.describe());
-    let pools = if info.average_pool_counts_padding {
-        "pytorch (padding counted)"
+    let padding = if info.pytorch_padding {
+        "pytorch"
     } else {
-        "tensorflow (padding left out)"
+        "tensorflow"
     };
-    println!("  average pools: {pools}");
+    println!("  padding:       {padding}");
     println!("  weights dtype: {}", info.dtype);
     println!("  fingerprint:   {}", info.fingerprint);
     Ok(())

@@ -56,11 +56,11 @@ pub fn run(args: &ModelArgs) -> Result<()> {
         "  bottleneck:    {} values ({})",
         m.bottleneck_size, m.bottleneck_layer
     );
-    let pools = match m.average_pool_counts_padding {
-        true => "padding counted in the mean (PyTorch)",
-        false => "padding left out of the mean (TensorFlow)",
+    let padding = match m.pytorch_padding {
+        true => "PyTorch's (average pools count it, convs pad symmetrically)",
+        false => "TensorFlow's (left out of average pools, SAME convs pad after)",
     };
-    println!("  average pools: {pools}");
+    println!("  padding:       {padding}");
     println!("  weights dtype: {}", m.dtype);
     println!("  fingerprint:   {}", m.fingerprint);
     println!("  max batch:     {} images at {h}x{w}", engine.max_batch());

@@ -123,7 +123,7 @@ pub fn source_of(dir: &Path, arch: Architecture) -> Source {
     Source {
         description,
         normalization: Normalization::unit(),
-        average_pool_counts_padding: false,
+        pytorch_padding: false,
     }
 }
 

@@ -215,7 +215,7 @@ fn check_conv(name: &str, config: &Value, graph: &Graph, structural: &str) -> Re
             .map_or(Vec::new(), |a| a.iter().filter_map(Value::as_u64).collect())
     };
     let padding = match conv.padding {
-        Padding::Same => "same",
+        Padding::Same | Padding::Symmetric => "same",
         Padding::Valid => "valid",
     };
     let expected = (

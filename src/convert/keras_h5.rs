@@ -256,7 +256,7 @@ fn source_weights(
         source: Source {
             description: format!("{kind} {what}"),
             normalization: Normalization::signed(),
-            average_pool_counts_padding: false,
+            pytorch_padding: false,
         },
         architecture,
         bn_epsilon: super::BN_EPSILON,

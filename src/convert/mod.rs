@@ -58,8 +58,8 @@ pub fn fold_batch_norm(kernel: &[f32], bn: &BatchNorm) -> (Vec<f32>, Vec<f32>) {
 pub struct Source {
     pub description: String,
     pub normalization: Normalization,
-    /// The framework's average pools count padding (PyTorch) or not (Keras).
-    pub average_pool_counts_padding: bool,
+    /// The framework pads windows as PyTorch does (see ModelInfo), or as TensorFlow does.
+    pub pytorch_padding: bool,
 }
 
 /// What a source tensor is, in the network's terms.
@@ -300,7 +300,7 @@ fn oihw_to_hwio(oihw: &[f32], [kh, kw, ic, oc]: [usize; 4]) -> Vec<f32> {
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
     pub normalization: Option<Normalization>,
-    pub average_pool_counts_padding: Option<bool>,
+    pub pytorch_padding: Option<bool>,
     /// Store conv weights as f16 (half the file and the GPU memory).
     pub half_weights: bool,
 }
@@ -311,8 +311,8 @@ pub fn convert(from: &Path, output: &Path, overrides: &Overrides) -> Result<Mode
     if let Some(n) = &overrides.normalization {
         source.source.normalization = n.clone();
     }
-    if let Some(counts) = overrides.average_pool_counts_padding {
-        source.source.average_pool_counts_padding = counts;
+    if let Some(counts) = overrides.pytorch_padding {
+        source.source.pytorch_padding = counts;
     }
     write_engine_file(&source, output, overrides.half_weights)
         .with_context(|| format!("{} ({})", from.display(), source.format))
@@ -337,7 +337,7 @@ pub fn write_engine_file(
         bottleneck_size: arch.bottleneck_size(),
         bottleneck_layer: arch.bottleneck_layer().into(),
         normalization: source.source.normalization.clone(),
-        average_pool_counts_padding: source.source.average_pool_counts_padding,
+        pytorch_padding: source.source.pytorch_padding,
         dtype: if half_weights { "f16" } else { "f32" }.into(),
         fingerprint: String::new(),
     };

@@ -219,7 +219,8 @@ fn check_conv_layer(layer: &Value, conv: &Conv) -> Result<()> {
             .map(|a| a.iter().filter_map(|x| x.as_u64()).collect::<Vec<_>>())
     };
     let want_padding = match conv.padding {
-        Padding::Same => "same",
+        // Symmetric padding only appears for PyTorch weights, never in a Keras check.
+        Padding::Same | Padding::Symmetric => "same",
         Padding::Valid => "valid",
     };
     let kernel = pair(&cfg["kernel_size"]);

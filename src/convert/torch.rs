@@ -1,11 +1,15 @@
-//! PyTorch Inception V3 weights: timm's safetensors (`inception_v3.tv_in1k`)
-//! and torchvision's `.pth` checkpoint (a zip of a pickled state dict and raw
-//! storages), both with torchvision's names — `Conv2d_1a_3x3.conv.weight`
+//! PyTorch Inception V3 and MobileNet V2 weights: timm's safetensors
+//! (`inception_v3.tv_in1k`) and torchvision's `.pth` checkpoints (a zip of a
+//! pickled state dict and raw storages), all with torchvision's names. MobileNet
+//! V2: `features.N…` (see `mobilenet_modules`), batch norm eps 1e-5, ImageNet
+//! mean/std input. Inception V3 — `Conv2d_1a_3x3.conv.weight`
 //! (OIHW), `….bn.weight/bias/running_mean/running_var` (batch norm with gamma,
 //! eps 0.001), `Mixed_5b.branch1x1…`. `AuxLogits.*`, `fc.*` and the
 //! `num_batches_tracked` counters are not used.
 //!
-//! Normalisation: these weights were ported from TensorFlow and expect
+//! MobileNet V2's `classifier.*` is not used either.
+//!
+//! Inception V3's normalisation: these weights were ported from TensorFlow and expect
 //! x/127.5 − 1. torchvision hides this behind `transform_input=True` (it maps
 //! ImageNet mean/std input back to x/127.5 − 1 inside the model) and timm's
 //! configuration for them uses mean = std = 0.5, which is the same thing; so
@@ -40,17 +44,78 @@ pub fn unit_names() -> Vec<String> {
         .collect()
 }
 
-/// torchvision's tensor name for conv `index`'s `part`.
+/// torchvision's tensor name for Inception V3 conv `index`'s `part`.
 pub fn tensor_name(units: &[String], index: u32, part: Part) -> String {
     let unit = &units[index as usize - 1];
-    let suffix = match part {
-        Part::Kernel => "conv.weight",
-        Part::Gamma => "bn.weight",
-        Part::Beta => "bn.bias",
-        Part::Mean => "bn.running_mean",
-        Part::Variance => "bn.running_var",
-    };
-    format!("{unit}.{suffix}")
+    module_tensor(&(format!("{unit}.conv"), format!("{unit}.bn")), part)
+}
+
+/// torchvision's module names of MobileNet V2's layers, in Keras order:
+/// (conv, its batch norm). `features.0` is the stem, `features.1` the block
+/// without expansion, `features.2` … `features.17` Keras's `block_1` …
+/// `block_16`, `features.18` the last 1×1 conv.
+fn mobilenet_modules() -> Vec<(String, String)> {
+    let mut modules = vec![("features.0.0".to_string(), "features.0.1".to_string())];
+    for (conv, bn) in [("conv.0.0", "conv.0.1"), ("conv.1", "conv.2")] {
+        modules.push((format!("features.1.{conv}"), format!("features.1.{bn}")));
+    }
+    for f in 2..=17 {
+        for (conv, bn) in [
+            ("conv.0.0", "conv.0.1"),
+            ("conv.1.0", "conv.1.1"),
+            ("conv.2", "conv.3"),
+        ] {
+            modules.push((format!("features.{f}.{conv}"), format!("features.{f}.{bn}")));
+        }
+    }
+    modules.push(("features.18.0".into(), "features.18.1".into()));
+    modules
+}
+
+/// The name of `part` of the layer whose modules are (conv, batch norm).
+fn module_tensor((conv, bn): &(String, String), part: Part) -> String {
+    match part {
+        Part::Kernel => format!("{conv}.weight"),
+        Part::Gamma => format!("{bn}.weight"),
+        Part::Beta => format!("{bn}.bias"),
+        Part::Mean => format!("{bn}.running_mean"),
+        Part::Variance => format!("{bn}.running_var"),
+    }
+}
+
+/// What a torchvision network needs beyond its names: its batch norms'
+/// epsilon and the input normalisation its weights expect.
+struct TorchNetwork {
+    architecture: Architecture,
+    modules: Vec<(String, String)>,
+    bn_epsilon: f64,
+    normalization: Normalization,
+}
+
+/// The network whose names `raw` has: MobileNet V2 (`features.0.0.weight`)
+/// or Inception V3.
+fn network_of(raw: &[(String, Vec<usize>, Vec<f32>)]) -> TorchNetwork {
+    let mobilenet = raw
+        .iter()
+        .any(|(n, _, _)| n.strip_prefix("module.").unwrap_or(n) == "features.0.0.weight");
+    match mobilenet {
+        // torchvision's MobileNet V2: nn.BatchNorm2d's default epsilon, ImageNet mean/std input.
+        true => TorchNetwork {
+            architecture: Architecture::MobileNetV2,
+            modules: mobilenet_modules(),
+            bn_epsilon: 1e-5,
+            normalization: Normalization::imagenet(),
+        },
+        false => TorchNetwork {
+            architecture: Architecture::InceptionV3,
+            modules: unit_names()
+                .into_iter()
+                .map(|u| (format!("{u}.conv"), format!("{u}.bn")))
+                .collect(),
+            bn_epsilon: super::BN_EPSILON,
+            normalization: Normalization::signed(),
+        },
+    }
 }
 
 /// Source weights from (name, shape, values) in torchvision naming.
@@ -59,10 +124,10 @@ fn source(
     path: &Path,
     raw: Vec<(String, Vec<usize>, Vec<f32>)>,
 ) -> Result<SourceWeights> {
-    let units = unit_names();
-    let roles: HashMap<String, (u32, Part)> = (1..=units.len() as u32)
-        .flat_map(|k| {
-            let units = &units;
+    let network = network_of(&raw);
+    let roles: HashMap<String, (u32, Part)> = (1u32..)
+        .zip(&network.modules)
+        .flat_map(|(k, m)| {
             [
                 Part::Kernel,
                 Part::Gamma,
@@ -70,7 +135,7 @@ fn source(
                 Part::Mean,
                 Part::Variance,
             ]
-            .map(move |p| (tensor_name(units, k, p), (k, p)))
+            .map(move |p| (module_tensor(m, p), (k, p)))
         })
         .collect();
     let tensors: Vec<Found> = raw
@@ -90,22 +155,23 @@ fn source(
         .collect();
     if tensors.iter().all(|t| t.role.is_none()) {
         bail!(
-            "{}: none of its tensors has torchvision's Inception V3 names (Conv2d_1a_3x3.conv.weight, ...)",
+            "{}: none of its tensors has torchvision's Inception V3 or MobileNet V2 names (Conv2d_1a_3x3.conv.weight, features.0.0.weight, ...)",
             path.display()
         );
     }
+    let modules = network.modules;
     Ok(SourceWeights {
-        architecture: Architecture::InceptionV3,
-        bn_epsilon: super::BN_EPSILON,
+        architecture: network.architecture,
+        bn_epsilon: network.bn_epsilon,
         format: format!("{format}, mapped by torchvision's module names"),
         layout: KernelLayout::Oihw,
         tensors,
         source: Source {
             description: format!("{format} {}", path.display()),
-            normalization: Normalization::signed(),
-            average_pool_counts_padding: true,
+            normalization: network.normalization,
+            pytorch_padding: true,
         },
-        name_of: Box::new(move |k, part| tensor_name(&units, k, part)),
+        name_of: Box::new(move |k, part| module_tensor(&modules[k as usize - 1], part)),
     })
 }
 

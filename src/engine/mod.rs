@@ -57,8 +57,8 @@ impl Engine {
     pub fn new(gpu: Gpu, file: &WeightFile, input: Option<(u32, u32)>) -> Result<Self> {
         let (h, w) = input.unwrap_or((file.info.input_height, file.info.input_width));
         let mut network = Architecture::from_name(&file.info.architecture)?.build(h, w)?;
-        if file.info.average_pool_counts_padding {
-            network.count_padding_in_average_pools();
+        if file.info.pytorch_padding {
+            network.pad_as_pytorch();
         }
         // Uploading checks every tensor's presence and shape against the graph.
         let weights = GpuWeights::upload(&gpu, file, &network)?;

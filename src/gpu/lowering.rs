@@ -100,3 +100,42 @@ pub fn pool_params(graph: &Graph, p: &Pool, batch: u32) -> PoolParams {
         out_offset: p.output.offset,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::graph::Op;
+    use crate::model::mobilenet_v2::mobilenet_v2;
+
+    /// (pad_top, pad_left) of every stride-2 conv and depthwise conv.
+    fn stride_two_pads(g: &Graph) -> Vec<(u32, u32)> {
+        g.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Conv(c) if c.stride == 2 => {
+                    let p = conv_params(g, c, 1);
+                    Some((p.pad_top, p.pad_left))
+                }
+                Op::Depthwise(d) if d.stride == 2 => {
+                    let p = depthwise_params(g, d, 1);
+                    Some((p.pad_top, p.pad_left))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tensorflow_pads_even_sizes_after_pytorch_on_both_sides() {
+        let mut g = mobilenet_v2(224, 224).unwrap();
+        assert_eq!(stride_two_pads(&g), vec![(0, 0); 5]);
+        g.pad_as_pytorch();
+        assert_eq!(stride_two_pads(&g), vec![(1, 1); 5]);
+        // Odd sizes (200 → 25 → 13 wide) pad (1, 1) with TensorFlow's rule too.
+        let g = mobilenet_v2(160, 200).unwrap();
+        assert_eq!(
+            stride_two_pads(&g),
+            vec![(0, 0), (0, 0), (0, 0), (0, 1), (0, 1)]
+        );
+    }
+}

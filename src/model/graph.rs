@@ -58,6 +58,9 @@ pub enum Padding {
     Same,
     /// No padding: output = (input − window) / stride + 1.
     Valid,
+    /// PyTorch's (window − 1) / 2 on every side: the same output size as
+    /// SAME for odd windows, but one more cell before where SAME pads after.
+    Symmetric,
 }
 
 impl Padding {
@@ -69,6 +72,10 @@ impl Padding {
                 let out = input.div_ceil(stride);
                 let total = ((out - 1) * stride + window).saturating_sub(input);
                 Some((out, total / 2))
+            }
+            Padding::Symmetric => {
+                let pad = (window - 1) / 2;
+                (input + 2 * pad >= window).then(|| ((input + 2 * pad - window) / stride + 1, pad))
             }
         }
     }
@@ -454,14 +461,15 @@ impl Graph {
         output
     }
 
-    /// Makes every average pool count padding in its mean, as PyTorch's
-    /// Inception V3 does (for weights trained that way).
-    pub fn count_padding_in_average_pools(&mut self) {
+    /// Pads every window as PyTorch does, for weights trained that way:
+    /// average pools count the padding, and SAME convs pad symmetrically.
+    pub fn pad_as_pytorch(&mut self) {
         for op in &mut self.ops {
-            if let Op::Pool(p) = op {
-                if p.kind == PoolOp::Average {
-                    p.kind = PoolOp::AverageCountingPadding;
-                }
+            match op {
+                Op::Pool(p) if p.kind == PoolOp::Average => p.kind = PoolOp::AverageCountingPadding,
+                Op::Conv(c) if c.padding == Padding::Same => c.padding = Padding::Symmetric,
+                Op::Depthwise(d) if d.padding == Padding::Same => d.padding = Padding::Symmetric,
+                _ => {}
             }
         }
     }

@@ -81,9 +81,10 @@ pub struct ModelInfo {
     pub bottleneck_size: u32,
     pub bottleneck_layer: String,
     pub normalization: Normalization,
-    /// Whether the network's average pools count padding in their mean
-    /// (PyTorch-trained weights) or not (Keras).
-    pub average_pool_counts_padding: bool,
+    /// Whether windows are padded as PyTorch pads them (PyTorch-trained
+    /// weights): average pools count the padding in their mean and SAME convs
+    /// pad (k − 1)/2 on every side; else as TensorFlow does (Keras).
+    pub pytorch_padding: bool,
     pub dtype: String,
     /// Hash of every tensor's name, shape and bytes: identifies the weights
     /// (bottleneck caches are keyed by it).
@@ -108,7 +109,7 @@ impl ModelInfo {
             ("input_offset", format!("{:?}", n.offset)),
             (
                 "average_pool_padding",
-                if self.average_pool_counts_padding {
+                if self.pytorch_padding {
                     "included"
                 } else {
                     "excluded"
@@ -158,7 +159,7 @@ impl ModelInfo {
                 offset: floats("input_offset")?,
             },
             // Files written before this key existed are Keras-style.
-            average_pool_counts_padding: meta
+            pytorch_padding: meta
                 .get("average_pool_padding")
                 .is_some_and(|v| v == "included"),
             dtype: get("dtype")?,

@@ -70,7 +70,7 @@ pub fn convert_and_compare(source: &Path, what: &str) -> PathBuf {
     let out = source.with_extension("engine.safetensors");
     let overrides = Overrides {
         normalization: Some(Normalization::unit()),
-        average_pool_counts_padding: Some(false),
+        pytorch_padding: Some(false),
         half_weights: false,
     };
     let info = convert::convert(source, &out, &overrides).unwrap();
