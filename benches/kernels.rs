@@ -17,7 +17,9 @@
 //! rates from wall-clock. Every line names the adapter. Results also go to
 //! target/bench-kernels.json. BENCH_INPUT sets the input size (default 299),
 //! BENCH_GEMM the GEMM sizes (default 1024,2048,4096 on GPUs, 512,1024 on
-//! CPU adapters).
+//! CPU adapters), BENCH_BATCHES the forward batches (default 1,8,32), and
+//! BENCH_ONLY=forward runs the forward passes alone (Inception V3 beside
+//! MobileNet V2), for slow adapters.
 
 use retrain::convert::default_weights;
 use retrain::data::{images, loader};
@@ -222,25 +224,10 @@ fn compare_merging(engine: &mut Engine, adapter: &str, batches: &[u32]) -> Value
     json!({"decisions": decisions, "forward": rows})
 }
 
-fn main() {
-    let size = env_u32("BENCH_INPUT").unwrap_or(299);
-    let file = WeightFile::open(
-        &default_weights::resolve(None, Architecture::InceptionV3).expect("weights"),
-    )
-    .expect("weights");
-    let mut engine =
-        Engine::new(Gpu::new().expect("gpu"), &file, Some((size, size))).expect("engine");
-    engine.tune_on_first_use().expect("tuning");
+/// Sections 1 and 2: the GEMM ceiling, then every conv shape against it.
+fn ceiling_and_layers(engine: &mut Engine, timer: &GpuTimer, adapter: &str, out: &mut Value) {
     let gpu = engine.gpu.clone();
-    let adapter = format!("{} ({:?})", gpu.info.name, gpu.info.backend);
-    println!(
-        "adapter: {adapter}; driver: {} {}",
-        gpu.info.driver, gpu.info.driver_info
-    );
-    let timer =
-        GpuTimer::new(&gpu, 1).expect("this bench needs timestamp queries (TIMESTAMP_QUERY)");
-    let mut out = json!({"adapter": adapter, "input": size});
-
+    let (size, _) = engine.input_size();
     // 1. The ceiling.
     let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
     let sizes: Vec<u32> = std::env::var("BENCH_GEMM")
@@ -250,7 +237,7 @@ fn main() {
         .collect();
     let mut gemm = Vec::new();
     for &n in &sizes {
-        for (v, g) in gemm_ceiling(&gpu, &engine, &timer, n) {
+        for (v, g) in gemm_ceiling(&gpu, engine, timer, n) {
             println!("[{adapter}] GEMM {n}³ {v:?}: {g:.2} GFLOPS");
             gemm.push(json!({"n": n, "variant": format!("{v:?}"), "gflops": g}));
         }
@@ -278,7 +265,7 @@ fn main() {
             .iter()
             .map(|p| (shape_key(p), engine.tuning().variant(&gpu, p)))
             .collect();
-        let rows = profile(&mut engine, batch);
+        let rows = profile(engine, batch);
         let (conv_flops, conv_secs) = rows
             .iter()
             .filter(|r| r.1 > 0.0)
@@ -310,11 +297,42 @@ fn main() {
             json!({"gflops": conv_gflops, "percent_of_ceiling": 100.0 * conv_gflops / ceiling});
     }
     out["layers"] = Value::Array(layers);
+}
 
+fn main() {
+    let size = env_u32("BENCH_INPUT").unwrap_or(299);
+    let file = WeightFile::open(
+        &default_weights::resolve(None, Architecture::InceptionV3).expect("weights"),
+    )
+    .expect("weights");
+    let mut engine =
+        Engine::new(Gpu::new().expect("gpu"), &file, Some((size, size))).expect("engine");
+    engine.tune_on_first_use().expect("tuning");
+    let gpu = engine.gpu.clone();
+    let adapter = format!("{} ({:?})", gpu.info.name, gpu.info.backend);
+    println!(
+        "adapter: {adapter}; driver: {} {}",
+        gpu.info.driver, gpu.info.driver_info
+    );
+    let timer =
+        GpuTimer::new(&gpu, 1).expect("this bench needs timestamp queries (TIMESTAMP_QUERY)");
+    let mut out = json!({"adapter": adapter, "input": size});
+    let only_forward = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "forward");
+    if !only_forward {
+        ceiling_and_layers(&mut engine, &timer, &adapter, &mut out);
+    }
+    let max_batch = engine.max_batch();
+
+    // 3. The forward pass.
     // 3. The forward pass.
     println!();
     let mut forward = Vec::new();
-    let mut batches: Vec<u32> = [1, 8, 32].iter().map(|&b| b.min(max_batch)).collect();
+    let wanted = std::env::var("BENCH_BATCHES").unwrap_or_else(|_| "1,8,32".into());
+    let mut batches: Vec<u32> = wanted
+        .split(',')
+        .filter_map(|b| b.parse::<u32>().ok())
+        .map(|b| b.min(max_batch))
+        .collect();
     batches.dedup();
     for &batch in &batches {
         let input: Vec<f32> = (0..batch * size * size * 3)
@@ -344,8 +362,12 @@ fn main() {
             .push(json!({"batch": batch, "images_per_s": batch as f64 / secs, "shares": shares}));
     }
     out["forward"] = Value::Array(forward.clone());
-    out["merging"] = compare_merging(&mut engine, &adapter, &[1, 8.min(max_batch)]);
     out["mobilenet_v2"] = mobilenet_forward(&gpu, &adapter, &forward);
+    if only_forward {
+        write_results(&out);
+        return;
+    }
+    out["merging"] = compare_merging(&mut engine, &adapter, &[1, 8.min(max_batch)]);
 
     // 4. End to end, as `retrain features` runs.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/webstyle");
@@ -424,8 +446,12 @@ fn main() {
         heads_out.push(json!({"classes": classes, "heads": heads, "batch": 100, "ms": secs * 1e3}));
     }
     out["head_steps"] = Value::Array(heads_out);
+    write_results(&out);
+}
 
+/// target/bench-kernels.json.
+fn write_results(out: &Value) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-kernels.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&out).unwrap()).expect("write results");
+    std::fs::write(&path, serde_json::to_string_pretty(out).unwrap()).expect("write results");
     println!("wrote {}", path.display());
 }

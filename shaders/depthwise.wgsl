@@ -15,7 +15,8 @@
 // Values are read LANES channels at a time: one f32, or, when channels,
 // strides and offsets are multiples of 4, the host swaps in the block marked
 // VALUE to read vec4s. One invocation per output Value; the 1-D index is
-// spread over a 2-D grid of 256-wide workgroups (x + y·groups_x).
+// spread over a 2-D grid of GROUP-wide workgroups (x + y·groups_x·GROUP);
+// GROUP, the override constant, is the variant the autotuner picks.
 
 struct Params {
     batch: u32, in_h: u32, in_w: u32, channels: u32,
@@ -64,10 +65,12 @@ fn bias_value(c: u32) -> Value {
     return select_lanes(b);
 }
 
-@compute @workgroup_size(256)
+override GROUP: u32 = 256u;
+
+@compute @workgroup_size(GROUP)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let groups_c = p.channels / LANES;
-    let index = gid.x + gid.y * groups.x * 256u;
+    let index = gid.x + gid.y * groups.x * GROUP;
     if (index >= p.batch * p.out_h * p.out_w * groups_c) {
         return;
     }

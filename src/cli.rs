@@ -259,7 +259,7 @@ impl TrainArgs {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Compute each image's 2048-d Inception V3 bottleneck vector and save them as .npy
+    /// Compute each image's bottleneck vector (2048-d Inception V3, 1280-d MobileNet V2) and save them as .npy
     Features(FeaturesArgs),
     /// Show the GPU adapter, its limits and features, and the model's metadata
     Info(ModelArgs),
@@ -315,7 +315,7 @@ pub struct FeaturesArgs {
     /// Image files, processed in the order given (after those of --image-dir).
     #[arg(value_name = "IMAGE")]
     pub files: Vec<PathBuf>,
-    /// Where to write the float32 [N, 2048] array; FILE.paths lists the image of each row.
+    /// Where to write the float32 [N, bottleneck] array; FILE.paths lists the image of each row.
     #[arg(long, value_name = "FILE.npy")]
     pub output: PathBuf,
     /// Images per GPU submission. Default: as many as the device holds (at most 64).

@@ -1,4 +1,4 @@
-//! retrain: transfer learning with a pretrained Inception V3 whose every tensor
+//! retrain: transfer learning with a pretrained Inception V3 or MobileNet V2 whose every tensor
 //! operation is a WGSL compute shader run through wgpu.
 
 pub mod atomic_file;

@@ -4,9 +4,6 @@
 //! writes it — its naming, kernel layout and batch-norm parameterisation —
 //! then converted back and compared with the direct conversion, tensor by
 //! tensor; then the golden bottleneck is checked with each converted file.
-//!
-//! Longer than the crate's other files on purpose: one writer per format
-//! users bring, all sharing one fixture (the nsfwjs weights read once).
 
 mod common;
 

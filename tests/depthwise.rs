@@ -1,14 +1,15 @@
 //! MobileNet V2's depthwise conv kernel against its CPU reference on random
 //! shapes and random data, the output buffer poisoned first: 3×3 stride 1 and
 //! 2 with TF's SAME padding (even and odd sizes), VALID, channel slices,
-//! aligned (vec4) and unaligned channels, every activation, f32 and f16 weights.
+//! aligned (vec4) and unaligned channels, every activation, f32 and f16
+//! weights, every workgroup size the tuner may pick.
 
 mod common;
 
 use common::*;
 use rand::Rng;
 use retrain::cpu_reference;
-use retrain::gpu::kernels::{submit, Kernels};
+use retrain::gpu::kernels::{submit, Kernels, DEPTHWISE_GROUPS};
 use retrain::gpu::params::DepthwiseParams;
 use retrain::model::graph::Padding;
 use std::sync::OnceLock;
@@ -88,19 +89,24 @@ fn check(p: &DepthwiseParams, half: bool, rng: &mut rand::rngs::StdRng) {
     let out_len = (p.batch * p.out_h * p.out_w * p.out_stride) as usize;
     let mut expected = vec![POISON; out_len];
     cpu_reference::depthwise(p, &input, (&weights, &bias), &mut expected);
-    let output = poisoned(gpu, out_len);
     let (bi, bw, bb) = (
         upload(gpu, &input),
         gpu.storage_buffer_with("weights", &weight_bytes),
         upload(gpu, &bias),
     );
-    submit(gpu, &[&kernels.depthwise(gpu, p, &bi, (&bw, &bb), &output)]);
-    assert_close(
-        &download(gpu, &output, out_len),
-        &expected,
-        1e-5,
-        &format!("depthwise f16 weights: {half} {p:?}"),
-    );
+    for group in DEPTHWISE_GROUPS {
+        let output = poisoned(gpu, out_len);
+        submit(
+            gpu,
+            &[&kernels.depthwise(gpu, p, group, &bi, (&bw, &bb), &output)],
+        );
+        assert_close(
+            &download(gpu, &output, out_len),
+            &expected,
+            1e-5,
+            &format!("depthwise in groups of {group}, f16 weights: {half} {p:?}"),
+        );
+    }
 }
 
 #[test]
@@ -156,7 +162,7 @@ fn relu6_saturates_at_six() {
     );
     submit(
         gpu,
-        &[&kernels.depthwise(gpu, &p, &bi, (&bw, &bb), &output)],
+        &[&kernels.depthwise(gpu, &p, 256, &bi, (&bw, &bb), &output)],
     );
     assert_eq!(download(gpu, &output, 1), vec![6.0]);
 }

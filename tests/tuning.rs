@@ -14,6 +14,7 @@ use retrain::model::Architecture;
 #[test]
 fn tuning_is_cached_per_device_and_changes_no_result() {
     let weights = default_weights::resolve(None, Architecture::InceptionV3).unwrap();
+    let mobilenet = default_weights::resolve(None, Architecture::MobileNetV2).unwrap();
     let cache = tempfile::tempdir().unwrap();
     // This test binary holds this one test, so setting the variable is safe.
     unsafe { std::env::set_var("RETRAIN_CACHE_DIR", cache.path()) };
@@ -52,5 +53,28 @@ fn tuning_is_cached_per_device_and_changes_no_result() {
         again.merged_groups(),
         engine.merged_groups(),
         "and merges as measured"
+    );
+
+    // MobileNet V2's depthwise convs get a measured workgroup size each, and
+    // the tuned network computes what the untuned one does.
+    let file = WeightFile::open(&mobilenet).unwrap();
+    let mut engine = Engine::new(Gpu::new().unwrap(), &file, Some((48, 40))).unwrap();
+    assert!(!engine.is_tuned());
+    let input = common::random_vec(&mut rng, 48 * 40 * 3);
+    let before = engine.run_tensors(&input, 1, &["bottleneck"]).unwrap();
+    engine.tune(&mut |_| {}).unwrap();
+    assert!(engine.is_tuned());
+    // 17 depthwise convs; shapes repeat (key: kernel, stride, channels, map size).
+    assert!(
+        engine.tuning().depthwise.len() >= 5,
+        "{:?}",
+        engine.tuning().depthwise
+    );
+    let after = engine.run_tensors(&input, 1, &["bottleneck"]).unwrap();
+    let err = common::rel_l2(&after[0], &before[0]);
+    assert!(err < 1e-5, "tuned MobileNet differs by {err:e}");
+    assert_eq!(
+        Tuning::load(&engine.gpu).depthwise,
+        engine.tuning().depthwise
     );
 }

@@ -1,11 +1,11 @@
 //! The engine's side of kernel tuning: what to measure for this network
-//! (every conv shape, every group of sibling 1×1 convs), measuring it on an
-//! adapter's first use, and which groups then run merged.
+//! (every conv shape, every group of sibling 1×1 convs, every depthwise conv
+//! shape), measuring it on an adapter's first use, and which groups then run merged.
 
 use super::{max_batch, Engine, Merging};
-use crate::gpu::lowering::conv_params;
+use crate::gpu::lowering::{conv_params, depthwise_params};
 use crate::gpu::params::ConvParams;
-use crate::gpu::tuning::{merge_key, shape_key};
+use crate::gpu::tuning::{depthwise_key, merge_key, shape_key, TuningWork};
 use crate::model::graph::Op;
 use crate::model::merge::{merge, sibling_groups, SiblingGroup};
 use crate::progress::progress_bar;
@@ -33,8 +33,8 @@ impl Engine {
     /// The tuner's verdict on each distinct group of sibling 1×1 convs of the
     /// network (by merge key): merged or not; None where not yet measured.
     pub fn merge_decisions(&self) -> Vec<(String, Option<bool>)> {
-        let (_, groups) = self.tuning_work();
-        groups
+        self.tuning_work()
+            .groups
             .iter()
             .map(|parts| {
                 let key = merge_key(parts);
@@ -69,8 +69,9 @@ impl Engine {
     }
 
     /// What tuning measures (at batch 1): every conv shape of the network,
-    /// and every group of sibling convs that may be merged, by its parts.
-    fn tuning_work(&self) -> (Vec<ConvParams>, Vec<Vec<ConvParams>>) {
+    /// every group of sibling convs that may be merged (by its parts), and
+    /// every depthwise conv shape.
+    fn tuning_work(&self) -> TuningWork {
         let convs = distinct(
             self.network
                 .convs()
@@ -82,7 +83,19 @@ impl Engine {
             .map(|g| self.group_params(g))
             .filter(|parts| seen.insert(merge_key(parts)))
             .collect();
-        (convs, groups)
+        let mut seen = std::collections::HashSet::new();
+        let depthwise = (self.network.ops.iter())
+            .filter_map(|op| match op {
+                Op::Depthwise(d) => Some(depthwise_params(&self.network, d, 1)),
+                _ => None,
+            })
+            .filter(|p| seen.insert(depthwise_key(p)))
+            .collect();
+        TuningWork {
+            convs,
+            groups,
+            depthwise,
+        }
     }
 
     fn group_params(&self, group: &SiblingGroup) -> Vec<ConvParams> {
@@ -93,17 +106,15 @@ impl Engine {
             .collect()
     }
 
-    /// How many measurements a full tuning makes (conv shapes and groups).
+    /// How many measurements a full tuning makes (shapes and groups).
     pub fn tuning_steps(&self) -> usize {
-        let (convs, groups) = self.tuning_work();
-        convs.len() + groups.len()
+        self.tuning_work().len()
     }
 
-    /// Whether every conv has a measured kernel variant for this device, and
-    /// every group of sibling convs a measured merge decision.
+    /// Whether every conv and depthwise conv has a measured kernel variant
+    /// for this device, and every group of sibling convs a measured merge decision.
     pub fn is_tuned(&self) -> bool {
-        let (convs, groups) = self.tuning_work();
-        self.tuning.covers(&convs, &groups)
+        self.tuning.covers(&self.tuning_work())
     }
 
     /// Measures the kernel variants on each conv not yet tuned (at batch 1)
@@ -112,9 +123,9 @@ impl Engine {
     /// otherwise); an error writing the cache is returned after that (the
     /// run can go on).
     pub fn tune(&mut self, progress: &mut dyn FnMut(&str)) -> Result<()> {
-        let (convs, groups) = self.tuning_work();
+        let work = self.tuning_work();
         self.tuning
-            .tune(&self.gpu, &self.kernels, &convs, &groups, progress)?;
+            .tune(&self.gpu, &self.kernels, &work, progress)?;
         self.set_merging(self.merging)?;
         self.tuning.save()
     }

@@ -189,9 +189,10 @@ pub struct Kernels {
     /// pool.wgsl reading one f32 at a time, and one vec4 (aligned channels).
     pool_scalar: PoolPipelines,
     pool_vec4: PoolPipelines,
-    /// depthwise.wgsl reading one f32 at a time, and one vec4 (aligned channels).
-    depthwise_scalar: wgpu::ComputePipeline,
-    depthwise_vec4: wgpu::ComputePipeline,
+    /// depthwise.wgsl's source reading one f32 at a time, and one vec4 (aligned channels).
+    depthwise_sources: [String; 2],
+    /// Its pipelines by whether the channels are aligned and the workgroup size.
+    depthwise: Mutex<HashMap<(bool, u32), wgpu::ComputePipeline>>,
     global_avg_pool: wgpu::ComputePipeline,
     preprocess: wgpu::ComputePipeline,
     /// Bound as a conv's residual when it has none (the binding must hold a buffer).
@@ -228,6 +229,16 @@ fn pipeline_with(
 
 const CONV_TILE: u32 = 64;
 const POOL_GROUP: u32 = 256;
+/// The depthwise kernel's workgroup sizes the autotuner tries.
+pub const DEPTHWISE_GROUPS: [u32; 3] = [64, 128, 256];
+
+/// A 1-D grid of `count` invocations in `group`-wide workgroups, folded into
+/// 2-D when longer than `max_groups` workgroups.
+fn grid(count: u64, group: u32, max_groups: u32) -> [u32; 3] {
+    let groups = count.div_ceil(group as u64).max(1);
+    let x = groups.min(max_groups as u64);
+    [x as u32, groups.div_ceil(x) as u32, 1]
+}
 
 impl Kernels {
     /// The pipelines for conv weights stored as f32, or as f16 when `half_weights`.
@@ -246,8 +257,8 @@ impl Kernels {
             direct: Mutex::default(),
             pool_scalar: PoolPipelines::new(gpu, shader::POOL),
             pool_vec4: PoolPipelines::new(gpu, &pool_vec4_src),
-            depthwise_scalar: pipeline(gpu, "depthwise", &depthwise_src, "main"),
-            depthwise_vec4: pipeline(gpu, "depthwise", &depthwise_vec4_src, "main"),
+            depthwise_sources: [depthwise_src, depthwise_vec4_src],
+            depthwise: Mutex::default(),
             global_avg_pool: pipeline(gpu, "global_avg_pool", shader::GLOBAL_AVG_POOL, "main"),
             preprocess: pipeline(gpu, "preprocess", shader::PREPROCESS, "main"),
             no_residual: gpu.storage_buffer("no residual", 16),
@@ -295,9 +306,7 @@ impl Kernels {
 
     /// A 1-D grid of `count` invocations in 256-wide groups, folded into 2-D when too long.
     fn linear_grid(&self, count: u64) -> [u32; 3] {
-        let groups = count.div_ceil(POOL_GROUP as u64).max(1);
-        let x = groups.min(self.max_groups as u64);
-        [x as u32, groups.div_ceil(x) as u32, 1]
+        grid(count, POOL_GROUP, self.max_groups)
     }
 
     /// The conv `p` with `variant` (or the tiled kernel where it does not
@@ -385,11 +394,14 @@ impl Kernels {
         Self::dispatch(gpu, pipeline, p, &[input, output], self.linear_grid(count))
     }
 
-    /// The depthwise conv `p`, reading vec4s when channels and slices are aligned to 4.
+    /// The depthwise conv `p` in workgroups of `group` invocations (one of
+    /// DEPTHWISE_GROUPS), reading vec4s when channels and slices are aligned to 4.
+    #[allow(clippy::too_many_arguments)]
     pub fn depthwise(
         &self,
         gpu: &Gpu,
         p: &DepthwiseParams,
+        group: u32,
         input: &wgpu::Buffer,
         (weights, bias): (&wgpu::Buffer, &wgpu::Buffer),
         output: &wgpu::Buffer,
@@ -403,13 +415,26 @@ impl Kernels {
         ]
         .iter()
         .all(|v| v % 4 == 0);
-        let (pipeline, lanes) = match aligned {
-            true => (&self.depthwise_vec4, 4),
-            false => (&self.depthwise_scalar, 1),
-        };
+        let lanes = if aligned { 4 } else { 1 };
+        let pipeline = self
+            .depthwise
+            .lock()
+            .expect("pipeline cache")
+            .entry((aligned, group))
+            .or_insert_with(|| {
+                let source = &self.depthwise_sources[aligned as usize];
+                pipeline_with(gpu, "depthwise", source, "main", &[("GROUP", group as f64)])
+            })
+            .clone();
         let count = p.batch as u64 * p.out_h as u64 * p.out_w as u64 * (p.channels / lanes) as u64;
         let buffers = [input, weights, bias, output];
-        Self::dispatch(gpu, pipeline, p, &buffers, self.linear_grid(count))
+        Self::dispatch(
+            gpu,
+            &pipeline,
+            p,
+            &buffers,
+            grid(count, group, self.max_groups),
+        )
     }
 
     pub fn global_avg_pool(

@@ -279,13 +279,9 @@ fn dispatch<'a>(
         Op::Depthwise(d) => {
             let p = depthwise_params(graph, d, batch);
             let weights = weights.expect("depthwise weights");
-            kernels.depthwise(
-                gpu,
-                &p,
-                buffer(d.input.tensor),
-                weights,
-                buffer(d.output.tensor),
-            )
+            let group = tuning.depthwise_group(&p);
+            let (input, output) = (buffer(d.input.tensor), buffer(d.output.tensor));
+            kernels.depthwise(gpu, &p, group, input, weights, output)
         }
         Op::Pool(p) => {
             let kind = match p.kind {

@@ -1,12 +1,13 @@
-//! Which conv kernel variant runs each conv shape on this device, and which
-//! groups of sibling 1×1 convs run merged into one GEMM: measured once per
-//! adapter (a few candidates timed on each distinct conv of the network, each
-//! group timed merged and one by one) and cached on disk, keyed by the
-//! adapter, its driver and the engine version, so later runs start at once.
+//! Which conv kernel variant runs each conv shape on this device, which
+//! workgroup size each depthwise conv shape, and which groups of sibling 1×1
+//! convs run merged into one GEMM: measured once per adapter (a few
+//! candidates timed on each distinct conv of the network, each group timed
+//! merged and one by one) and cached on disk, keyed by the adapter, its
+//! driver and the engine version, so later runs start at once.
 
 use super::context::Gpu;
-use super::kernels::{submit, ConvVariant, Kernels};
-use super::params::ConvParams;
+use super::kernels::{submit, ConvVariant, Dispatch, Kernels, DEPTHWISE_GROUPS};
+use super::params::{ConvParams, DepthwiseParams};
 use crate::hex::hex;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
@@ -40,6 +41,40 @@ pub fn merge_key(parts: &[ConvParams]) -> String {
     shape_key(&whole).replace("to0_", &format!("to{}_", outs.join("+")))
 }
 
+/// The part of a depthwise conv's shape that decides its best workgroup
+/// size: kernel, stride, channels and output map rounded up to a power of two.
+pub fn depthwise_key(p: &DepthwiseParams) -> String {
+    format!(
+        "dw{}x{}s{}_{}_map{}",
+        p.kernel_h,
+        p.kernel_w,
+        p.stride_h,
+        p.channels,
+        (p.out_h * p.out_w).next_power_of_two()
+    )
+}
+
+/// What a network asks the tuner to measure (at batch 1): its distinct conv
+/// shapes, its groups of sibling 1×1 convs (by their parts), its distinct
+/// depthwise conv shapes.
+#[derive(Default)]
+pub struct TuningWork {
+    pub convs: Vec<ConvParams>,
+    pub groups: Vec<Vec<ConvParams>>,
+    pub depthwise: Vec<DepthwiseParams>,
+}
+
+impl TuningWork {
+    /// How many measurements tuning all of it makes.
+    pub fn len(&self) -> usize {
+        self.convs.len() + self.groups.len() + self.depthwise.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A merged conv must save at least this share of its parts' time: merging
 /// also keeps tensors alive longer, and timings this close are noise.
 const MERGE_GAIN: f64 = 0.05;
@@ -53,6 +88,9 @@ pub struct Tuning {
     /// merged GEMM was faster than the convs one by one.
     #[serde(default)]
     pub merges: BTreeMap<String, bool>,
+    /// The fastest workgroup size for each depthwise conv shape (by `depthwise_key`).
+    #[serde(default)]
+    pub depthwise: BTreeMap<String, u32>,
 }
 
 /// Identifies what the measurements depend on: the adapter, its driver, the
@@ -63,7 +101,8 @@ fn device_key(gpu: &Gpu) -> String {
         [
             super::shader::CONV2D,
             super::shader::CONV2D_DIRECT,
-            &format!("{:?}", ConvVariant::CANDIDATES),
+            super::shader::DEPTHWISE,
+            &format!("{:?} {DEPTHWISE_GROUPS:?}", ConvVariant::CANDIDATES),
         ]
         .concat(),
     );
@@ -105,21 +144,33 @@ impl Tuning {
             .unwrap_or_else(|| default_variant(gpu))
     }
 
+    /// The workgroup size for a depthwise conv: the measured one, else 256.
+    pub fn depthwise_group(&self, p: &DepthwiseParams) -> u32 {
+        self.depthwise
+            .get(&depthwise_key(p))
+            .copied()
+            .unwrap_or(256)
+    }
+
     /// Whether a group of sibling convs (its parts' shapes) runs merged:
     /// as measured, else not.
     pub fn merges(&self, parts: &[ConvParams]) -> bool {
         self.merges.get(&merge_key(parts)) == Some(&true)
     }
 
-    /// Whether every conv of `convs` has a measured choice, and every group
-    /// of sibling convs of `groups` a measured merge decision.
-    pub fn covers(&self, convs: &[ConvParams], groups: &[Vec<ConvParams>]) -> bool {
-        convs
+    /// Whether everything in `work` has been measured.
+    pub fn covers(&self, work: &TuningWork) -> bool {
+        work.convs
             .iter()
             .all(|p| self.choices.contains_key(&shape_key(p)))
-            && groups
+            && work
+                .groups
                 .iter()
                 .all(|g| self.merges.contains_key(&merge_key(g)))
+            && work
+                .depthwise
+                .iter()
+                .all(|p| self.depthwise.contains_key(&depthwise_key(p)))
     }
 
     /// Times every candidate on each not yet tuned conv (on uninitialised
@@ -131,11 +182,10 @@ impl Tuning {
         &mut self,
         gpu: &Gpu,
         kernels: &Kernels,
-        convs: &[ConvParams],
-        groups: &[Vec<ConvParams>],
+        work: &TuningWork,
         progress: &mut dyn FnMut(&str),
     ) -> Result<()> {
-        for p in convs {
+        for p in &work.convs {
             let key = shape_key(p);
             if !self.choices.contains_key(&key) {
                 let (best, _) = fastest(gpu, kernels, p)?;
@@ -143,11 +193,19 @@ impl Tuning {
                 progress(&key);
             }
         }
-        for parts in groups {
+        for parts in &work.groups {
             let key = merge_key(parts);
             if !self.merges.contains_key(&key) {
                 let pays = self.merging_pays(gpu, kernels, parts)?;
                 self.merges.insert(key.clone(), pays);
+                progress(&key);
+            }
+        }
+        for p in &work.depthwise {
+            let key = depthwise_key(p);
+            if !self.depthwise.contains_key(&key) {
+                self.depthwise
+                    .insert(key.clone(), fastest_depthwise(gpu, kernels, p)?);
                 progress(&key);
             }
         }
@@ -199,10 +257,17 @@ fn time_variant(
 ) -> Result<f64> {
     // The residual read is the same for every variant: timed without it.
     let p = &ConvParams { residual: 0, ..*p };
-    let d = kernels.conv2d(gpu, p, variant, input, (weights, bias), output, None);
+    time_dispatch(
+        gpu,
+        &kernels.conv2d(gpu, p, variant, input, (weights, bias), output, None),
+    )
+}
+
+/// Seconds one dispatch takes: the best of 2 after a warm-up.
+fn time_dispatch(gpu: &Gpu, d: &Dispatch) -> Result<f64> {
     let run = || -> Result<f64> {
         let t = Instant::now();
-        submit(gpu, &[&d]);
+        submit(gpu, &[d]);
         gpu.device
             .poll(wgpu::PollType::wait_indefinitely())
             .context("device lost while tuning")?;
@@ -210,6 +275,24 @@ fn time_variant(
     };
     run()?;
     Ok(run()?.min(run()?))
+}
+
+/// The fastest workgroup size for depthwise conv `p`, each timed on the same buffers.
+fn fastest_depthwise(gpu: &Gpu, kernels: &Kernels, p: &DepthwiseParams) -> Result<u32> {
+    let buffer = |label: &str, floats: u32| gpu.storage_buffer(label, floats as u64 * 4);
+    let input = buffer("tuning input", p.batch * p.in_h * p.in_w * p.in_stride);
+    let weights = buffer("tuning weights", p.kernel_h * p.kernel_w * p.channels);
+    let bias = buffer("tuning bias", p.channels);
+    let output = buffer("tuning output", p.batch * p.out_h * p.out_w * p.out_stride);
+    let mut best = (256, f64::INFINITY);
+    for group in DEPTHWISE_GROUPS {
+        let d = kernels.depthwise(gpu, p, group, &input, (&weights, &bias), &output);
+        let t = time_dispatch(gpu, &d)?;
+        if t < best.1 {
+            best = (group, t);
+        }
+    }
+    Ok(best.0)
 }
 
 /// The conv a group of sibling 1×1 convs merges into: all their output

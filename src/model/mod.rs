@@ -7,6 +7,7 @@ pub mod graph;
 pub mod inception_v3;
 pub mod merge;
 pub mod mobilenet_v2;
+pub mod ops;
 pub mod weights;
 
 pub use architecture::Architecture;
