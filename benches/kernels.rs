@@ -105,7 +105,7 @@ fn gemm_ceiling(gpu: &Gpu, engine: &Engine, timer: &GpuTimer, n: u32) -> Vec<(Co
 }
 
 /// Per-label GPU seconds and FLOPs of a forward pass at `batch` (median of 3 profiles).
-fn profile(engine: &mut Engine, batch: u32) -> Vec<(String, f64, f64, usize)> {
+fn profile(engine: &mut Engine, batch: u32) -> Vec<ProfileRow> {
     engine.profile(batch).expect("profile"); // warm-up
     let runs: Vec<Vec<(String, f64, f64)>> = (0..3)
         .map(|_| engine.profile(batch).expect("profile").expect("timestamps"))
@@ -140,6 +140,43 @@ fn family(label: &str) -> &'static str {
     }
 }
 
+/// One line of a profile: what a layer computes, its floating-point
+/// operations, its GPU seconds and how many layers of that label there are.
+type ProfileRow = (String, f64, f64, usize);
+
+/// Forward images/s of `engine` at `batch` on a synthetic input, each layer
+/// family's share of the GPU time, and the per-layer profile.
+fn forward_rate(
+    engine: &mut Engine,
+    batch: u32,
+) -> (f64, BTreeMap<&'static str, f64>, Vec<ProfileRow>) {
+    let (h, w) = engine.input_size();
+    let input: Vec<f32> = (0..batch * h * w * 3)
+        .map(|i| (i % 255) as f32 / 255.0)
+        .collect();
+    let secs = wall_secs(|| {
+        engine
+            .run_tensors(&input, batch, &["bottleneck"])
+            .expect("forward");
+    });
+    let rows = profile(engine, batch);
+    let total: f64 = rows.iter().map(|r| r.2).sum();
+    let mut shares: BTreeMap<&'static str, f64> = BTreeMap::new();
+    for r in &rows {
+        *shares.entry(family(&r.0)).or_default() += r.2 / total;
+    }
+    (batch as f64 / secs, shares, rows)
+}
+
+/// "1x1 conv 22%, spatial conv 76%, …".
+fn share_text(shares: &BTreeMap<&str, f64>) -> String {
+    let parts: Vec<String> = shares
+        .iter()
+        .map(|(f, s)| format!("{f} {:.0}%", s * 100.0))
+        .collect();
+    parts.join(", ")
+}
+
 /// MobileNet V2's forward pass at 224×224 beside Inception V3's (`inception`:
 /// this run's forward rows): images/s, the ratio, each layer family's share
 /// and the depthwise convs' GFLOPS.
@@ -154,33 +191,15 @@ fn mobilenet_forward(gpu: &Gpu, adapter: &str, inception: &[Value]) -> Value {
     let mut rows = Vec::new();
     for row in inception {
         let batch = (row["batch"].as_u64().expect("batch") as u32).min(engine.max_batch());
-        let input: Vec<f32> = (0..batch * size * size * 3)
-            .map(|i| (i % 255) as f32 / 255.0)
-            .collect();
-        let secs = wall_secs(|| {
-            engine
-                .run_tensors(&input, batch, &["bottleneck"])
-                .expect("forward");
-        });
-        let profile = profile(&mut engine, batch);
-        let total: f64 = profile.iter().map(|r| r.2).sum();
-        let mut shares: BTreeMap<&str, f64> = BTreeMap::new();
-        for r in &profile {
-            *shares.entry(family(&r.0)).or_default() += r.2 / total;
-        }
+        let (rate, shares, profile) = forward_rate(&mut engine, batch);
         let (dw_flops, dw_secs) = profile
             .iter()
             .filter(|r| r.0.starts_with("depthwise"))
             .fold((0.0, 0.0), |(f, t), r| (f + r.1, t + r.2));
-        let rate = batch as f64 / secs;
         let ratio = rate / row["images_per_s"].as_f64().expect("rate");
-        let share_text: Vec<String> = shares
-            .iter()
-            .map(|(f, s)| format!("{f} {:.0}%", s * 100.0))
-            .collect();
         println!(
             "[{adapter}] MobileNet V2 forward {size}×{size} batch {batch:>2}: {rate:8.2} images/s = {ratio:.1}× Inception V3's  ({}; depthwise {:.2} GFLOPS)",
-            share_text.join(", "),
+            share_text(&shares),
             dw_flops / dw_secs / 1e9
         );
         rows.push(json!({"batch": batch, "images_per_s": rate, "times_inception_v3": ratio, "shares": shares, "depthwise_gflops": dw_flops / dw_secs / 1e9}));
@@ -335,31 +354,12 @@ fn main() {
         .collect();
     batches.dedup();
     for &batch in &batches {
-        let input: Vec<f32> = (0..batch * size * size * 3)
-            .map(|i| (i % 255) as f32 / 255.0)
-            .collect();
-        let secs = wall_secs(|| {
-            engine
-                .run_tensors(&input, batch, &["bottleneck"])
-                .expect("forward");
-        });
-        let rows = profile(&mut engine, batch);
-        let total: f64 = rows.iter().map(|r| r.2).sum();
-        let mut shares: BTreeMap<&str, f64> = BTreeMap::new();
-        for r in &rows {
-            *shares.entry(family(&r.0)).or_default() += r.2 / total;
-        }
-        let share_text: Vec<String> = shares
-            .iter()
-            .map(|(f, s)| format!("{f} {:.0}%", s * 100.0))
-            .collect();
+        let (rate, shares, _) = forward_rate(&mut engine, batch);
         println!(
-            "[{adapter}] forward {size}×{size} batch {batch:>2}: {:8.2} images/s  ({})",
-            batch as f64 / secs,
-            share_text.join(", ")
+            "[{adapter}] forward {size}×{size} batch {batch:>2}: {rate:8.2} images/s  ({})",
+            share_text(&shares)
         );
-        forward
-            .push(json!({"batch": batch, "images_per_s": batch as f64 / secs, "shares": shares}));
+        forward.push(json!({"batch": batch, "images_per_s": rate, "shares": shares}));
     }
     out["forward"] = Value::Array(forward.clone());
     out["mobilenet_v2"] = mobilenet_forward(&gpu, &adapter, &forward);

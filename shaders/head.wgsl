@@ -132,8 +132,8 @@ fn logits(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
 // Softmax and cross-entropy of one (head, row) against the (smoothed) label;
 // writes the gradient (softmax − target) / B.
 @compute @workgroup_size(64)
-fn softmax_xent(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let hb = gid.x;
+fn softmax_xent(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let hb = flat_index(gid, groups);
     if (hb >= p.heads * p.batch) { return; }
     let b = hb % p.batch;
     let base = hb * p.classes;

@@ -44,6 +44,19 @@ fn write_keras_h5(path: &Path, tensors: &[Found], shape_of: impl Fn(&Found) -> V
     file.commit().unwrap();
 }
 
+/// The tensors of the base network's layers (the _no_top file's content), unmapped.
+fn base_tensors(source: &convert::SourceWeights) -> Vec<Found> {
+    (source.tensors.iter())
+        .filter(|f| f.role.is_some())
+        .map(|f| Found {
+            name: f.name.clone(),
+            shape: f.shape.clone(),
+            data: f.data.clone(),
+            role: None,
+        })
+        .collect()
+}
+
 fn graph() -> Graph {
     mobilenet_v2::mobilenet_v2(224, 224).unwrap()
 }
@@ -65,17 +78,7 @@ fn tfjs_and_keras_h5_mobilenets_convert_to_the_same_tensors() {
     );
 
     // Only the base network's layers, as the _no_top file holds them.
-    let base: Vec<Found> = source
-        .tensors
-        .iter()
-        .filter(|f| f.role.is_some())
-        .map(|f| Found {
-            name: f.name.clone(),
-            shape: f.shape.clone(),
-            data: f.data.clone(),
-            role: None,
-        })
-        .collect();
+    let base = base_tensors(&source);
     assert_eq!(base.len(), 35 + 17 + 52 * 4);
     let h5 = dir
         .path()
@@ -114,17 +117,7 @@ fn tfjs_and_keras_h5_mobilenets_convert_to_the_same_tensors() {
 fn a_misshaped_mobilenet_file_is_refused_naming_the_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let source = nsfwjs_mobilenet(dir.path());
-    let base: Vec<Found> = source
-        .tensors
-        .iter()
-        .filter(|f| f.role.is_some())
-        .map(|f| Found {
-            name: f.name.clone(),
-            shape: f.shape.clone(),
-            data: f.data.clone(),
-            role: None,
-        })
-        .collect();
+    let base = base_tensors(&source);
     let h5 = dir.path().join("misshaped.h5");
     // block_3's depthwise kernel stored as a 3×3 conv from 1 to 144 channels' transpose.
     write_keras_h5(&h5, &base, |f| match f.name.as_str() {

@@ -80,6 +80,7 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
     engine.info.normalization = classifier.normalization.clone();
     let classes = classifier.labels.len();
     let mut failures = 0;
+    let mut head = classifier.predictor(&engine.gpu, engine.max_batch())?;
     for decoded in loader::decode_batches(inputs(args)?, engine.max_batch() as usize) {
         let u = loader::usable(decoded, |img| engine.check_image(img));
         failures += u.skipped;
@@ -88,7 +89,7 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
             continue;
         }
         let features = engine.bottlenecks(&imgs)?;
-        let probabilities = classifier.probabilities(&engine.gpu, &features)?;
+        let probabilities = head.probabilities(&engine.gpu, &features)?;
         for (path, row) in paths.iter().zip(probabilities.chunks(classes)) {
             print_top(path, row, &classifier.labels, args.top_k, args.json);
         }

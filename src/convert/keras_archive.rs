@@ -3,9 +3,8 @@
 //! connections), `metadata.json` and `model.weights.h5` (the variables in
 //! Keras 3's layout). The weights are mapped by the config (keras_config.rs).
 
-use super::{keras_h5, SourceWeights};
+use super::{keras_h5, zip_member, SourceWeights};
 use anyhow::{anyhow, Context, Result};
-use std::io::Read;
 use std::path::Path;
 
 const CONFIG: &str = "config.json";
@@ -22,7 +21,7 @@ pub fn is_archive(path: &Path) -> bool {
 }
 
 pub fn read(path: &Path) -> Result<SourceWeights> {
-    let damaged = |e: &dyn std::fmt::Display| {
+    let damaged = |e: String| {
         anyhow!(
             "{}: not a readable Keras archive (truncated or damaged zip?): {e}",
             path.display()
@@ -30,17 +29,8 @@ pub fn read(path: &Path) -> Result<SourceWeights> {
     };
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| damaged(&e))?;
-    let mut member = |name: &str| -> Result<Vec<u8>> {
-        let mut entry = zip
-            .by_name(name)
-            .map_err(|e| damaged(&format!("{name}: {e}")))?;
-        let mut bytes = Vec::new();
-        entry
-            .read_to_end(&mut bytes)
-            .map_err(|e| damaged(&format!("{name}: {e}")))?;
-        Ok(bytes)
-    };
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| damaged(e.to_string()))?;
+    let mut member = |name: &str| zip_member(&mut zip, name, damaged);
     let config: serde_json::Value = serde_json::from_slice(&member(CONFIG)?)
         .map_err(|e| anyhow!("{}: {CONFIG} is not valid JSON: {e}", path.display()))?;
     let weights = hdf5_pure::File::from_bytes(member(WEIGHTS)?).map_err(|e| {

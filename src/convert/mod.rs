@@ -389,6 +389,22 @@ pub fn inspect(path: &Path) -> Result<String> {
     Ok(lines.join("\n"))
 }
 
+/// The bytes of member `name` of a zip archive; `damaged` words the error
+/// (a member missing, truncated or not inflatable).
+pub(crate) fn zip_member<R: std::io::Read + std::io::Seek>(
+    zip: &mut zip::ZipArchive<R>,
+    name: &str,
+    damaged: impl Fn(String) -> anyhow::Error,
+) -> Result<Vec<u8>> {
+    let mut entry = zip
+        .by_name(name)
+        .map_err(|e| damaged(format!("{name}: {e}")))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut entry, &mut bytes)
+        .map_err(|e| damaged(format!("{name}: {e}")))?;
+    Ok(bytes)
+}
+
 /// Hex sha256 of a file.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;

@@ -16,12 +16,11 @@
 //! the engine file records x/127.5 − 1 unless `--normalize` says otherwise.
 
 use super::pickle::{self, Value};
-use super::{Found, KernelLayout, Part, Source, SourceWeights};
+use super::{zip_member, Found, KernelLayout, Part, Source, SourceWeights};
 use crate::model::weights::Normalization;
 use crate::model::{inception_v3, Architecture};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 
 /// torchvision's module names of the 94 conv+bn units, in Keras creation
@@ -224,7 +223,7 @@ pub fn read_safetensors(path: &Path) -> Result<SourceWeights> {
 
 /// torchvision's `.pth`: `<archive>/data.pkl` plus `<archive>/data/<key>` storages.
 pub fn read_pth(path: &Path) -> Result<SourceWeights> {
-    let damaged = |e: &dyn std::fmt::Display| {
+    let damaged = |e: String| {
         anyhow!(
             "{}: not a readable PyTorch checkpoint (truncated or damaged zip?): {e}",
             path.display()
@@ -232,7 +231,7 @@ pub fn read_pth(path: &Path) -> Result<SourceWeights> {
     };
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| damaged(&e))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| damaged(e.to_string()))?;
     let pkl_name = (0..zip.len())
         .filter_map(|i| {
             zip.name_for_index(i)
@@ -247,16 +246,7 @@ pub fn read_pth(path: &Path) -> Result<SourceWeights> {
             )
         })?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
-    let mut read_entry = |name: &str| -> Result<Vec<u8>> {
-        let mut entry = zip
-            .by_name(name)
-            .map_err(|e| damaged(&format!("{name}: {e}")))?;
-        let mut bytes = Vec::new();
-        entry
-            .read_to_end(&mut bytes)
-            .map_err(|e| damaged(&format!("{name}: {e}")))?;
-        Ok(bytes)
-    };
+    let mut read_entry = |name: &str| zip_member(&mut zip, name, damaged);
     let state = pickle::load(&read_entry(&pkl_name)?)
         .with_context(|| format!("{}: {pkl_name}", path.display()))?;
     let state = match state {

@@ -83,7 +83,7 @@ impl Engine {
         self.gpu.write_padded(pixels, 0, &packed);
         let input = self.input_size();
         let n = &self.info.normalization;
-        let plan = self.plan.as_ref().expect("plan");
+        let plan = self.current_plan();
         let preprocess: Vec<Dispatch> = images
             .iter()
             .zip(distortions)

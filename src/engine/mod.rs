@@ -24,6 +24,8 @@ use anyhow::{bail, Result};
 /// Activation memory one batch may use; batches are split to stay under it.
 const ACTIVATION_BUDGET: u64 = 1 << 30;
 const MAX_BATCH: u32 = 64;
+/// Plans kept at once (each holds a batch's activation memory).
+const PLANS: usize = 2;
 
 /// Which groups of sibling 1×1 convs run merged into one GEMM (model/merge.rs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +47,9 @@ pub struct Engine {
     graph: Graph,
     merging: Merging,
     weights: GpuWeights,
-    plan: Option<Plan>,
+    /// Plans by batch size and outputs, the most recently used last.
+    plans: Vec<Plan>,
+    plans_built: usize,
     /// Decoded pixels of the batch being run (grown when a batch needs more).
     pixels: Option<wgpu::Buffer>,
     max_batch: u32,
@@ -73,7 +77,8 @@ impl Engine {
             network,
             merging: Merging::AsTuned,
             weights,
-            plan: None,
+            plans: Vec::new(),
+            plans_built: 0,
             pixels: None,
             max_batch: 0,
         };
@@ -111,24 +116,45 @@ impl Engine {
             .channels as usize
     }
 
-    fn plan(&mut self, batch: u32, outputs: &[&str]) -> Result<&Plan> {
-        let stale = self
-            .plan
-            .as_ref()
-            .is_none_or(|p| p.batch != batch || p.outputs != outputs);
-        if stale {
-            self.plan = None; // free the old plan's memory before allocating the new one
-            self.plan = Some(Plan::new(
-                &self.gpu,
-                &self.kernels,
-                &self.graph,
-                &self.weights,
-                &self.tuning,
-                batch,
-                outputs,
-            )?);
+    /// Makes the plan for `batch` images reading back `outputs` the current
+    /// one (`current_plan`): kept from an earlier batch of that size, or built.
+    /// Plans are kept per batch size — a run alternates between a few (full
+    /// batches and a remainder) — up to PLANS, the least recently used dropped.
+    fn plan(&mut self, batch: u32, outputs: &[&str]) -> Result<()> {
+        match (self.plans.iter()).position(|p| p.batch == batch && p.outputs == outputs) {
+            Some(i) => {
+                let plan = self.plans.remove(i);
+                self.plans.push(plan);
+            }
+            None => {
+                if self.plans.len() == PLANS {
+                    self.plans.remove(0); // free its memory before allocating the new one
+                }
+                let plan = Plan::new(
+                    &self.gpu,
+                    &self.kernels,
+                    &self.graph,
+                    &self.weights,
+                    &self.tuning,
+                    batch,
+                    outputs,
+                )?;
+                self.plans.push(plan);
+                self.plans_built += 1;
+            }
         }
-        Ok(self.plan.as_ref().expect("plan"))
+        Ok(())
+    }
+
+    /// The plan `plan` last made current.
+    fn current_plan(&self) -> &Plan {
+        self.plans.last().expect("a plan was made current")
+    }
+
+    /// How many plans this engine has built (each allocates every activation
+    /// buffer and bind group of a batch size).
+    pub fn plans_built(&self) -> usize {
+        self.plans_built
     }
 
     /// GPU time of each dispatch of a forward pass at `batch`, as (what it
@@ -136,7 +162,7 @@ impl Engine {
     /// None without them.
     pub fn profile(&mut self, batch: u32) -> Result<Option<Vec<(String, f64, f64)>>> {
         self.plan(batch, &[OUTPUT])?;
-        let plan = self.plan.as_ref().expect("plan");
+        let plan = self.current_plan();
         let ops: Vec<(&(String, f64), &Dispatch)> = plan.dispatches().collect();
         let Some(timer) = GpuTimer::new(&self.gpu, ops.len() as u32) else {
             return Ok(None);
@@ -174,7 +200,7 @@ impl Engine {
             );
         }
         self.plan(batch, outputs)?;
-        let plan = self.plan.as_ref().expect("plan");
+        let plan = self.current_plan();
         self.gpu
             .queue
             .write_buffer(plan.input(), 0, bytemuck::cast_slice(input));

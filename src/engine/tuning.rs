@@ -26,7 +26,7 @@ impl Engine {
         self.weights.assemble_merged(&self.gpu, &self.graph);
         self.max_batch = max_batch(&self.gpu, &self.kernels, &self.graph)?;
         self.merging = merging;
-        self.plan = None;
+        self.plans.clear();
         Ok(())
     }
 

@@ -1,6 +1,8 @@
 //! Device and queue set-up: a headless wgpu device on the best adapter there is.
 
 use anyhow::{anyhow, Context, Result};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// The device the engine runs on, with what was learned about it at start-up.
 #[derive(Clone)]
@@ -10,6 +12,9 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// Shader modules compiled so far (shared by clones): compiling is the
+    /// costly part of a pipeline, which should happen once per kernel.
+    modules_compiled: Arc<AtomicUsize>,
 }
 
 /// Preference among adapter kinds: real GPUs first, a CPU driver (lavapipe) last.
@@ -64,7 +69,13 @@ impl Gpu {
             info,
             limits,
             features,
+            modules_compiled: Arc::default(),
         })
+    }
+
+    /// How many shader modules this device has compiled.
+    pub fn modules_compiled(&self) -> usize {
+        self.modules_compiled.load(Ordering::Relaxed)
     }
 
     /// Largest storage buffer the engine may bind at once, in bytes.
@@ -133,6 +144,7 @@ impl Gpu {
             label: Some(label),
             source: wgpu::ShaderSource::Wgsl(source.into()),
         };
+        self.modules_compiled.fetch_add(1, Ordering::Relaxed);
         // SAFETY: loop bounding only guards against infinite loops; every loop
         // in shaders/ is a counted `for` over a bound from its parameters.
         unsafe { self.device.create_shader_module_trusted(descriptor, checks) }

@@ -3,7 +3,7 @@
 //! trained), the labels file and the self-contained saved-model folder, all
 //! written atomically; and the head's probabilities for bottlenecks.
 
-use super::GpuHeads;
+use super::{Batch, GpuHeads};
 use crate::atomic_file;
 use crate::gpu::Gpu;
 use crate::model::weights::{write_tensors, Normalization, Tensor};
@@ -47,15 +47,14 @@ impl Classifier {
         self.weights.iter().chain(&self.biases).copied().collect()
     }
 
-    /// Class probabilities ([N, classes]) of bottlenecks ([N, dim]), on the GPU.
-    pub fn probabilities(&self, gpu: &Gpu, features: &[f32]) -> Result<Vec<f32>> {
-        let classes = self.labels.len();
-        let n = (features.len() / self.dim()) as u32;
-        let dims = (self.dim() as u32, classes as u32);
-        let head = GpuHeads::fixed(gpu, features, dims, &self.parameters())?;
-        let rows: Vec<u32> = (0..n).collect();
-        let logits = head.logits(gpu, &head.batch(gpu, n), &rows)?;
-        Ok(logits.chunks(classes).flat_map(softmax).collect())
+    /// The head on the GPU, ready for batches of up to `capacity` bottlenecks.
+    pub fn predictor(&self, gpu: &Gpu, capacity: u32) -> Result<Predictor> {
+        let (dim, classes) = (self.dim() as u32, self.labels.len() as u32);
+        let rows = vec![0.0; capacity as usize * dim as usize];
+        Ok(Predictor {
+            heads: GpuHeads::fixed(gpu, &rows, (dim, classes), &self.parameters())?,
+            batches: HashMap::new(),
+        })
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
@@ -166,6 +165,40 @@ pub fn top_k(probs: &[f32], labels: &[String], k: usize) -> Vec<Prediction> {
             score: probs[c],
         })
         .collect()
+}
+
+/// A classifier's head on the GPU for batch after batch: its kernels compiled
+/// and its parameters uploaded once, each batch's bottlenecks written into
+/// its rows.
+pub struct Predictor {
+    heads: GpuHeads,
+    /// Buffers for each batch size seen.
+    batches: HashMap<u32, Batch>,
+}
+
+impl Predictor {
+    /// Class probabilities ([N, classes]) of bottlenecks ([N, dim]).
+    pub fn probabilities(&mut self, gpu: &Gpu, features: &[f32]) -> Result<Vec<f32>> {
+        let n = features.len() / self.heads.dim as usize;
+        if n > self.heads.rows as usize {
+            bail!(
+                "{n} images in one batch, more than the {} this head was set up for",
+                self.heads.rows
+            );
+        }
+        self.heads.write_rows(gpu, 0, features, &vec![0; n]);
+        let heads = &self.heads;
+        let batch = self
+            .batches
+            .entry(n as u32)
+            .or_insert_with(|| heads.batch(gpu, n as u32));
+        let rows: Vec<u32> = (0..n as u32).collect();
+        let logits = self.heads.logits(gpu, batch, &rows)?;
+        Ok(logits
+            .chunks(self.heads.classes as usize)
+            .flat_map(softmax)
+            .collect())
+    }
 }
 
 fn softmax(logits: &[f32]) -> Vec<f32> {
