@@ -390,7 +390,7 @@ fn bad_sources_are_named_and_leave_no_output() {
         (truncate(&full_pth, "truncated.pth"), "truncated"),
         (truncate(&misshaped, "truncated.safetensors"), "truncated"),
         (misshaped.clone(), "Mixed_6b.branch7x7_2.conv.weight has shape [128, 128, 7, 1], expected [128, 128, 1, 7]"),
-        (other.clone(), "torchvision's Inception V3 names"),
+        (other.clone(), "torchvision's Inception V3 or MobileNet V2 names"),
     ];
     for (source, expected) in cases {
         let out = d.join("out.safetensors");
