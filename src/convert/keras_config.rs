@@ -185,15 +185,15 @@ pub fn map(model: &Value, graph: &Graph) -> Result<ConfigMapping> {
         );
     }
     Ok(ConfigMapping {
-        epsilon: epsilon(layers)?,
+        epsilon: batch_norm_epsilon(layers)?,
         layers: mapped,
     })
 }
 
-/// The batch norms' epsilon (one for all, as Keras's Inception V3 has).
-fn epsilon(layers: &[Value]) -> Result<f64> {
-    let mut values = layers
-        .iter()
+/// The batch norms' epsilon among Keras `layers` (Keras's default, 0.001,
+/// where a layer gives none); one value for all, as both networks have.
+pub(crate) fn batch_norm_epsilon<'a>(layers: impl IntoIterator<Item = &'a Value>) -> Result<f64> {
+    let mut values = (layers.into_iter())
         .filter(|l| class_of(l) == "BatchNormalization")
         .map(|l| l["config"]["epsilon"].as_f64().unwrap_or(super::BN_EPSILON));
     let first = values.next().unwrap_or(super::BN_EPSILON);

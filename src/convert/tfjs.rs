@@ -295,6 +295,8 @@ pub fn read_source(dir: &Path) -> Result<SourceWeights> {
         check_topology(&model, &graph)
             .with_context(|| format!("{}: not the Inception V3 topology", dir.display()))?;
     }
+    let bn_epsilon = super::keras_config::batch_norm_epsilon(model.layers())
+        .with_context(|| dir.display().to_string())?;
     let order = architecture.keras_order();
     let role = |name: &str| match architecture {
         Architecture::InceptionV3 => keras_role(name),
@@ -340,7 +342,7 @@ pub fn read_source(dir: &Path) -> Result<SourceWeights> {
         };
     Ok(SourceWeights {
         architecture,
-        bn_epsilon: super::BN_EPSILON,
+        bn_epsilon,
         format: format.into(),
         layout: KernelLayout::Hwio,
         tensors,
