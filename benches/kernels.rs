@@ -20,6 +20,9 @@
 //! CPU adapters), BENCH_BATCHES the forward batches (default 1,8,32), and
 //! BENCH_ONLY=forward runs the forward passes alone (Inception V3 beside
 //! MobileNet V2), for slow adapters.
+//!
+//! Longer than the crate's other files on purpose: one bench binary measures
+//! everything against the same ceiling in one process, on one device.
 
 use retrain::convert::default_weights;
 use retrain::data::{images, loader};

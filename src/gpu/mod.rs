@@ -2,6 +2,7 @@
 //! that turns the network graph into a static plan of dispatches.
 
 pub mod context;
+pub mod conv_variant;
 pub mod kernels;
 pub mod lowering;
 pub mod params;
