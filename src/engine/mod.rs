@@ -1,8 +1,8 @@
 //! The engine: the network of a weight file (Inception V3 or MobileNet V2)
-//! for one input size on one device, with its
-//! weights uploaded and a plan of dispatches for the batch size in use,
-//! turning decoded images into bottleneck vectors (batching.rs). Which
-//! kernel variants run, and which sibling convs merge, is tuning.rs.
+//! for one input size on one device, with its weights uploaded and a plan of
+//! dispatches per batch size in use, turning decoded images into bottleneck
+//! vectors (batching.rs). Which kernel variants run, and which sibling convs
+//! merge, is tuning.rs.
 
 mod batching;
 mod tuning;
