@@ -2,6 +2,7 @@
 //! workgroup-memory tiles and conv2d_direct.wgsl's register tiles of several
 //! sizes, and which of them can run a given conv.
 
+use super::kernels::vec4_aligned;
 use super::params::ConvParams;
 
 /// How a conv is computed: conv2d.wgsl's workgroup-memory tiles, or
@@ -54,10 +55,8 @@ impl ConvVariant {
                     0 => [0, 0],
                     _ => [p.res_stride, p.res_offset],
                 };
-                [p.out_c, p.out_stride, p.out_offset]
-                    .iter()
-                    .chain(&residual)
-                    .all(|v| v % 4 == 0)
+                vec4_aligned(&[p.out_c, p.out_stride, p.out_offset])
+                    && vec4_aligned(&residual)
                     && p.m.div_ceil(rows) <= max_groups
             }
         }
@@ -66,7 +65,5 @@ impl ConvVariant {
 
 /// Whether a conv's input channels can be read as vec4s.
 pub(super) fn input_aligned(p: &ConvParams) -> bool {
-    [p.in_c, p.in_stride, p.in_offset]
-        .iter()
-        .all(|v| v % 4 == 0)
+    vec4_aligned(&[p.in_c, p.in_stride, p.in_offset])
 }

@@ -167,6 +167,12 @@ const POOL_GROUP: u32 = 256;
 /// The depthwise kernel's workgroup sizes the autotuner tries.
 pub const DEPTHWISE_GROUPS: [u32; 3] = [64, 128, 256];
 
+/// Whether channel counts, strides and offsets are all multiples of 4, so
+/// that a kernel can read and write them as vec4s.
+pub(super) fn vec4_aligned(values: &[u32]) -> bool {
+    values.iter().all(|v| v % 4 == 0)
+}
+
 /// A 1-D grid of `count` invocations in `group`-wide workgroups, folded into
 /// 2-D when longer than `max_groups` workgroups.
 fn grid(count: u64, group: u32, max_groups: u32) -> [u32; 3] {
@@ -311,15 +317,13 @@ impl Kernels {
         input: &wgpu::Buffer,
         output: &wgpu::Buffer,
     ) -> Dispatch {
-        let aligned = [
+        let aligned = vec4_aligned(&[
             p.channels,
             p.in_stride,
             p.in_offset,
             p.out_stride,
             p.out_offset,
-        ]
-        .iter()
-        .all(|v| v % 4 == 0);
+        ]);
         let (pipelines, lanes) = match aligned {
             true => (&self.pool_vec4, 4),
             false => (&self.pool_scalar, 1),
@@ -341,15 +345,13 @@ impl Kernels {
         (weights, bias): (&wgpu::Buffer, &wgpu::Buffer),
         output: &wgpu::Buffer,
     ) -> Dispatch {
-        let aligned = [
+        let aligned = vec4_aligned(&[
             p.channels,
             p.in_stride,
             p.in_offset,
             p.out_stride,
             p.out_offset,
-        ]
-        .iter()
-        .all(|v| v % 4 == 0);
+        ]);
         let lanes = if aligned { 4 } else { 1 };
         let pipeline = self
             .depthwise
