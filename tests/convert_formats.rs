@@ -17,22 +17,6 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-/// [kh, kw, in, out] -> [out, in, kh, kw].
-fn hwio_to_oihw(hwio: &[f32], shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
-    let (kh, kw, ic, oc) = (shape[0], shape[1], shape[2], shape[3]);
-    let mut out = vec![0.0; hwio.len()];
-    for y in 0..kh {
-        for x in 0..kw {
-            for i in 0..ic {
-                for o in 0..oc {
-                    out[((o * ic + i) * kh + y) * kw + x] = hwio[((y * kw + x) * ic + i) * oc + o];
-                }
-            }
-        }
-    }
-    (out, vec![oc, ic, kh, kw])
-}
-
 /// Keras 2 `save_weights` layout: /<layer>/<layer>/<weight>:0, BN without gamma,
 /// plus the classifier on top (not used), optionally under model_weights/.
 fn write_keras2_h5(path: &Path, under: &str) {
@@ -358,23 +342,13 @@ fn bad_sources_are_named_and_leave_no_output() {
     // A mis-shaped tensor in a timm file.
     let misshaped = d.join("misshaped.safetensors");
     {
-        use safetensors::tensor::{Dtype, TensorView};
         let mut tensors = torchvision_tensors();
         let t = tensors
             .iter_mut()
             .find(|t| t.0 == "Mixed_6b.branch7x7_2.conv.weight")
             .unwrap();
         t.1 = vec![128, 128, 7, 1];
-        let views: Vec<(String, TensorView)> = tensors
-            .iter()
-            .map(|(n, s, v)| {
-                (
-                    n.clone(),
-                    TensorView::new(Dtype::F32, s.clone(), bytemuck::cast_slice(v)).unwrap(),
-                )
-            })
-            .collect();
-        safetensors::serialize_to_file(views, None, &misshaped).unwrap();
+        write_f32_safetensors(&misshaped, &tensors);
     }
     // Another architecture's names.
     let other = d.join("resnet.safetensors");

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{gpu, rel_l2};
+use common::{assert_rel_l2, gpu, rel_l2};
 use retrain::convert::default_weights;
 use retrain::data::distortion::Distortion;
 use retrain::engine::{preprocess_params, Engine, Merging};
@@ -34,12 +34,7 @@ fn engine(input: (u32, u32)) -> Engine {
 }
 
 fn check(what: &str, actual: &[f32], expected: &[f32]) {
-    let err = rel_l2(actual, expected);
-    eprintln!("{what}: relative L2 error {err:.2e}");
-    assert!(
-        err <= TOLERANCE,
-        "{what}: relative L2 error {err:.2e} > {TOLERANCE:e}"
-    );
+    assert_rel_l2(what, actual, expected, TOLERANCE);
 }
 
 const IMAGES: [&str; 4] = ["0_astronaut", "1_chelsea", "2_coffee", "3_rocket"];

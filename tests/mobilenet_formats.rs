@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::nsfwjs::{hwio_to_oihw, write_f32_safetensors};
+
 use hdf5_pure::File as H5File;
 use retrain::convert::{self, default_weights, tfjs, Found};
 use retrain::model::graph::Graph;
@@ -136,24 +138,8 @@ fn a_misshaped_mobilenet_file_is_refused_naming_the_tensor() {
     assert!(!out.exists());
 }
 
-/// [kh, kw, in, out] -> [out, in, kh, kw].
-fn hwio_to_oihw(hwio: &[f32], [kh, kw, ic, oc]: [usize; 4]) -> Vec<f32> {
-    let mut out = vec![0.0; hwio.len()];
-    for y in 0..kh {
-        for x in 0..kw {
-            for i in 0..ic {
-                for o in 0..oc {
-                    out[((o * ic + i) * kh + y) * kw + x] = hwio[((y * kw + x) * ic + i) * oc + o];
-                }
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn a_torchvision_mobilenet_converts_with_its_names_epsilon_and_padding() {
-    use safetensors::tensor::{Dtype, TensorView};
     let dir = tempfile::tempdir().unwrap();
     let source = nsfwjs_mobilenet(dir.path());
     let order = mobilenet_v2::keras_order();
@@ -187,12 +173,8 @@ fn a_torchvision_mobilenet_converts_with_its_names_epsilon_and_padding() {
         } else {
             [s[0], s[1], s[2], s[3]]
         };
-        let oihw = vec![hwio[3], hwio[2], hwio[0], hwio[1]];
-        tensors.push((
-            format!("{conv}.weight"),
-            oihw,
-            hwio_to_oihw(&kernel.data, hwio),
-        ));
+        let (oihw, shape) = hwio_to_oihw(&kernel.data, &hwio);
+        tensors.push((format!("{conv}.weight"), shape, oihw));
         for (part, name) in [
             (convert::Part::Gamma, "weight"),
             (convert::Part::Beta, "bias"),
@@ -208,17 +190,8 @@ fn a_torchvision_mobilenet_converts_with_its_names_epsilon_and_padding() {
         vec![1000, 1280],
         vec![0.5; 1_280_000],
     ));
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .map(|(n, s, d)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), bytemuck::cast_slice(d)).unwrap(),
-            )
-        })
-        .collect();
     let path = dir.path().join("mobilenet_v2.safetensors");
-    safetensors::serialize_to_file(views, None, &path).unwrap();
+    write_f32_safetensors(&path, &tensors);
 
     let out = dir.path().join("torch.safetensors");
     let info = convert::convert(&path, &out, &Default::default()).unwrap();

@@ -42,6 +42,16 @@ pub fn download(gpu: &Gpu, buffer: &wgpu::Buffer, len: usize) -> Vec<f32> {
     bytemuck::pod_collect_to_vec(&bytes)
 }
 
+/// Asserts `actual` is within relative L2 `tolerance` of `expected`, printing the error.
+pub fn assert_rel_l2(what: &str, actual: &[f32], expected: &[f32], tolerance: f64) {
+    let err = rel_l2(actual, expected);
+    eprintln!("{what}: relative L2 error {err:.2e}");
+    assert!(
+        err <= tolerance,
+        "{what}: relative L2 error {err:.2e} > {tolerance:e}"
+    );
+}
+
 /// ||a - b|| / ||reference||.
 pub fn rel_l2(actual: &[f32], reference: &[f32]) -> f64 {
     assert_eq!(actual.len(), reference.len());

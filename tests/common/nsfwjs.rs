@@ -126,3 +126,32 @@ pub fn golden_error_of(weights: &Path, name: &str, side: u32, merging: Merging) 
         &reference(&format!("bottleneck_{}.bin", name.trim_end_matches("_299"))),
     )
 }
+
+/// [kh, kw, in, out] -> [out, in, kh, kw].
+pub fn hwio_to_oihw(hwio: &[f32], shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
+    let (kh, kw, ic, oc) = (shape[0], shape[1], shape[2], shape[3]);
+    let mut out = vec![0.0; hwio.len()];
+    for y in 0..kh {
+        for x in 0..kw {
+            for i in 0..ic {
+                for o in 0..oc {
+                    out[((o * ic + i) * kh + y) * kw + x] = hwio[((y * kw + x) * ic + i) * oc + o];
+                }
+            }
+        }
+    }
+    (out, vec![oc, ic, kh, kw])
+}
+
+/// (name, shape, f32 values) as a safetensors file, as timm writes its weights.
+pub fn write_f32_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    use safetensors::tensor::{Dtype, TensorView};
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, s, d)| {
+            let view = TensorView::new(Dtype::F32, s.clone(), bytemuck::cast_slice(d)).unwrap();
+            (n.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
