@@ -265,6 +265,15 @@ pub enum Command {
     Info(ModelArgs),
     /// Label images with a classifier trained by retrain (label_image.py's job)
     Classify(ClassifyArgs),
+    /// Redraw report.html of a retrain run from its metrics.json
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// The run's output folder: the one holding its metrics.json (where report.html is written).
+    #[arg(long, value_name = "DIR", default_value = "retrain-output")]
+    pub output_dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -284,6 +293,11 @@ pub struct ClassifyArgs {
     /// Print one JSON object per image instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Call LABEL whenever its probability is at least P (e.g. broken=0.2, a
+    /// cut-off from the report's table) instead of only when it is the most
+    /// probable label; the decision is printed with the probabilities.
+    #[arg(long, value_name = "LABEL=P", value_parser = parse_threshold)]
+    pub threshold: Option<(String, f32)>,
     /// Images, or folders of images.
     #[arg(value_name = "IMAGE_OR_DIR", required = true)]
     pub inputs: Vec<PathBuf>,
@@ -323,6 +337,18 @@ pub struct FeaturesArgs {
     pub batch_size: Option<u32>,
     #[command(flatten)]
     pub model: ModelArgs,
+}
+
+fn parse_threshold(s: &str) -> Result<(String, f32), String> {
+    let (label, p) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("expected LABEL=P, such as broken=0.2, not {s:?}"))?;
+    match p.trim().parse::<f32>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok((label.to_string(), p)),
+        _ => Err(format!(
+            "the probability in {s:?} must be a number from 0 to 1"
+        )),
+    }
 }
 
 fn percentage(s: &str) -> Result<u32, String> {

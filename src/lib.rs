@@ -15,4 +15,5 @@ pub mod hex;
 pub mod logging;
 pub mod model;
 pub mod progress;
+pub mod report;
 pub mod train;

@@ -13,6 +13,7 @@ fn main() {
         Some(Command::Features(args)) => commands::features::run(args),
         Some(Command::Info(args)) => commands::info::run(args),
         Some(Command::Classify(args)) => commands::classify::run(args),
+        Some(Command::Report(args)) => commands::report::run(args),
         None => commands::retrain::run(&cli.train),
     };
     if let Err(e) = result {

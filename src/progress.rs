@@ -2,6 +2,7 @@
 //! MultiProgress, which the logger (logging.rs) suspends to print a line.
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 fn bars() -> &'static MultiProgress {
@@ -9,12 +10,19 @@ fn bars() -> &'static MultiProgress {
     BARS.get_or_init(MultiProgress::new)
 }
 
-/// A bar over `total` items of `unit`, with the rate, ETA and a free message.
-pub fn progress_bar(total: usize, unit: &str) -> ProgressBar {
+/// A bar for the phase `phase` over `total` items of `unit`, with the rate,
+/// ETA and a free message.
+pub fn progress_bar(phase: &str, total: usize, unit: &str) -> ProgressBar {
     let bar = ProgressBar::new(total as u64);
-    let template = format!("{{bar:30}} {{pos}}/{{len}} {unit}  {{per_sec}}  ETA {{eta}}  {{msg}}");
+    let template =
+        format!("{phase:<12} {{bar:30}} {{pos}}/{{len}} {unit}  {{per_sec}}  ETA {{eta}}  {{msg}}");
     bar.set_style(ProgressStyle::with_template(&template).expect("progress template"));
     bars().add(bar)
+}
+
+/// Whether a person is watching: bars are drawn and the per-step lines left to train.log.
+pub fn on_terminal() -> bool {
+    std::io::stderr().is_terminal()
 }
 
 /// Runs `print` with the bars cleared from the terminal, then redraws them.

@@ -20,6 +20,7 @@ const LAYERS: &[&str] = &[
     "engine",
     "head",
     "train",
+    "report",
     "cli",
     "commands",
     "cpu_reference",

@@ -64,6 +64,7 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
         }
         classifier.labels = labels;
     }
+    let cutoff = cutoff(args, &classifier.labels)?;
     let base = base_weights(args, &classifier, beside)?;
     let file = WeightFile::open(&base)?;
     if file.info.fingerprint != classifier.base_fingerprint {
@@ -91,7 +92,8 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
         let features = engine.bottlenecks(&imgs)?;
         let probabilities = head.probabilities(&engine.gpu, &features)?;
         for (path, row) in paths.iter().zip(probabilities.chunks(classes)) {
-            print_top(path, row, &classifier.labels, args.top_k, args.json);
+            let decision = cutoff.map(|c| c.decide(row, &classifier.labels));
+            print_top(path, row, &classifier.labels, args, decision);
         }
     }
     if failures > 0 && failures == args.inputs.len() {
@@ -100,19 +102,68 @@ pub fn run(args: &ClassifyArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--threshold LABEL=P`: LABEL is called whenever its probability reaches P.
+#[derive(Clone, Copy)]
+struct Cutoff {
+    class: usize,
+    probability: f32,
+}
+
+fn cutoff(args: &ClassifyArgs, labels: &[String]) -> Result<Option<Cutoff>> {
+    let Some((label, probability)) = &args.threshold else {
+        return Ok(None);
+    };
+    let Some(class) = labels.iter().position(|l| l == label) else {
+        bail!(
+            "--threshold names the label {label:?}, but the classifier's labels are {}",
+            labels.join(", ")
+        );
+    };
+    Ok(Some(Cutoff {
+        class,
+        probability: *probability,
+    }))
+}
+
+impl Cutoff {
+    /// The label called for one image's probabilities: the cut-off's label
+    /// when its probability reaches the cut-off, else the most probable other one.
+    fn decide(self, probs: &[f32], labels: &[String]) -> String {
+        if probs[self.class] >= self.probability {
+            return labels[self.class].clone();
+        }
+        let mut others: Vec<(usize, f32)> = probs.iter().copied().enumerate().collect();
+        others.retain(|&(c, _)| c != self.class);
+        let best = others
+            .iter()
+            .fold(others[0], |b, &o| if o.1 > b.1 { o } else { b });
+        labels[best.0].clone()
+    }
+}
+
 /// `classify --json`'s line for one image.
 #[derive(Serialize)]
 struct ImageResult<'a> {
     path: String,
     predictions: &'a [Prediction],
+    /// The label called under --threshold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision: Option<String>,
 }
 
-fn print_top(path: &Path, probs: &[f32], labels: &[String], k: usize, json: bool) {
-    let top = top_k(probs, labels, k);
-    if json {
+fn print_top(
+    path: &Path,
+    probs: &[f32],
+    labels: &[String],
+    args: &ClassifyArgs,
+    decision: Option<String>,
+) {
+    let top = top_k(probs, labels, args.top_k);
+    if args.json {
         let line = ImageResult {
             path: path.display().to_string(),
             predictions: &top,
+            decision,
         };
         println!(
             "{}",
@@ -122,6 +173,9 @@ fn print_top(path: &Path, probs: &[f32], labels: &[String], k: usize, json: bool
         println!("{}", path.display());
         for p in &top {
             println!("  {:<24} {:.5}", p.label, p.score);
+        }
+        if let (Some(decision), Some((label, p))) = (decision, &args.threshold) {
+            println!("  decision: {decision} (cut-off: {label} when its probability ≥ {p})");
         }
     }
 }

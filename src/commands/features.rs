@@ -44,7 +44,7 @@ pub fn run(args: &FeaturesArgs) -> Result<()> {
     );
 
     let started = Instant::now();
-    let bar = progress_bar(paths.len(), "images");
+    let bar = progress_bar("features", paths.len(), "images");
     let (mut rows, mut done, mut skipped) = (Vec::new(), Vec::new(), 0usize);
     for decoded in loader::decode_batches(paths, batch) {
         let u = loader::usable(decoded, |img| engine.check_image(img));

@@ -3,6 +3,7 @@
 pub mod classify;
 pub mod features;
 pub mod info;
+pub mod report;
 pub mod retrain;
 
 use crate::cli::ModelArgs;

@@ -142,7 +142,7 @@ impl Engine {
             "Tuning the conv kernels for \"{}\" (once for this device; RETRAIN_TUNE=0 skips it)",
             self.gpu.info.name
         );
-        let bar = progress_bar(self.tuning_steps(), "conv shapes");
+        let bar = progress_bar("tuning", self.tuning_steps(), "conv shapes");
         let saved = self.tune(&mut |_| bar.inc(1));
         bar.finish_and_clear();
         if let Err(e) = saved {

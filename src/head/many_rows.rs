@@ -1,4 +1,4 @@
-//! Evaluations and predictions over any number of rows, in batches that fit
+//! Evaluations over any number of rows, in batches that fit
 //! the device (batch buffers cached by size).
 
 use super::gpu_heads::{Batch, GpuHeads, Metrics};
@@ -40,15 +40,5 @@ impl GpuHeads {
                 accuracy: (acc / n) as f32,
             })
             .collect())
-    }
-
-    /// Head `head`'s prediction for any number of rows.
-    pub fn predict_rows(&self, gpu: &Gpu, rows: &[u32], head: u32) -> Result<Vec<u32>> {
-        let mut predicted = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(self.max_rows(gpu)) {
-            let batch = self.batch_of(gpu, chunk.len() as u32);
-            predicted.extend(self.predict(gpu, &batch, chunk, head)?);
-        }
-        Ok(predicted)
     }
 }

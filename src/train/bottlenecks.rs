@@ -27,6 +27,13 @@ pub struct Bottlenecks {
     pub skipped: usize,
 }
 
+impl Bottlenecks {
+    /// The bottleneck of example `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.features[i * self.dim..(i + 1) * self.dim]
+    }
+}
+
 struct Pending {
     index: usize,
     entry: PathBuf,
@@ -117,7 +124,7 @@ fn compute(
         engine.gpu.info.name
     );
     let dim = engine.bottleneck_size();
-    let bar = progress_bar(pending.len(), "images");
+    let bar = progress_bar("bottlenecks", pending.len(), "images");
     let paths = pending
         .iter()
         .map(|p| examples[p.index].path.clone())
@@ -138,6 +145,6 @@ fn compute(
         }
         bar.inc(batch_len as u64);
     }
-    bar.finish_and_clear();
+    bar.finish();
     Ok(computed)
 }

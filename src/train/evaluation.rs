@@ -1,59 +1,104 @@
-//! The final test: the kept head on the test split, and its numbers —
-//! accuracy, per-class precision and recall, the confusion matrix.
+//! The final test: the kept classifier on the test split, and its numbers —
+//! accuracy, per-class precision and recall, the confusion matrix, and every
+//! test image's probabilities (for the report's precision–recall curves and
+//! its misclassified images).
 
 use super::bottlenecks::Bottlenecks;
-use super::training_loop::Trained;
 use crate::gpu::Gpu;
+use crate::head::classifier::Classifier;
+use crate::progress::progress_bar;
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
 
-/// The chosen head on the test rows: accuracy, per-class table and, if
-/// asked, every misclassified image; None without test images.
+/// Test rows per head invocation: bounds the buffers of a large test split.
+const ROWS_PER_BATCH: usize = 256;
+
+/// The classifier on the test rows, exactly as `classify` would run it on
+/// the same bottlenecks; None without test images.
 pub fn final_test(
     gpu: &Gpu,
-    trained: &Trained,
+    classifier: &Classifier,
     test_rows: &[u32],
     b: &Bottlenecks,
-    labels: &[String],
     print_misclassified: bool,
 ) -> Result<Option<TestReport>> {
     if test_rows.is_empty() {
         log::warn!("no test images: skipping the final evaluation");
         return Ok(None);
     }
-    let predicted = trained.heads.predict_rows(gpu, test_rows, trained.chosen)?;
-    let truth: Vec<usize> = test_rows
-        .iter()
-        .map(|&r| b.examples[r as usize].class)
-        .collect();
-    let predicted: Vec<usize> = predicted.iter().map(|&p| p as usize).collect();
-    let report = TestReport::new(labels.len(), &truth, &predicted);
-    log::info!(
-        "Final test accuracy = {:.1}% (N={})",
-        report.accuracy * 100.0,
-        report.n
-    );
-    log::info!("Per class:\n{}", report.table(labels));
+    let classes = classifier.labels.len();
+    let batch = ROWS_PER_BATCH.min(test_rows.len());
+    let mut predictor = classifier.predictor(gpu, batch as u32)?;
+    let bar = progress_bar("test", test_rows.len(), "images");
+    let mut predictions = Vec::with_capacity(test_rows.len());
+    for rows in test_rows.chunks(batch) {
+        let features: Vec<f32> = rows
+            .iter()
+            .flat_map(|&r| b.row(r as usize).iter().copied())
+            .collect();
+        let probabilities = predictor.probabilities(gpu, &features)?;
+        for (&r, p) in rows.iter().zip(probabilities.chunks(classes)) {
+            let example = &b.examples[r as usize];
+            predictions.push(TestPrediction {
+                path: absolute(&example.path),
+                truth: example.class,
+                probabilities: p.to_vec(),
+            });
+        }
+        bar.inc(rows.len() as u64);
+    }
+    bar.finish();
+    let report = TestReport::new(classes, predictions);
+    log::info!("Per class:\n{}", report.table(&classifier.labels));
     if print_misclassified {
         log::info!("=== MISCLASSIFIED TEST IMAGES ===");
-        for ((&row, &t), &p) in test_rows
+        for p in report
+            .predictions
             .iter()
-            .zip(&truth)
-            .zip(&predicted)
-            .filter(|((_, t), p)| t != p)
+            .filter(|p| p.truth != p.predicted())
         {
             log::info!(
                 "{:>40}  true: {}  predicted: {}",
-                b.examples[row as usize].path.display(),
-                labels[t],
-                labels[p]
+                p.path,
+                classifier.labels[p.truth],
+                classifier.labels[p.predicted()]
             );
         }
     }
     Ok(Some(report))
 }
 
-#[derive(Serialize, Clone, Debug)]
+/// The path as an absolute one, so that `retrain report` finds the image from anywhere.
+fn absolute(path: &Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// One test image: where it is, its true class and the classifier's probabilities.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TestPrediction {
+    pub path: String,
+    pub truth: usize,
+    pub probabilities: Vec<f32>,
+}
+
+impl TestPrediction {
+    /// The most probable class (the first on a tie, as `top_k` orders them).
+    pub fn predicted(&self) -> usize {
+        let mut best = 0;
+        for (c, &p) in self.probabilities.iter().enumerate() {
+            if p > self.probabilities[best] {
+                best = c;
+            }
+        }
+        best
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct TestReport {
     pub n: usize,
     pub accuracy: f64,
@@ -61,14 +106,16 @@ pub struct TestReport {
     pub confusion: Vec<Vec<u32>>,
     pub precision: Vec<Option<f64>>,
     pub recall: Vec<Option<f64>>,
+    pub predictions: Vec<TestPrediction>,
 }
 
 impl TestReport {
-    pub fn new(classes: usize, truth: &[usize], predicted: &[usize]) -> Self {
+    pub fn new(classes: usize, predictions: Vec<TestPrediction>) -> Self {
         let mut confusion = vec![vec![0u32; classes]; classes];
-        for (&t, &p) in truth.iter().zip(predicted) {
-            confusion[t][p] += 1;
+        for p in &predictions {
+            confusion[p.truth][p.predicted()] += 1;
         }
+        let n = predictions.len();
         let correct: u32 = (0..classes).map(|c| confusion[c][c]).sum();
         let ratio = |num: u32, den: u32| (den > 0).then(|| num as f64 / den as f64);
         let precision = (0..classes)
@@ -78,11 +125,12 @@ impl TestReport {
             .map(|c| ratio(confusion[c][c], confusion[c].iter().sum()))
             .collect();
         TestReport {
-            n: truth.len(),
-            accuracy: ratio(correct, truth.len() as u32).unwrap_or(0.0),
+            n,
+            accuracy: ratio(correct, n as u32).unwrap_or(0.0),
             confusion,
             precision,
             recall,
+            predictions,
         }
     }
 
@@ -114,9 +162,18 @@ impl TestReport {
 mod tests {
     use super::*;
 
+    fn image(truth: usize, p0: f32) -> TestPrediction {
+        TestPrediction {
+            path: format!("{truth}/{p0}.jpg"),
+            truth,
+            probabilities: vec![p0, 1.0 - p0],
+        }
+    }
+
     #[test]
     fn precision_recall_and_confusion() {
-        let r = TestReport::new(2, &[0, 0, 0, 1, 1], &[0, 0, 1, 1, 0]);
+        let predictions = [(0, 0.9), (0, 0.8), (0, 0.3), (1, 0.2), (1, 0.6)];
+        let r = TestReport::new(2, predictions.map(|(t, p)| image(t, p)).to_vec());
         assert_eq!(r.confusion, vec![vec![2, 1], vec![1, 1]]);
         assert_eq!(r.accuracy, 0.6);
         assert_eq!(r.precision, vec![Some(2.0 / 3.0), Some(0.5)]);

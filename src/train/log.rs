@@ -1,5 +1,7 @@
 //! What training tells the user at each evaluation: retrain.py-style log
-//! lines, TensorBoard scalars, and a progress bar with steps/s, ETA and images/s.
+//! lines (on a terminal only in train.log and at DEBUG, since the bar shows
+//! the same), TensorBoard scalars, and a progress bar with steps/s, ETA and
+//! the latest validation accuracy.
 
 use super::summaries::SummaryWriter;
 use super::training_loop::{EvalPoint, Trained};
@@ -28,7 +30,7 @@ impl TrainingLog {
         Ok(TrainingLog {
             writers,
             heads,
-            bar: progress_bar(steps as usize, "steps"),
+            bar: progress_bar("training", steps as usize, "steps"),
         })
     }
 
@@ -54,6 +56,8 @@ impl TrainingLog {
             train.scalar("cross_entropy", p.train.cross_entropy, step)?;
         }
         if let Some((v, n)) = p.validation {
+            self.bar
+                .set_message(format!("validation accuracy {:.1}%", v.accuracy * 100.0));
             lines.push(format!(
                 "Step {step}: Validation accuracy = {:.1}% (N={n})",
                 v.accuracy * 100.0
@@ -63,7 +67,11 @@ impl TrainingLog {
                 validation.scalar("cross_entropy", v.cross_entropy, step)?;
             }
         }
-        lines.iter().for_each(|l| log::info!("{l}"));
+        let level = match crate::progress::on_terminal() {
+            true => log::Level::Debug,
+            false => log::Level::Info,
+        };
+        lines.iter().for_each(|l| log::log!(level, "{l}"));
         Ok(())
     }
 }

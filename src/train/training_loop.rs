@@ -17,6 +17,7 @@ use crate::head::{GpuHeads, Metrics};
 use anyhow::Result;
 use rand::rngs::StdRng;
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 
 /// What an evaluation found, for the leading head.
 #[derive(Clone, Copy, Debug)]
@@ -39,11 +40,34 @@ pub struct HeadOutcome {
     pub stopped_at: Option<u32>,
 }
 
+/// One head's numbers at each evaluation while it trained (columns of equal length).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Curve {
+    pub steps: Vec<u32>,
+    pub train_accuracy: Vec<f32>,
+    pub train_cross_entropy: Vec<f32>,
+    /// On the rows the heads are compared on: validation, or training without validation images.
+    pub selection_accuracy: Vec<f32>,
+    pub selection_cross_entropy: Vec<f32>,
+}
+
+impl Curve {
+    fn push(&mut self, step: u32, train: Metrics, selection: Metrics) {
+        self.steps.push(step);
+        self.train_accuracy.push(train.accuracy);
+        self.train_cross_entropy.push(train.cross_entropy);
+        self.selection_accuracy.push(selection.accuracy);
+        self.selection_cross_entropy.push(selection.cross_entropy);
+    }
+}
+
 pub struct Trained {
     pub heads: GpuHeads,
     pub chosen: u32,
     pub standardization: Option<Standardization>,
     pub outcomes: Vec<HeadOutcome>,
+    /// Each head's curve, in the order of `outcomes`.
+    pub curves: Vec<Curve>,
     /// True when the heads were chosen on training rows, for want of validation rows.
     pub selected_on_training: bool,
     pub last: Option<EvalPoint>,
@@ -171,6 +195,7 @@ pub fn train_heads(
             stopped_at: None,
         })
         .collect();
+    let mut curves = vec![Curve::default(); n];
     let mut since_best = vec![0u32; n];
     let mut active = vec![true; n];
     let train_batch = heads.batch(gpu, config.batch_size);
@@ -189,6 +214,7 @@ pub fn train_heads(
                     continue;
                 }
                 let m = selection[h];
+                curves[h].push(step + 1, train_metrics[h], m);
                 if !config.keep_best || m.cross_entropy < outcomes[h].selection.cross_entropy {
                     outcomes[h].selection = m;
                     outcomes[h].step = step + 1;
@@ -247,6 +273,7 @@ pub fn train_heads(
         chosen,
         standardization: standardizer.map(|s| s.standardization),
         outcomes,
+        curves,
         selected_on_training,
         // The last step is always evaluated, and an early end follows an evaluation.
         steps: last.map_or(0, |p: EvalPoint| p.step + 1),

@@ -1,13 +1,14 @@
-//! metrics.json: the run's settings, the sweep's grid, the final numbers and
-//! the time each phase took, written from typed structs.
+//! metrics.json from the run's flags, training and final test (the document
+//! itself is report::run_metrics).
 
 use super::Sets;
 use crate::cli::TrainArgs;
+use crate::report::run_metrics::*;
 use crate::train::bottlenecks::Bottlenecks;
 use crate::train::config::TrainingConfig;
 use crate::train::evaluation::TestReport;
 use crate::train::training_loop::Trained;
-use serde::Serialize;
+use std::path::Path;
 
 /// What the run was: its flags, configuration, classes, input size, device and seed.
 pub struct Run<'a> {
@@ -16,13 +17,21 @@ pub struct Run<'a> {
     pub labels: &'a [String],
     pub input_size: (u32, u32),
     pub device: &'a str,
+    pub base: BaseWeights,
     pub seed: u64,
+}
+
+fn absolute(path: &Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 impl Run<'_> {
     /// The run's metrics, given how training and the final test went.
     pub fn metrics(
-        &self,
+        self,
         trained: &Trained,
         test: Option<TestReport>,
         sets: &Sets,
@@ -33,27 +42,28 @@ impl Run<'_> {
         let distortions = args.distortions();
         let last = trained.last.expect("at least one evaluation");
         let chosen = &trained.outcomes[trained.chosen as usize];
-        let count = |rows: &Vec<Vec<u32>>| rows.iter().map(Vec::len).sum();
         let heads = trained
             .outcomes
             .iter()
-            .map(|o| HeadMetrics {
+            .zip(&trained.curves)
+            .map(|(o, curve)| HeadMetrics {
                 learning_rate: o.settings.learning_rate,
                 l2: o.settings.l2,
                 kept_step: o.step,
                 stopped_at: o.stopped_at,
                 validation_accuracy: o.selection.accuracy,
                 validation_cross_entropy: o.selection.cross_entropy,
+                curve: curve.clone(),
             })
             .collect();
         RunMetrics {
             seed: self.seed,
             steps: config.rule.steps,
-            head_training: if args.retrain_py_head {
-                "retrain.py"
-            } else {
-                "sweep"
-            },
+            head_training: match args.retrain_py_head {
+                true => "retrain.py",
+                false => "sweep",
+            }
+            .into(),
             optimizer: format!("{:?}", config.rule.optimizer),
             standardized: config.standardize,
             label_smoothing: config.rule.label_smoothing,
@@ -73,12 +83,10 @@ impl Run<'_> {
             labels: self.labels.to_vec(),
             input_size: [self.input_size.0, self.input_size.1],
             device: self.device.to_string(),
-            images: ImageCounts {
-                training: count(&sets[0]),
-                validation: count(&sets[1]),
-                testing: count(&sets[2]),
-                skipped: b.skipped,
-            },
+            base: self.base,
+            output_graph: absolute(&args.output_graph),
+            image_dir: absolute(args.image_dir.as_deref().expect("required by clap")),
+            images: image_counts(self.labels, sets, b.skipped),
             bottlenecks: BottleneckCounts {
                 computed: b.computed,
                 from_cache: b.examples.len() - b.computed,
@@ -89,7 +97,8 @@ impl Run<'_> {
                 compared_on: match trained.selected_on_training {
                     true => "training",
                     false => "validation",
-                },
+                }
+                .into(),
             },
             final_: FinalMetrics {
                 learning_rate: chosen.settings.learning_rate,
@@ -105,95 +114,28 @@ impl Run<'_> {
     }
 }
 
-#[derive(Serialize)]
-pub struct RunMetrics {
-    pub seed: u64,
-    pub steps: u32,
-    /// "retrain.py" or "sweep".
-    pub head_training: &'static str,
-    pub optimizer: String,
-    pub standardized: bool,
-    pub label_smoothing: f32,
-    pub dropout: f32,
-    pub steps_run: u32,
-    pub distortions: DistortionMetrics,
-    pub train_batch_size: i64,
-    pub labels: Vec<String>,
-    pub input_size: [u32; 2],
-    pub device: String,
-    pub images: ImageCounts,
-    pub bottlenecks: BottleneckCounts,
-    pub sweep: SweepMetrics,
-    #[serde(rename = "final")]
-    pub final_: FinalMetrics,
-    pub timings_seconds: Timings,
-}
-
-impl RunMetrics {
-    pub fn to_json(&self) -> serde_json::Result<String> {
-        serde_json::to_string_pretty(self)
+/// Images per split, in all and per class.
+fn image_counts(
+    labels: &[String],
+    [train, validation, test]: &Sets,
+    skipped: usize,
+) -> ImageCounts {
+    let count = |rows: &Vec<Vec<u32>>| rows.iter().map(Vec::len).sum();
+    let per_class = labels
+        .iter()
+        .enumerate()
+        .map(|(c, label)| ClassCounts {
+            label: label.clone(),
+            training: train[c].len(),
+            validation: validation[c].len(),
+            testing: test[c].len(),
+        })
+        .collect();
+    ImageCounts {
+        training: count(train),
+        validation: count(validation),
+        testing: count(test),
+        skipped,
+        per_class,
     }
-}
-
-#[derive(Serialize)]
-pub struct DistortionMetrics {
-    pub flip_left_right: bool,
-    pub random_crop: u32,
-    pub random_scale: u32,
-    pub random_brightness: u32,
-    pub distorted_images: usize,
-}
-
-#[derive(Serialize)]
-pub struct ImageCounts {
-    pub training: usize,
-    pub validation: usize,
-    pub testing: usize,
-    pub skipped: usize,
-}
-
-#[derive(Serialize)]
-pub struct BottleneckCounts {
-    pub computed: usize,
-    pub from_cache: usize,
-}
-
-#[derive(Serialize)]
-pub struct SweepMetrics {
-    pub heads: Vec<HeadMetrics>,
-    pub chosen: u32,
-    /// "training" or "validation": the rows the heads were compared on.
-    pub compared_on: &'static str,
-}
-
-/// One head of the sweep: its settings and how it ended.
-#[derive(Serialize)]
-pub struct HeadMetrics {
-    pub learning_rate: f32,
-    pub l2: f32,
-    pub kept_step: u32,
-    pub stopped_at: Option<u32>,
-    pub validation_accuracy: f32,
-    pub validation_cross_entropy: f32,
-}
-
-/// The kept head: its settings, last training numbers and the final test.
-#[derive(Serialize)]
-pub struct FinalMetrics {
-    pub learning_rate: f32,
-    pub l2: f32,
-    pub kept_step: u32,
-    pub train_accuracy: f32,
-    pub cross_entropy: f32,
-    pub validation_accuracy: Option<f32>,
-    pub test: Option<TestReport>,
-}
-
-/// Seconds spent in each phase of the run.
-#[derive(Serialize)]
-pub struct Timings {
-    pub bottlenecks: f64,
-    pub training: f64,
-    pub evaluation: f64,
-    pub total: f64,
 }

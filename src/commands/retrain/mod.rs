@@ -1,7 +1,8 @@
 //! `retrain` without a subcommand: retrain.py's job as a sequence of named
 //! phases — check the flags, scan and split the folder, open the base model,
 //! cache every bottleneck, train the heads, test the kept one, write the
-//! classifier, the labels and metrics.json.
+//! classifier, the labels, metrics.json and report.html (every log line also
+//! going to train.log).
 
 mod config;
 mod metrics;
@@ -15,16 +16,20 @@ use crate::data::dataset::Dataset;
 use crate::engine::Engine;
 use crate::gpu::Gpu;
 use crate::head::classifier::{write_labels, write_saved_model, Classifier};
+use crate::logging::{self, LOG_FILE};
 use crate::model::weights::WeightFile;
+use crate::report::run_metrics::{BaseWeights, RunMetrics, Timings, METRICS_FILE};
+use crate::report::statistics::wilson_interval;
+use crate::report::{self, REPORT_FILE};
 use crate::train::batches::CachedBatches;
 use crate::train::bottlenecks::{self, Bottlenecks};
 use crate::train::config::TrainingConfig;
 use crate::train::distorted::DistortedBatches;
-use crate::train::evaluation::{final_test, TestReport};
+use crate::train::evaluation::final_test;
 use crate::train::log::{heads_table, TrainingLog};
 use crate::train::rows::{eval_rows, split_rows, TrainingData};
 use crate::train::training_loop::{initial_heads, train_heads, Observers, Progress, Trained};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use rand::{rngs::StdRng, SeedableRng};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +41,10 @@ type Sets = [Vec<Vec<u32>>; 3];
 pub fn run(args: &TrainArgs) -> Result<()> {
     let started = Instant::now();
     config::validate(args)?;
+    let out = output_dir(args);
+    std::fs::create_dir_all(&out)
+        .with_context(|| format!("cannot create the output folder {}", out.display()))?;
+    logging::also_to_file(&out.join(LOG_FILE))?;
     let image_dir = args
         .image_dir
         .as_deref()
@@ -84,20 +93,19 @@ pub fn run(args: &TrainArgs) -> Result<()> {
 
     let t = Instant::now();
     let test_rows = eval_rows(&mut rng, &sets[2], args.test_batch_size);
-    let print_misclassified = args.print_misclassified_test_images;
     let gpu = &engine.gpu;
-    let report = final_test(gpu, &trained, &test_rows, &b, &labels, print_misclassified)?;
+    let mut classifier = kept_classifier(gpu, &template, &trained, config.rule.steps)?;
+    let print_misclassified = args.print_misclassified_test_images;
+    let report = final_test(gpu, &classifier, &test_rows, &b, print_misclassified)?;
     let eval_secs = t.elapsed().as_secs_f64();
+    if let Some(r) = &report {
+        classifier
+            .extra
+            .insert("test_accuracy".into(), r.accuracy.to_string());
+    }
+    write_classifier(&classifier, args)?;
 
-    write_classifier(
-        gpu,
-        &template,
-        args,
-        &trained,
-        report.as_ref(),
-        config.rule.steps,
-    )?;
-    let timings = metrics::Timings {
+    let timings = Timings {
         bottlenecks: bottleneck_secs,
         training: training_secs,
         evaluation: eval_secs,
@@ -109,20 +117,18 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         labels: &labels,
         input_size: engine.input_size(),
         device: &engine.gpu.info.name,
+        base: BaseWeights {
+            architecture: engine.architecture().name().to_string(),
+            fingerprint: file.info.fingerprint.clone(),
+            path: template.base_weights.display().to_string(),
+        },
         seed,
     };
-    let metrics_path = args.output_graph.with_file_name("metrics.json");
-    let json = run
-        .metrics(&trained, report, &sets, &b, timings)
-        .to_json()?;
-    crate::atomic_file::write_bytes(&metrics_path, json.as_bytes())?;
-    log::info!(
-        "Wrote {}, {} and {} ({:.1} s in all)",
-        args.output_graph.display(),
-        args.output_labels.display(),
-        metrics_path.display(),
-        started.elapsed().as_secs_f64()
-    );
+    let metrics = run.metrics(&trained, report, &sets, &b, timings);
+    crate::atomic_file::write_bytes(&out.join(METRICS_FILE), metrics.to_json()?.as_bytes())?;
+    let report_path = out.join(REPORT_FILE);
+    report::write(&metrics, &report_path)?;
+    say_what_next(&metrics, args, &report_path, started);
     Ok(())
 }
 
@@ -218,15 +224,9 @@ fn train(
         TrainingLog::new(args.summaries_dir.as_deref(), heads, config.rule.steps)?;
     let bar = training_log.bar.clone();
     let gpu = engine.gpu.clone();
-    let started = Instant::now();
     let mut evaluated = |p: &_| training_log.evaluated(p);
     let mut stepped = |step: u32, progress: &Progress| -> Result<()> {
         bar.inc(1);
-        let images = (step + 1) as f64 * config.batch_size as f64;
-        bar.set_message(format!(
-            "{:.1} images/s",
-            images / started.elapsed().as_secs_f64()
-        ));
         let every = args.intermediate_store_frequency;
         if every > 0 && step > 0 && step.is_multiple_of(every) {
             let path = args
@@ -265,20 +265,18 @@ fn train(
         };
         train_heads(&gpu, &data, config, &initial, rng, &mut batches, observers)?
     };
-    bar.finish_and_clear();
+    bar.finish();
     Ok(trained)
 }
 
-/// Writes the kept head as the classifier (and the saved-model folder when
-/// asked), with its numbers in the metadata, and the labels file.
-fn write_classifier(
+/// The kept head as a classifier for raw bottlenecks, with its numbers in
+/// the metadata.
+fn kept_classifier(
     gpu: &Gpu,
     template: &Classifier,
-    args: &TrainArgs,
     trained: &Trained,
-    report: Option<&TestReport>,
     steps: u32,
-) -> Result<()> {
+) -> Result<Classifier> {
     let last = trained.last.expect("at least one evaluation");
     let chosen = &trained.outcomes[trained.chosen as usize];
     let mut extra = HashMap::new();
@@ -287,18 +285,58 @@ fn write_classifier(
     if let Some((v, _)) = last.validation {
         extra.insert("validation_accuracy".into(), v.accuracy.to_string());
     }
-    if let Some(r) = report {
-        extra.insert("test_accuracy".into(), r.accuracy.to_string());
-    }
     let settings = chosen.settings;
     extra.insert("learning_rate".into(), settings.learning_rate.to_string());
     extra.insert("l2".into(), settings.l2.to_string());
     extra.insert("kept_step".into(), chosen.step.to_string());
-    let classifier = snapshot(template, trained.export(gpu)?, steps, extra);
+    Ok(snapshot(template, trained.export(gpu)?, steps, extra))
+}
+
+/// Writes the classifier (and the saved-model folder when asked) and the labels file.
+fn write_classifier(classifier: &Classifier, args: &TrainArgs) -> Result<()> {
     classifier.write(&args.output_graph)?;
-    write_labels(&args.output_labels, &template.labels)?;
+    write_labels(&args.output_labels, &classifier.labels)?;
     if let Some(dir) = &args.saved_model_dir {
-        write_saved_model(dir, &template.base_weights, &classifier)?;
+        write_saved_model(dir, &classifier.base_weights, classifier)?;
     }
     Ok(())
+}
+
+/// The folder of the classifier, where metrics.json, report.html and train.log go.
+fn output_dir(args: &TrainArgs) -> PathBuf {
+    match args.output_graph.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// The last lines of a run: the result, where everything is, what to try next.
+fn say_what_next(m: &RunMetrics, args: &TrainArgs, report: &Path, started: Instant) {
+    if let Some(test) = &m.final_.test {
+        let correct = (0..m.labels.len())
+            .map(|c| test.confusion[c][c] as usize)
+            .sum();
+        let (lo, hi) = wilson_interval(correct, test.n);
+        log::info!(
+            "Final test accuracy = {:.1}% (N={}; 95% interval {:.1}–{:.1}%)",
+            test.accuracy * 100.0,
+            test.n,
+            lo * 100.0,
+            hi * 100.0
+        );
+    }
+    let beside = |name: &str| report.with_file_name(name).display().to_string();
+    log::info!(
+        "Wrote {}, {}, {} and {} ({:.1} s in all)",
+        args.output_graph.display(),
+        args.output_labels.display(),
+        beside(METRICS_FILE),
+        beside(LOG_FILE),
+        started.elapsed().as_secs_f64()
+    );
+    log::info!("Report: {}", report.display());
+    log::info!(
+        "Next, label images with it: retrain classify --graph {} IMAGE_OR_FOLDER...",
+        args.output_graph.display()
+    );
 }
