@@ -1,5 +1,6 @@
 //! Writing outputs without ever leaving a half-written file where the user
-//! expects a good one: write a temporary file beside the target, then rename.
+//! expects a good one: write a temporary file beside the target, flush it to
+//! disk, rename it, then flush the folder (so the rename survives a crash).
 
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -19,6 +20,7 @@ pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         .tempfile_in(dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
     write(temp.path())?;
+    sync(temp.path())?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -26,6 +28,24 @@ pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     }
     temp.persist(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    sync_folder(dir)
+}
+
+/// Flushes a written file's data to disk.
+fn sync(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot flush {} to disk", path.display()))
+}
+
+/// Flushes a folder's entries (a rename in it) to disk; a no-op where folders cannot be opened.
+fn sync_folder(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot flush folder {} to disk", dir.display()))?;
+    #[cfg(not(unix))]
+    let _ = dir;
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 
 use super::charts::{self, CurveMetric};
 use super::run_metrics::RunMetrics;
-use super::statistics::{cutoff_for_recall, pr_curve, wilson_interval};
+use super::statistics::{cutoff_for_recall, cutoff_text, pr_curve, wilson_interval};
 use super::thumbnails;
 use crate::train::evaluation::{TestPrediction, TestReport};
 use anyhow::Result;
@@ -329,12 +329,6 @@ pub fn thresholds(m: &RunMetrics) -> Result<String> {
         }
     }
     Ok(html + "</table>\n</section>\n")
-}
-
-/// A cut-off printed rounded down, so that it still admits the image whose
-/// probability it is.
-pub fn cutoff_text(threshold: f32) -> String {
-    format!("{:.4}", (threshold as f64 * 1e4).floor() / 1e4)
 }
 
 /// Every misclassified test image, most confidently wrong first.

@@ -70,6 +70,12 @@ pub fn cutoff_for_recall(curve: &[PrPoint], recall: f64) -> Option<PrPoint> {
     curve.iter().copied().find(|p| p.recall >= recall - 1e-9)
 }
 
+/// A cut-off printed to four decimals, rounded down so that it still admits
+/// the image whose probability it is.
+pub fn cutoff_text(threshold: f32) -> String {
+    format!("{:.4}", (threshold as f64 * 1e4).floor() / 1e4)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +125,13 @@ mod tests {
         assert_eq!(at(0.75).threshold, 0.6);
         assert_eq!(at(0.9).threshold, 0.3);
         assert!(close(at(0.9).precision, 4.0 / 6.0));
+    }
+
+    #[test]
+    fn cutoffs_are_printed_rounded_down() {
+        assert_eq!(cutoff_text(0.28179), "0.2817");
+        assert_eq!(cutoff_text(0.5), "0.5000");
+        assert_eq!(cutoff_text(0.0), "0.0000");
     }
 
     #[test]

@@ -145,6 +145,6 @@ fn compute(
         }
         bar.inc(batch_len as u64);
     }
-    bar.finish();
+    bar.finish_and_clear();
     Ok(computed)
 }

@@ -48,7 +48,7 @@ pub fn final_test(
         }
         bar.inc(rows.len() as u64);
     }
-    bar.finish();
+    bar.finish_and_clear();
     let report = TestReport::new(classes, predictions);
     log::info!("Per class:\n{}", report.table(&classifier.labels));
     if print_misclassified {

@@ -265,7 +265,7 @@ fn train(
         };
         train_heads(&gpu, &data, config, &initial, rng, &mut batches, observers)?
     };
-    bar.finish();
+    bar.finish_and_clear();
     Ok(trained)
 }
 
