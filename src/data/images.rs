@@ -1,8 +1,15 @@
 //! Finding and decoding images.
 
-use anyhow::{anyhow, Context, Result};
-use image::RgbImage;
+use anyhow::{anyhow, bail, Context, Result};
+use image::{ImageReader, Limits, RgbImage};
+use std::collections::HashSet;
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
+
+/// The most pixels an image may have (64 megapixels, e.g. 8192×8192): a
+/// larger one is refused from its header, before anything is allocated, so
+/// a decompression bomb costs nothing.
+pub const MAX_PIXELS: u64 = 1 << 26;
 
 /// File extensions treated as images, compared case-insensitively.
 pub const EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "gif", "bmp", "webp"];
@@ -13,11 +20,21 @@ pub fn is_image(path: &Path) -> bool {
         .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-/// Every image file under `dir` (recursively), sorted by path.
+/// Every image file under `dir` (recursively; a folder reached twice, as
+/// through a symlink loop, is read once), sorted by path.
 pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut found = Vec::new();
+    let mut visited = HashSet::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
+        let real = std::fs::canonicalize(&d).unwrap_or_else(|_| d.clone());
+        if !visited.insert(real) {
+            log::warn!(
+                "{} leads back to a folder already searched; skipping it",
+                d.display()
+            );
+            continue;
+        }
         let entries =
             std::fs::read_dir(&d).with_context(|| format!("cannot read folder {}", d.display()))?;
         for entry in entries {
@@ -37,14 +54,41 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Decodes an image file to 8-bit RGB. Errors say why in the user's terms;
 /// a decoder that panics on a malformed file is reported as a damaged file.
+/// The format is told by the bytes, not the extension; alpha is dropped and
+/// greyscale, palette and 16-bit images are converted (as TensorFlow's
+/// decode_image with 3 channels does); an animated GIF gives its first frame.
 pub fn decode(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read it: {e}"))?;
-    let decoded = std::panic::catch_unwind(|| image::load_from_memory(&bytes));
-    match decoded {
-        Ok(Ok(img)) => Ok(img.to_rgb8()),
-        Ok(Err(e)) => Err(anyhow!("not a readable image: {e}")),
+    match std::panic::catch_unwind(|| decode_bytes(&bytes)) {
+        Ok(decoded) => decoded,
         Err(_) => Err(anyhow!(
             "not a readable image: the decoder failed on damaged data"
         )),
     }
+}
+
+fn decode_bytes(bytes: &[u8]) -> Result<RgbImage> {
+    let reader = || {
+        ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .expect("reading from memory cannot fail")
+    };
+    let (width, height) = reader()
+        .into_dimensions()
+        .map_err(|e| anyhow!("not a readable image: {e}"))?;
+    if width as u64 * height as u64 > MAX_PIXELS {
+        bail!(
+            "{width}×{height} pixels is more than the {} megapixels an image may have",
+            MAX_PIXELS >> 20
+        );
+    }
+    let mut limits = Limits::default();
+    // The largest decoded form: 16-bit RGBA.
+    limits.max_alloc = Some(MAX_PIXELS * 8);
+    let mut reader = reader();
+    reader.limits(limits);
+    let image = reader
+        .decode()
+        .map_err(|e| anyhow!("not a readable image: {e}"))?;
+    Ok(image.to_rgb8())
 }
