@@ -5,7 +5,9 @@
 use image::{ImageEncoder, Rgb, RgbImage, Rgba, RgbaImage};
 use retrain::data::images::decode;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+mod common;
+use common::{retrain, stderr};
 
 /// A small picture with a gradient, so that conversions can be checked.
 fn picture(w: u32, h: u32) -> RgbImage {
@@ -195,18 +197,6 @@ fn each_odd_file_is_converted_or_refused_with_a_reason() {
     assert_eq!(gif.get_pixel(4, 4).0, [255, 0, 0]);
     let sixteen = decode(&dir.path().join("sixteen_bit.png")).unwrap();
     assert_eq!(sixteen.get_pixel(1, 0).0, [27, 0, 255]);
-}
-
-fn retrain(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_retrain"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Every refused file is named in a warning with its reason.

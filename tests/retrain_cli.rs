@@ -4,7 +4,10 @@
 
 use retrain::head::Classifier;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
+
+mod common;
+use common::{retrain, stderr};
 
 fn dataset(class: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -26,18 +29,6 @@ fn image_folder(root: &Path, per_class: usize) {
             std::fs::copy(f, dest.join(f.file_name().unwrap())).unwrap();
         }
     }
-}
-
-fn retrain(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_retrain"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 const TRAIN: &[&str] = &[

@@ -4,6 +4,7 @@
 use super::run_metrics::HeadMetrics;
 use super::statistics::PrPoint;
 use anyhow::Result;
+use plotters::coord::CoordTranslate;
 use plotters::prelude::*;
 
 const SIZE: (u32, u32) = (620, 340);
@@ -115,12 +116,7 @@ pub fn training_curves(
             ))?
             .label(format!("kept step {kept_step}"))
             .legend(|(x, y)| PathElement::new([(x + 9, y - 6), (x + 9, y + 6)], BLACK));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .draw()?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         root.present()?;
     }
     Ok(svg)
@@ -157,13 +153,22 @@ pub fn precision_recall(curves: &[(String, Vec<PrPoint>)]) -> Result<String> {
                     PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(3))
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .draw()?;
+        draw_legend(&mut chart, SeriesLabelPosition::LowerLeft)?;
         root.present()?;
     }
     Ok(svg)
+}
+
+/// The legend of the chart's labelled series, at `position`.
+fn draw_legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    position: SeriesLabelPosition,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .draw()?;
+    Ok(())
 }

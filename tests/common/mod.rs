@@ -6,6 +6,8 @@ pub mod nsfwjs;
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use retrain::gpu::{kernels::Kernels, Gpu};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 /// A NaN with a recognisable payload: any element a kernel forgot to write keeps it.
@@ -86,4 +88,18 @@ pub fn assert_close(actual: &[f32], reference: &[f32], tol: f32, what: &str) {
             );
         }
     }
+}
+
+/// The `retrain` binary run in `dir` with `args`.
+pub fn retrain(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_retrain"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A finished command's stderr, as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
