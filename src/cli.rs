@@ -267,6 +267,45 @@ pub enum Command {
     Classify(ClassifyArgs),
     /// Redraw report.html of a retrain run from its metrics.json
     Report(ReportArgs),
+    /// Serve a trained classifier over HTTP (POST /v1/classify), batching requests on the GPU
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The trained classifier (--output-graph of a retrain run), or a --saved-model-dir folder.
+    #[arg(long, value_name = "MODEL")]
+    pub graph: PathBuf,
+    /// Labels file (default: the labels recorded in the classifier).
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
+    /// Base weight file (default: the one recorded in the classifier, else the default weights).
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// Address to listen on (0.0.0.0 for every interface).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0: any free one, printed at start).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Images per GPU batch at most. Default: as many as the device holds.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch: Option<u32>,
+    /// How long to wait for more requests to fill a batch, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5)]
+    pub max_wait_ms: u64,
+    /// Largest request body accepted, in MiB.
+    #[arg(long, value_name = "MB", default_value_t = 32)]
+    pub max_body_mb: usize,
+    /// Requests waiting for the GPU at most; beyond it requests are answered 503 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queue: u64,
+    /// Seconds a request may wait for its answer before a 504.
+    #[arg(long, value_name = "S", default_value_t = 30)]
+    pub timeout_s: u64,
+    /// Labels per image in answers (a request's ?top_k= overrides it).
+    #[arg(long, value_name = "K", default_value_t = 5)]
+    pub top_k: usize,
 }
 
 #[derive(Args)]

@@ -16,4 +16,5 @@ pub mod logging;
 pub mod model;
 pub mod progress;
 pub mod report;
+pub mod serve;
 pub mod train;

@@ -14,6 +14,7 @@ fn main() {
         Some(Command::Info(args)) => commands::info::run(args),
         Some(Command::Classify(args)) => commands::classify::run(args),
         Some(Command::Report(args)) => commands::report::run(args),
+        Some(Command::Serve(args)) => commands::serve::run(args),
         None => commands::retrain::run(&cli.train),
     };
     if let Err(e) = result {

@@ -21,6 +21,7 @@ const LAYERS: &[&str] = &[
     "head",
     "train",
     "report",
+    "serve",
     "cli",
     "commands",
     "cpu_reference",

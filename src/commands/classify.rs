@@ -22,17 +22,58 @@ fn locate(graph: &Path) -> (PathBuf, Option<PathBuf>) {
 }
 
 fn base_weights(
-    args: &ClassifyArgs,
+    weights: Option<&Path>,
     classifier: &Classifier,
     beside: Option<PathBuf>,
 ) -> Result<PathBuf> {
-    if let Some(w) = args.weights.clone().or(beside) {
+    if let Some(w) = weights.map(Path::to_path_buf).or(beside) {
         return Ok(w);
     }
     if classifier.base_weights.is_file() {
         return Ok(classifier.base_weights.clone());
     }
     default_weights::resolve(None, classifier.architecture)
+}
+
+/// A trained classifier (a file or a saved-model folder, with `labels`
+/// replacing its own when given) and the engine running its base network
+/// with exactly the preprocessing recorded in it, tuned for this device.
+pub fn open_classifier(
+    graph: &Path,
+    labels: Option<&Path>,
+    weights: Option<&Path>,
+) -> Result<(Classifier, Engine)> {
+    let (classifier_path, beside) = locate(graph);
+    let mut classifier = Classifier::read(&classifier_path)?;
+    if let Some(path) = labels {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read labels file {}", path.display()))?;
+        let labels: Vec<String> = text.lines().map(String::from).collect();
+        if labels.len() != classifier.labels.len() {
+            bail!(
+                "{} lists {} labels but the classifier has {} classes",
+                path.display(),
+                labels.len(),
+                classifier.labels.len()
+            );
+        }
+        classifier.labels = labels;
+    }
+    let base = base_weights(weights, &classifier, beside)?;
+    let file = WeightFile::open(&base)?;
+    if file.info.fingerprint != classifier.base_fingerprint {
+        bail!(
+            "{} was trained on other base weights (fingerprint {}) than {} ({}); pass the right one with --weights",
+            classifier_path.display(),
+            classifier.base_fingerprint,
+            base.display(),
+            file.info.fingerprint
+        );
+    }
+    let mut engine = Engine::new(Gpu::new()?, &file, Some(classifier.input_size))?;
+    engine.tune_on_first_use()?;
+    engine.info.normalization = classifier.normalization.clone();
+    Ok((classifier, engine))
 }
 
 fn inputs(args: &ClassifyArgs) -> Result<Vec<PathBuf>> {
@@ -48,37 +89,9 @@ fn inputs(args: &ClassifyArgs) -> Result<Vec<PathBuf>> {
 }
 
 pub fn run(args: &ClassifyArgs) -> Result<()> {
-    let (classifier_path, beside) = locate(&args.graph);
-    let mut classifier = Classifier::read(&classifier_path)?;
-    if let Some(path) = &args.labels {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read labels file {}", path.display()))?;
-        let labels: Vec<String> = text.lines().map(String::from).collect();
-        if labels.len() != classifier.labels.len() {
-            bail!(
-                "{} lists {} labels but the classifier has {} classes",
-                path.display(),
-                labels.len(),
-                classifier.labels.len()
-            );
-        }
-        classifier.labels = labels;
-    }
+    let (classifier, mut engine) =
+        open_classifier(&args.graph, args.labels.as_deref(), args.weights.as_deref())?;
     let cutoff = cutoff(args, &classifier.labels)?;
-    let base = base_weights(args, &classifier, beside)?;
-    let file = WeightFile::open(&base)?;
-    if file.info.fingerprint != classifier.base_fingerprint {
-        bail!(
-            "{} was trained on other base weights (fingerprint {}) than {} ({}); pass the right one with --weights",
-            classifier_path.display(),
-            classifier.base_fingerprint,
-            base.display(),
-            file.info.fingerprint
-        );
-    }
-    let mut engine = Engine::new(Gpu::new()?, &file, Some(classifier.input_size))?;
-    engine.tune_on_first_use()?;
-    engine.info.normalization = classifier.normalization.clone();
     let classes = classifier.labels.len();
     let mut failures = 0;
     let mut head = classifier.predictor(&engine.gpu, engine.max_batch())?;

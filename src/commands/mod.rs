@@ -5,6 +5,7 @@ pub mod features;
 pub mod info;
 pub mod report;
 pub mod retrain;
+pub mod serve;
 
 use crate::cli::ModelArgs;
 use crate::convert::default_weights;

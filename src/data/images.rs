@@ -1,7 +1,7 @@
 //! Finding and decoding images.
 
 use anyhow::{anyhow, bail, Context, Result};
-use image::{ImageReader, Limits, RgbImage};
+use image::{ImageFormat, ImageReader, Limits, RgbImage};
 use std::collections::HashSet;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -19,6 +19,40 @@ pub fn is_image(path: &Path) -> bool {
         .and_then(|e| e.to_str())
         .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
+
+/// Whether a JPEG ends its last scan with an end-of-image marker. The JPEG
+/// decoder fills a truncated file's missing rows with grey; TensorFlow's
+/// decode_jpeg refuses such files, and so does this. Inside a scan a 0xFF
+/// byte is always followed by 0x00 or a restart marker, so the last
+/// start-of-scan marker (FF DA) must be followed by an FF D9 somewhere.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let marker = |m: u8| bytes.windows(2).rposition(|w| w == [0xFF, m]);
+    match (marker(0xDA), marker(0xD9)) {
+        (Some(scan), Some(end)) => end > scan,
+        _ => false,
+    }
+}
+
+/// An image refused for its size, from its header.
+#[derive(Debug)]
+pub struct TooLarge {
+    pub width: u32,
+    pub height: u32,
+}
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "{}×{} pixels is more than the {} megapixels an image may have",
+            self.width,
+            self.height,
+            MAX_PIXELS >> 20
+        )
+    }
+}
+
+impl std::error::Error for TooLarge {}
 
 /// Every image file under `dir` (recursively; a folder reached twice, as
 /// through a symlink loop, is read once), sorted by path.
@@ -59,7 +93,12 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
 /// decode_image with 3 channels does); an animated GIF gives its first frame.
 pub fn decode(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read it: {e}"))?;
-    match std::panic::catch_unwind(|| decode_bytes(&bytes)) {
+    decode_bytes(&bytes)
+}
+
+/// `decode` of a file's bytes already in memory.
+pub fn decode_bytes(bytes: &[u8]) -> Result<RgbImage> {
+    match std::panic::catch_unwind(|| decode_checked(bytes)) {
         Ok(decoded) => decoded,
         Err(_) => Err(anyhow!(
             "not a readable image: the decoder failed on damaged data"
@@ -67,7 +106,7 @@ pub fn decode(path: &Path) -> Result<RgbImage> {
     }
 }
 
-fn decode_bytes(bytes: &[u8]) -> Result<RgbImage> {
+fn decode_checked(bytes: &[u8]) -> Result<RgbImage> {
     let reader = || {
         ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
@@ -77,10 +116,10 @@ fn decode_bytes(bytes: &[u8]) -> Result<RgbImage> {
         .into_dimensions()
         .map_err(|e| anyhow!("not a readable image: {e}"))?;
     if width as u64 * height as u64 > MAX_PIXELS {
-        bail!(
-            "{width}×{height} pixels is more than the {} megapixels an image may have",
-            MAX_PIXELS >> 20
-        );
+        return Err(TooLarge { width, height }.into());
+    }
+    if reader().format() == Some(ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
+        bail!("not a readable image: the JPEG data is truncated (it has no end-of-image marker)");
     }
     let mut limits = Limits::default();
     // The largest decoded form: 16-bit RGBA.

@@ -10,6 +10,7 @@ use crate::model::graph::OUTPUT;
 use crate::model::weights::Normalization;
 use anyhow::{bail, Result};
 use image::RgbImage;
+use std::borrow::Borrow;
 
 impl Engine {
     /// Whether the device can take this decoded image (its pixels must fit one binding).
@@ -26,8 +27,8 @@ impl Engine {
 
     /// Bottlenecks ([images.len(), 2048] row-major) of decoded RGB images:
     /// resized and normalised on the GPU, run in batches the device can hold.
-    pub fn bottlenecks(&mut self, images: &[RgbImage]) -> Result<Vec<f32>> {
-        let images: Vec<&RgbImage> = images.iter().collect();
+    pub fn bottlenecks<I: Borrow<RgbImage>>(&mut self, images: &[I]) -> Result<Vec<f32>> {
+        let images: Vec<&RgbImage> = images.iter().map(Borrow::borrow).collect();
         let none = vec![Distortion::none(self.input_size()); images.len()];
         self.distorted_bottlenecks(&images, &none)
     }

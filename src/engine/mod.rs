@@ -24,7 +24,7 @@ use anyhow::{bail, Result};
 /// Activation memory one batch may use; batches are split to stay under it.
 const ACTIVATION_BUDGET: u64 = 1 << 30;
 const MAX_BATCH: u32 = 64;
-/// Plans kept at once (each holds a batch's activation memory).
+/// Plans kept at once by default (each holds a batch's activation memory).
 const PLANS: usize = 2;
 
 /// Which groups of sibling 1×1 convs run merged into one GEMM (model/merge.rs).
@@ -49,6 +49,8 @@ pub struct Engine {
     weights: GpuWeights,
     /// Plans by batch size and outputs, the most recently used last.
     plans: Vec<Plan>,
+    /// How many plans are kept (PLANS unless a server asks for more).
+    plan_capacity: usize,
     plans_built: usize,
     /// Decoded pixels of the batch being run (grown when a batch needs more).
     pixels: Option<wgpu::Buffer>,
@@ -78,6 +80,7 @@ impl Engine {
             merging: Merging::AsTuned,
             weights,
             plans: Vec::new(),
+            plan_capacity: PLANS,
             plans_built: 0,
             pixels: None,
             max_batch: 0,
@@ -119,7 +122,8 @@ impl Engine {
     /// Makes the plan for `batch` images reading back `outputs` the current
     /// one (`current_plan`): kept from an earlier batch of that size, or built.
     /// Plans are kept per batch size — a run alternates between a few (full
-    /// batches and a remainder) — up to PLANS, the least recently used dropped.
+    /// batches and a remainder) — up to the plan capacity, the least recently
+    /// used dropped.
     fn plan(&mut self, batch: u32, outputs: &[&str]) -> Result<()> {
         match (self.plans.iter()).position(|p| p.batch == batch && p.outputs == outputs) {
             Some(i) => {
@@ -127,7 +131,7 @@ impl Engine {
                 self.plans.push(plan);
             }
             None => {
-                if self.plans.len() == PLANS {
+                if self.plans.len() >= self.plan_capacity {
                     self.plans.remove(0); // free its memory before allocating the new one
                 }
                 let plan = Plan::new(
@@ -149,6 +153,12 @@ impl Engine {
     /// The plan `plan` last made current.
     fn current_plan(&self) -> &Plan {
         self.plans.last().expect("a plan was made current")
+    }
+
+    /// Keeps up to `plans` plans (at least one): a server that runs a few
+    /// batch sizes in turn builds each once.
+    pub fn keep_plans(&mut self, plans: usize) {
+        self.plan_capacity = plans.max(1);
     }
 
     /// How many plans this engine has built (each allocates every activation
