@@ -269,6 +269,27 @@ pub enum Command {
     Report(ReportArgs),
     /// Serve a trained classifier over HTTP (POST /v1/classify), batching requests on the GPU
     Serve(ServeArgs),
+    /// Export a trained classifier, base network included, for other runtimes (ONNX)
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// The trained classifier (--output-graph of a retrain run), or a --saved-model-dir folder.
+    #[arg(long, value_name = "MODEL")]
+    pub graph: PathBuf,
+    /// Labels file (default: the labels recorded in the classifier).
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
+    /// Base weight file (default: the one recorded in the classifier, else the default weights).
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// The format to write.
+    #[arg(long, value_name = "FORMAT", default_value = "onnx", value_parser = ["onnx"])]
+    pub format: String,
+    /// The file to write.
+    #[arg(long, value_name = "FILE")]
+    pub output: PathBuf,
 }
 
 #[derive(Args)]

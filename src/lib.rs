@@ -9,6 +9,7 @@ pub mod convert;
 pub mod cpu_reference;
 pub mod data;
 pub mod engine;
+pub mod export;
 pub mod gpu;
 pub mod head;
 pub mod hex;

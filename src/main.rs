@@ -15,6 +15,7 @@ fn main() {
         Some(Command::Classify(args)) => commands::classify::run(args),
         Some(Command::Report(args)) => commands::report::run(args),
         Some(Command::Serve(args)) => commands::serve::run(args),
+        Some(Command::Export(args)) => commands::export::run(args),
         None => commands::retrain::run(&cli.train),
     };
     if let Err(e) = result {

@@ -22,6 +22,7 @@ const LAYERS: &[&str] = &[
     "train",
     "report",
     "serve",
+    "export",
     "cli",
     "commands",
     "cpu_reference",

@@ -36,13 +36,12 @@ fn base_weights(
 }
 
 /// A trained classifier (a file or a saved-model folder, with `labels`
-/// replacing its own when given) and the engine running its base network
-/// with exactly the preprocessing recorded in it, tuned for this device.
-pub fn open_classifier(
+/// replacing its own when given) and the base weights it was trained on.
+pub fn load_classifier(
     graph: &Path,
     labels: Option<&Path>,
     weights: Option<&Path>,
-) -> Result<(Classifier, Engine)> {
+) -> Result<(Classifier, WeightFile)> {
     let (classifier_path, beside) = locate(graph);
     let mut classifier = Classifier::read(&classifier_path)?;
     if let Some(path) = labels {
@@ -70,6 +69,17 @@ pub fn open_classifier(
             file.info.fingerprint
         );
     }
+    Ok((classifier, file))
+}
+
+/// The classifier and the engine running its base network with exactly the
+/// preprocessing recorded in it, tuned for this device.
+pub fn open_classifier(
+    graph: &Path,
+    labels: Option<&Path>,
+    weights: Option<&Path>,
+) -> Result<(Classifier, Engine)> {
+    let (classifier, file) = load_classifier(graph, labels, weights)?;
     let mut engine = Engine::new(Gpu::new()?, &file, Some(classifier.input_size))?;
     engine.tune_on_first_use()?;
     engine.info.normalization = classifier.normalization.clone();

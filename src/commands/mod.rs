@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod classify;
+pub mod export;
 pub mod features;
 pub mod info;
 pub mod report;
