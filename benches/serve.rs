@@ -121,6 +121,8 @@ impl Server {
                 "0",
                 "--max-queue",
                 "1024",
+                "--timeout-s",
+                "600",
             ])
             .args(["--graph", model.to_str().unwrap()])
             .stderr(Stdio::piped())
