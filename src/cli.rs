@@ -275,15 +275,8 @@ pub enum Command {
 
 #[derive(Args)]
 pub struct ExportArgs {
-    /// The trained classifier (--output-graph of a retrain run), or a --saved-model-dir folder.
-    #[arg(long, value_name = "MODEL")]
-    pub graph: PathBuf,
-    /// Labels file (default: the labels recorded in the classifier).
-    #[arg(long, value_name = "FILE")]
-    pub labels: Option<PathBuf>,
-    /// Base weight file (default: the one recorded in the classifier, else the default weights).
-    #[arg(long, value_name = "FILE")]
-    pub weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub classifier: ClassifierArgs,
     /// The format to write.
     #[arg(long, value_name = "FORMAT", default_value = "onnx", value_parser = ["onnx"])]
     pub format: String,
@@ -292,8 +285,9 @@ pub struct ExportArgs {
     pub output: PathBuf,
 }
 
-#[derive(Args)]
-pub struct ServeArgs {
+/// Which trained classifier to load.
+#[derive(Args, Clone)]
+pub struct ClassifierArgs {
     /// The trained classifier (--output-graph of a retrain run), or a --saved-model-dir folder.
     #[arg(long, value_name = "MODEL")]
     pub graph: PathBuf,
@@ -303,6 +297,12 @@ pub struct ServeArgs {
     /// Base weight file (default: the one recorded in the classifier, else the default weights).
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub classifier: ClassifierArgs,
     /// Address to listen on (0.0.0.0 for every interface).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -338,15 +338,8 @@ pub struct ReportArgs {
 
 #[derive(Args)]
 pub struct ClassifyArgs {
-    /// The trained classifier (--output-graph of a retrain run), or a --saved-model-dir folder.
-    #[arg(long, value_name = "MODEL")]
-    pub graph: PathBuf,
-    /// Labels file (default: the labels recorded in the classifier).
-    #[arg(long, value_name = "FILE")]
-    pub labels: Option<PathBuf>,
-    /// Base weight file (default: the one recorded in the classifier, else the default weights).
-    #[arg(long, value_name = "FILE")]
-    pub weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub classifier: ClassifierArgs,
     /// How many labels to show per image.
     #[arg(long, value_name = "K", default_value_t = 5)]
     pub top_k: usize,

@@ -1,7 +1,7 @@
 //! `retrain classify`: labels images with a trained classifier, applying
 //! exactly the preprocessing recorded in it (label_image.py's job).
 
-use crate::cli::ClassifyArgs;
+use crate::cli::{ClassifierArgs, ClassifyArgs};
 use crate::convert::default_weights;
 use crate::data::{images, loader};
 use crate::engine::Engine;
@@ -37,14 +37,10 @@ fn base_weights(
 
 /// A trained classifier (a file or a saved-model folder, with `labels`
 /// replacing its own when given) and the base weights it was trained on.
-pub fn load_classifier(
-    graph: &Path,
-    labels: Option<&Path>,
-    weights: Option<&Path>,
-) -> Result<(Classifier, WeightFile)> {
-    let (classifier_path, beside) = locate(graph);
+pub fn load_classifier(which: &ClassifierArgs) -> Result<(Classifier, WeightFile)> {
+    let (classifier_path, beside) = locate(&which.graph);
     let mut classifier = Classifier::read(&classifier_path)?;
-    if let Some(path) = labels {
+    if let Some(path) = &which.labels {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read labels file {}", path.display()))?;
         let labels: Vec<String> = text.lines().map(String::from).collect();
@@ -58,7 +54,7 @@ pub fn load_classifier(
         }
         classifier.labels = labels;
     }
-    let base = base_weights(weights, &classifier, beside)?;
+    let base = base_weights(which.weights.as_deref(), &classifier, beside)?;
     let file = WeightFile::open(&base)?;
     if file.info.fingerprint != classifier.base_fingerprint {
         bail!(
@@ -74,12 +70,8 @@ pub fn load_classifier(
 
 /// The classifier and the engine running its base network with exactly the
 /// preprocessing recorded in it, tuned for this device.
-pub fn open_classifier(
-    graph: &Path,
-    labels: Option<&Path>,
-    weights: Option<&Path>,
-) -> Result<(Classifier, Engine)> {
-    let (classifier, file) = load_classifier(graph, labels, weights)?;
+pub fn open_classifier(which: &ClassifierArgs) -> Result<(Classifier, Engine)> {
+    let (classifier, file) = load_classifier(which)?;
     let mut engine = Engine::new(Gpu::new()?, &file, Some(classifier.input_size))?;
     engine.tune_on_first_use()?;
     engine.info.normalization = classifier.normalization.clone();
@@ -99,8 +91,7 @@ fn inputs(args: &ClassifyArgs) -> Result<Vec<PathBuf>> {
 }
 
 pub fn run(args: &ClassifyArgs) -> Result<()> {
-    let (classifier, mut engine) =
-        open_classifier(&args.graph, args.labels.as_deref(), args.weights.as_deref())?;
+    let (classifier, mut engine) = open_classifier(&args.classifier)?;
     let cutoff = cutoff(args, &classifier.labels)?;
     let classes = classifier.labels.len();
     let mut failures = 0;

@@ -7,8 +7,7 @@ use crate::export;
 use anyhow::Result;
 
 pub fn run(args: &ExportArgs) -> Result<()> {
-    let (classifier, file) =
-        load_classifier(&args.graph, args.labels.as_deref(), args.weights.as_deref())?;
+    let (classifier, file) = load_classifier(&args.classifier)?;
     let final_tensor_name = classifier
         .extra
         .get("final_tensor_name")

@@ -17,11 +17,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         request_timeout: Duration::from_secs(args.timeout_s),
         default_top_k: args.top_k,
     };
-    let (graph, labels, weights) = (
-        args.graph.clone(),
-        args.labels.clone(),
-        args.weights.clone(),
-    );
-    let open = Box::new(move || open_classifier(&graph, labels.as_deref(), weights.as_deref()));
+    let which = args.classifier.clone();
+    let open = Box::new(move || open_classifier(&which));
     serve::run(config, open)
 }

@@ -232,6 +232,22 @@ fn pads(padding: Padding, (h, w): (u32, u32), (kh, kw): (u32, u32), stride: u32)
     vec![top, left, bottom, right]
 }
 
+/// The kernel_shape, strides and pads attributes of a window op over `input`.
+fn window(
+    graph: &Graph,
+    input: Slice,
+    kernel: (u32, u32),
+    stride: u32,
+    padding: Padding,
+) -> Vec<AttributeProto> {
+    let s = graph.shape(input.tensor);
+    vec![
+        ints("kernel_shape", &[kernel.0 as i64, kernel.1 as i64]),
+        ints("strides", &[stride as i64; 2]),
+        ints("pads", &pads(padding, (s.height, s.width), kernel, stride)),
+    ]
+}
+
 /// `layer`'s weights and biases as f32, whatever the file stores.
 fn layer_tensors(
     file: &WeightFile,
@@ -285,15 +301,7 @@ fn conv(
     let w = nodes.floats(&format!("{}.weight", c.name), &[cout, cin, kh, kw], &oihw);
     let b = nodes.floats(&format!("{}.bias", c.name), &[cout], &bias);
     let x = tensors.read(nodes, graph, c.input);
-    let s = graph.shape(c.input.tensor);
-    let attributes = vec![
-        ints("kernel_shape", &[kh as i64, kw as i64]),
-        ints("strides", &[c.stride as i64; 2]),
-        ints(
-            "pads",
-            &pads(c.padding, (s.height, s.width), c.kernel, c.stride),
-        ),
-    ];
+    let attributes = window(graph, c.input, c.kernel, c.stride, c.padding);
     let mut y = nodes.add("Conv", &[&x, &w, &b], attributes);
     if let Some(r) = c.residual {
         let r = tensors.read(nodes, graph, r);
@@ -335,16 +343,8 @@ fn depthwise(
     let w = nodes.floats(&format!("{}.weight", d.name), &[channels, 1, kh, kw], &c1hw);
     let b = nodes.floats(&format!("{}.bias", d.name), &[channels], &bias);
     let x = tensors.read(nodes, graph, d.input);
-    let s = graph.shape(d.input.tensor);
-    let attributes = vec![
-        ints("kernel_shape", &[kh as i64, kw as i64]),
-        ints("strides", &[d.stride as i64; 2]),
-        ints(
-            "pads",
-            &pads(d.padding, (s.height, s.width), d.kernel, d.stride),
-        ),
-        int("group", channels as i64),
-    ];
+    let mut attributes = window(graph, d.input, d.kernel, d.stride, d.padding);
+    attributes.push(int("group", channels as i64));
     let y = nodes.add("Conv", &[&x, &w, &b], attributes);
     tensors.write(d.output, activate(nodes, y, d.activation));
     Ok(())
@@ -352,20 +352,8 @@ fn depthwise(
 
 fn pool(nodes: &mut Nodes, tensors: &mut Tensors, graph: &Graph, p: &Pool) {
     let x = tensors.read(nodes, graph, p.input);
-    let s = graph.shape(p.input.tensor);
-    let mut attributes = vec![
-        ints("kernel_shape", &[p.window as i64; 2]),
-        ints("strides", &[p.stride as i64; 2]),
-        ints(
-            "pads",
-            &pads(
-                p.padding,
-                (s.height, s.width),
-                (p.window, p.window),
-                p.stride,
-            ),
-        ),
-    ];
+    let window_size = (p.window, p.window);
+    let mut attributes = window(graph, p.input, window_size, p.stride, p.padding);
     let op = match p.kind {
         PoolOp::Max => "MaxPool",
         PoolOp::Average => {

@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// How the server runs (the flags of `retrain serve`, without clap).
+/// How the server runs: the flags of `retrain serve`, as plain values.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
     pub host: String,
