@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use tract_onnx::prelude::*;
 
 mod common;
-use common::{retrain, stderr};
+use common::{examples, retrain, stderr};
 
 /// A folder `images/{broken,normal}` with `per_class` example screenshots each.
 fn image_folder(root: &Path, per_class: usize) {
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/webstyle");
+    let examples = examples();
     for class in ["broken", "normal"] {
         let dest = root.join("images").join(class);
         std::fs::create_dir_all(&dest).unwrap();

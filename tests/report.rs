@@ -9,11 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
-use common::{retrain, stderr};
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/webstyle")
-}
+use common::{examples, retrain, stderr};
 
 /// A short run whose head is still unsure, so that some test images are
 /// misclassified and the report has thumbnails to show.

@@ -13,11 +13,7 @@ use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{retrain, stderr};
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/webstyle")
-}
+use common::{examples, retrain, stderr};
 
 /// The classifier every test serves, trained once per test binary.
 fn model() -> &'static Path {

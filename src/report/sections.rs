@@ -54,9 +54,7 @@ fn headline(m: &RunMetrics) -> String {
     let Some(test) = &m.final_.test else {
         return "<p class=\"headline\">No test images: the run has no final test.</p>\n".into();
     };
-    let correct = (0..m.labels.len())
-        .map(|c| test.confusion[c][c] as usize)
-        .sum();
+    let correct = test.correct();
     let (lo, hi) = wilson_interval(correct, test.n);
     let mut html = format!(
         "<p class=\"headline\" id=\"test-accuracy\">Test accuracy <b>{}</b> ({correct} of N={} test images; 95% interval {}–{})</p>\n",

@@ -142,21 +142,23 @@ impl Batcher {
 
     /// Runs the batch's usable images and answers every job.
     fn answer(&mut self, batch: Vec<Job>) {
-        let (usable, refused): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|job| {
-            job.images
-                .iter()
-                .all(|img| self.engine.check_image(img).is_ok())
-        });
-        for job in refused {
-            let message = job
+        let mut usable = Vec::with_capacity(batch.len());
+        for job in batch {
+            // The first image the device cannot hold refuses its request.
+            let too_large = job
                 .images
                 .iter()
-                .find_map(|img| self.engine.check_image(img).err())
-                .map_or_else(String::new, |e| format!("{e:#}"));
-            let _ = job.reply.send(Err(Refusal {
-                status: 413,
-                message,
-            }));
+                .find_map(|img| self.engine.check_image(img).err());
+            match too_large {
+                None => usable.push(job),
+                Some(e) => {
+                    let message = format!("{e:#}");
+                    let _ = job.reply.send(Err(Refusal {
+                        status: 413,
+                        message,
+                    }));
+                }
+            }
         }
         let images: Vec<&RgbImage> = usable.iter().flat_map(|j| &j.images).collect();
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| self.probabilities(&images)));

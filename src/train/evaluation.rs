@@ -69,8 +69,9 @@ pub fn final_test(
     Ok(Some(report))
 }
 
-/// The path as an absolute one, so that `retrain report` finds the image from anywhere.
-fn absolute(path: &Path) -> String {
+/// The path as an absolute one, so that `retrain report` finds the image
+/// (or the run's folders) from anywhere.
+pub fn absolute(path: &Path) -> String {
     std::path::absolute(path)
         .unwrap_or_else(|_| path.to_path_buf())
         .display()
@@ -132,6 +133,13 @@ impl TestReport {
             recall,
             predictions,
         }
+    }
+
+    /// Test images classified correctly (the confusion matrix's diagonal).
+    pub fn correct(&self) -> usize {
+        (0..self.confusion.len())
+            .map(|c| self.confusion[c][c] as usize)
+            .sum()
     }
 
     /// A human-readable table of per-class precision/recall and the confusion matrix.

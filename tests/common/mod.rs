@@ -103,3 +103,8 @@ pub fn retrain(dir: &Path, args: &[&str]) -> Output {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// The example screenshots shipped with the repository (examples/webstyle).
+pub fn examples() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/webstyle")
+}

@@ -6,9 +6,8 @@ use crate::cli::TrainArgs;
 use crate::report::run_metrics::*;
 use crate::train::bottlenecks::Bottlenecks;
 use crate::train::config::TrainingConfig;
-use crate::train::evaluation::TestReport;
+use crate::train::evaluation::{absolute, TestReport};
 use crate::train::training_loop::Trained;
-use std::path::Path;
 
 /// What the run was: its flags, configuration, classes, input size, device and seed.
 pub struct Run<'a> {
@@ -19,13 +18,6 @@ pub struct Run<'a> {
     pub device: &'a str,
     pub base: BaseWeights,
     pub seed: u64,
-}
-
-fn absolute(path: &Path) -> String {
-    std::path::absolute(path)
-        .unwrap_or_else(|_| path.to_path_buf())
-        .display()
-        .to_string()
 }
 
 impl Run<'_> {

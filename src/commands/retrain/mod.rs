@@ -313,9 +313,7 @@ fn output_dir(args: &TrainArgs) -> PathBuf {
 /// The last lines of a run: the result, where everything is, what to try next.
 fn say_what_next(m: &RunMetrics, args: &TrainArgs, report: &Path, started: Instant) {
     if let Some(test) = &m.final_.test {
-        let correct = (0..m.labels.len())
-            .map(|c| test.confusion[c][c] as usize)
-            .sum();
+        let correct = test.correct();
         let (lo, hi) = wilson_interval(correct, test.n);
         log::info!(
             "Final test accuracy = {:.1}% (N={}; 95% interval {:.1}–{:.1}%)",
