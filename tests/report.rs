@@ -254,33 +254,45 @@ fn classify_applies_a_threshold() {
         args.push(images.to_str().unwrap());
         retrain(dir.path(), &args)
     };
-    let cutoff = 0.3;
-    let o = classify(&["--threshold", "broken=0.3"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let lines: Vec<Value> = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(lines.len(), 60);
-    let mut called = [0, 0];
-    for line in &lines {
-        let broken = line["predictions"]
+    let broken_score = |line: &Value| {
+        line["predictions"]
             .as_array()
             .unwrap()
             .iter()
             .find(|p| p["label"] == "broken")
             .unwrap()["score"]
             .as_f64()
-            .unwrap();
+            .unwrap()
+    };
+    let json_lines = |o: &std::process::Output| -> Vec<Value> {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    // A cut-off halfway between the two middle scores, so both calls occur
+    // whatever the small run learned on this machine's driver.
+    let o = classify(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut scores: Vec<f64> = json_lines(&o).iter().map(broken_score).collect();
+    scores.sort_by(f64::total_cmp);
+    let cutoff = (scores[29] + scores[30]) / 2.0;
+    assert!(
+        scores[29] < cutoff && cutoff < scores[30],
+        "the middle scores are equal: {scores:?}"
+    );
+    let o = classify(&["--threshold", &format!("broken={cutoff}")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = json_lines(&o);
+    assert_eq!(lines.len(), 60);
+    let mut called = [0, 0];
+    for line in &lines {
+        let broken = broken_score(line);
         let expected = if broken >= cutoff { "broken" } else { "normal" };
         assert_eq!(line["decision"], expected, "{line}");
         called[(expected == "broken") as usize] += 1;
     }
-    // The cut-off sits between the probabilities seen, so both calls occur.
-    assert!(
-        called[0] > 0 && called[1] > 0,
-        "{called:?}: choose another cut-off"
-    );
+    assert_eq!(called, [30, 30]);
 
     let o = classify(&["--threshold", "borken=0.3"]);
     assert!(!o.status.success());
