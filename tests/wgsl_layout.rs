@@ -46,6 +46,12 @@ fn parameter_blocks_match_their_shaders() {
     check::<PreprocessParams>(PreprocessParams::SHADER);
     check::<HeadParams>(HeadParams::SHADER);
     check::<StandardizeParams>(StandardizeParams::SHADER);
+    check::<ConvParams>(shader::CONV2D_BACKWARD);
+    check::<PoolParams>(shader::POOL_BACKWARD);
+    check::<GlobalPoolParams>(shader::GLOBAL_AVG_POOL_BACKWARD);
+    check::<ActivationGradParams>(ActivationGradParams::SHADER);
+    check::<OptimizerParams>(OptimizerParams::SHADER);
+    check::<ClassifierTrainParams>(ClassifierTrainParams::SHADER);
 }
 
 #[test]

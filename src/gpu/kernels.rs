@@ -30,6 +30,34 @@ pub struct Dispatch {
 }
 
 impl Dispatch {
+    /// A launch of `pipeline` over `groups` with `uniform` at binding 0 and
+    /// each buffer at its binding.
+    pub(super) fn bind(
+        gpu: &Gpu,
+        pipeline: &wgpu::ComputePipeline,
+        uniform: &wgpu::Buffer,
+        buffers: &[(u32, &wgpu::Buffer)],
+        groups: [u32; 3],
+    ) -> Self {
+        let entries: Vec<wgpu::BindGroupEntry> = std::iter::once((0, uniform))
+            .chain(buffers.iter().copied())
+            .map(|(binding, b)| wgpu::BindGroupEntry {
+                binding,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        Dispatch {
+            pipeline: pipeline.clone(),
+            bind_group,
+            groups,
+        }
+    }
+
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
@@ -135,7 +163,7 @@ pub struct Kernels {
     max_groups: u32,
 }
 
-fn pipeline(gpu: &Gpu, name: &str, source: &str, entry: &str) -> wgpu::ComputePipeline {
+pub(super) fn pipeline(gpu: &Gpu, name: &str, source: &str, entry: &str) -> wgpu::ComputePipeline {
     pipeline_with(gpu, name, source, entry, &[])
 }
 
@@ -163,7 +191,7 @@ fn pipeline_with(
 }
 
 const CONV_TILE: u32 = 64;
-const POOL_GROUP: u32 = 256;
+pub(super) const POOL_GROUP: u32 = 256;
 /// The depthwise kernel's workgroup sizes the autotuner tries.
 pub const DEPTHWISE_GROUPS: [u32; 3] = [64, 128, 256];
 
@@ -175,7 +203,7 @@ pub(super) fn vec4_aligned(values: &[u32]) -> bool {
 
 /// A 1-D grid of `count` invocations in `group`-wide workgroups, folded into
 /// 2-D when longer than `max_groups` workgroups.
-fn grid(count: u64, group: u32, max_groups: u32) -> [u32; 3] {
+pub(super) fn grid(count: u64, group: u32, max_groups: u32) -> [u32; 3] {
     let groups = count.div_ceil(group as u64).max(1);
     let x = groups.min(max_groups as u64);
     [x as u32, groups.div_ceil(x) as u32, 1]
@@ -220,29 +248,8 @@ impl Kernels {
         groups: [u32; 3],
     ) -> Dispatch {
         let uniform = gpu.uniform_buffer("kernel params", params);
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: uniform.as_entire_binding(),
-        }];
-        entries.extend(
-            buffers
-                .iter()
-                .enumerate()
-                .map(|(i, b)| wgpu::BindGroupEntry {
-                    binding: i as u32 + 1,
-                    resource: b.as_entire_binding(),
-                }),
-        );
-        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
-        Dispatch {
-            pipeline: pipeline.clone(),
-            bind_group,
-            groups,
-        }
+        let buffers: Vec<(u32, &wgpu::Buffer)> = (1..).zip(buffers.iter().copied()).collect();
+        Dispatch::bind(gpu, pipeline, &uniform, &buffers, groups)
     }
 
     /// A 1-D grid of `count` invocations in 256-wide groups, folded into 2-D when too long.

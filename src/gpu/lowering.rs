@@ -70,7 +70,7 @@ pub fn depthwise_params(graph: &Graph, d: &Depthwise, batch: u32) -> DepthwisePa
 }
 
 /// shaders/common/activation.wgsl's code for `a`.
-fn activation_code(a: Activation) -> u32 {
+pub fn activation_code(a: Activation) -> u32 {
     match a {
         Activation::None => 0,
         Activation::Relu => 1,

@@ -1,6 +1,7 @@
 //! Everything that talks to wgpu: the device, the kernels, and the scheduler
 //! that turns the network graph into a static plan of dispatches.
 
+pub mod backward;
 pub mod context;
 pub mod conv_variant;
 pub mod kernels;

@@ -179,3 +179,46 @@ wgsl_struct! {
         pub dim: u32,
     }
 }
+
+wgsl_struct! {
+    /// The gradient through an activation, over a channel slice of `rows`
+    /// pixels (shaders/activation_backward.wgsl).
+    pub struct ActivationGradParams in super::shader::ACTIVATION_BACKWARD => {
+        pub rows: u32,
+        pub channels: u32,
+        pub stride: u32,
+        pub offset: u32,
+        /// 0 none, 1 ReLU, 2 ReLU6 (shaders/common/activation.wgsl).
+        pub activation: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+        pub _pad2: u32,
+    }
+}
+
+wgsl_struct! {
+    /// One optimiser update of a parameter tensor (shaders/optimizer.wgsl).
+    pub struct OptimizerParams in super::shader::OPTIMIZER => {
+        pub count: u32,
+        /// 0 SGD with momentum, 1 Adam.
+        pub rule: u32,
+        pub step_size: f32,
+        pub decay: f32,
+        pub beta1: f32,
+        pub beta2: f32,
+        pub epsilon: f32,
+        pub _pad: u32,
+    }
+}
+
+wgsl_struct! {
+    /// One classifier's forward and backward pass over a batch of rows
+    /// (shaders/classifier_train.wgsl).
+    pub struct ClassifierTrainParams in super::shader::CLASSIFIER_TRAIN => {
+        pub rows: u32,
+        pub dim: u32,
+        pub classes: u32,
+        /// 1 / the rows of the whole step.
+        pub scale: f32,
+    }
+}

@@ -24,6 +24,12 @@ pub const POOL: &str = shader!("pool.wgsl");
 pub const GLOBAL_AVG_POOL: &str = shader!("global_avg_pool.wgsl");
 pub const PREPROCESS: &str = shader!("preprocess.wgsl");
 pub const HEAD: &str = shader!("head.wgsl");
+pub const CONV2D_BACKWARD: &str = shader!("common/conv_params.wgsl", "conv2d_backward.wgsl");
+pub const ACTIVATION_BACKWARD: &str = shader!("activation_backward.wgsl");
+pub const POOL_BACKWARD: &str = shader!("pool_backward.wgsl");
+pub const GLOBAL_AVG_POOL_BACKWARD: &str = shader!("global_avg_pool_backward.wgsl");
+pub const OPTIMIZER: &str = shader!("optimizer.wgsl");
+pub const CLASSIFIER_TRAIN: &str = shader!("classifier_train.wgsl");
 pub const STANDARDIZE: &str = shader!("standardize.wgsl");
 
 /// `source` with the block between the lines `// NAME BEGIN` and `// NAME END`

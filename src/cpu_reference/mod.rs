@@ -7,6 +7,34 @@ use crate::gpu::params::{
 };
 use crate::head::optimizer::{HeadSettings, Optimizer, TrainingRule};
 
+pub mod backward;
+pub mod network;
+
+/// A value the references read and write: f32 (what the kernels hold) or
+/// f64 (for finite differences); arithmetic is f64 either way.
+pub trait Real: Copy {
+    fn to_f64(self) -> f64;
+    fn from_f64(v: f64) -> Self;
+}
+
+impl Real for f32 {
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+}
+
+impl Real for f64 {
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+}
+
 /// activation.wgsl's activation `code` (0 none, 1 ReLU, 2 ReLU6).
 fn activate(v: f64, code: u32) -> f64 {
     match code {
@@ -18,19 +46,19 @@ fn activate(v: f64, code: u32) -> f64 {
 
 /// Conv2d (+ bias, + `residual` when p.residual, then the activation) into
 /// `output`'s channel slice; NHWC / HWIO layouts as the kernel's.
-pub fn conv2d(
+pub fn conv2d<V: Real>(
     p: &ConvParams,
-    input: &[f32],
-    (weights, bias): (&[f32], &[f32]),
-    residual: &[f32],
-    output: &mut [f32],
+    input: &[V],
+    (weights, bias): (&[V], &[V]),
+    residual: &[V],
+    output: &mut [V],
 ) {
     for img in 0..p.batch {
         for oy in 0..p.out_h {
             for ox in 0..p.out_w {
                 let row = ((img * p.out_h + oy) * p.out_w + ox) as usize;
                 for co in 0..p.out_c {
-                    let mut sum = bias[co as usize] as f64;
+                    let mut sum = bias[co as usize].to_f64();
                     for ky in 0..p.kernel_h {
                         let iy = (oy * p.stride_h + ky) as i64 - p.pad_top as i64;
                         if iy < 0 || iy >= p.in_h as i64 {
@@ -48,16 +76,16 @@ pub fn conv2d(
                             let tap = (ky * p.kernel_w + kx) * p.in_c;
                             for ci in 0..p.in_c {
                                 let w = weights[((tap + ci) * p.out_c + co) as usize];
-                                sum += input[pixel + ci as usize] as f64 * w as f64;
+                                sum += input[pixel + ci as usize].to_f64() * w.to_f64();
                             }
                         }
                     }
                     if p.residual != 0 {
                         sum += residual[row * p.res_stride as usize + (p.res_offset + co) as usize]
-                            as f64;
+                            .to_f64();
                     }
                     output[row * p.out_stride as usize + (p.out_offset + co) as usize] =
-                        activate(sum, p.activation) as f32;
+                        V::from_f64(activate(sum, p.activation));
                 }
             }
         }
@@ -101,7 +129,7 @@ pub fn depthwise(
 }
 
 /// Max or average pooling (padding excluded from the average) into `output`'s channel slice.
-pub fn pool(kind: PoolKind, p: &PoolParams, input: &[f32], output: &mut [f32]) {
+pub fn pool<V: Real>(kind: PoolKind, p: &PoolParams, input: &[V], output: &mut [V]) {
     for img in 0..p.batch as i64 {
         for oy in 0..p.out_h as i64 {
             for ox in 0..p.out_w as i64 {
@@ -117,7 +145,7 @@ pub fn pool(kind: PoolKind, p: &PoolParams, input: &[f32], output: &mut [f32]) {
                             }
                             let pixel = ((img * p.in_h as i64 + y) * p.in_w as i64 + x) as usize;
                             let v = input[pixel * p.in_stride as usize + p.in_offset as usize + c]
-                                as f64;
+                                .to_f64();
                             best = best.max(v);
                             sum += v;
                             count += 1;
@@ -129,7 +157,7 @@ pub fn pool(kind: PoolKind, p: &PoolParams, input: &[f32], output: &mut [f32]) {
                         PoolKind::AverageCountingPadding => sum / (p.window_h * p.window_w) as f64,
                     };
                     output[out_pixel * p.out_stride as usize + p.out_offset as usize + c] =
-                        value as f32;
+                        V::from_f64(value);
                 }
             }
         }
@@ -137,16 +165,16 @@ pub fn pool(kind: PoolKind, p: &PoolParams, input: &[f32], output: &mut [f32]) {
 }
 
 /// Mean over each image's pixels: NHWC [batch, h, w, c] -> [batch, c].
-pub fn global_avg_pool(p: &GlobalPoolParams, input: &[f32]) -> Vec<f32> {
+pub fn global_avg_pool<V: Real>(p: &GlobalPoolParams, input: &[V]) -> Vec<V> {
     let pixels = (p.height * p.width) as usize;
     let channels = p.channels as usize;
-    let mut out = vec![0.0; p.batch as usize * channels];
+    let mut out = vec![V::from_f64(0.0); p.batch as usize * channels];
     for img in 0..p.batch as usize {
         for c in 0..channels {
             let sum: f64 = (0..pixels)
-                .map(|i| input[(img * pixels + i) * channels + c] as f64)
+                .map(|i| input[(img * pixels + i) * channels + c].to_f64())
                 .sum();
-            out[img * channels + c] = (sum / pixels as f64) as f32;
+            out[img * channels + c] = V::from_f64(sum / pixels as f64);
         }
     }
     out

@@ -1,0 +1,244 @@
+//! The training pipelines, compiled once per device, and how each is
+//! dispatched: the gradients of the network's ops (conv, activation, pools,
+//! global average pool), the kept classifier's forward and backward pass, and
+//! the optimiser update. Each gradient kernel adds into its output, so the
+//! caller zeroes gradient buffers once per step and sums into them.
+
+use super::context::Gpu;
+use super::kernels::{grid, pipeline, Dispatch, PoolKind, POOL_GROUP};
+use super::params::{
+    ActivationGradParams, ClassifierTrainParams, ConvParams, GlobalPoolParams, OptimizerParams,
+    PoolParams,
+};
+use super::shader;
+use bytemuck::Pod;
+
+pub struct BackwardKernels {
+    conv_input: wgpu::ComputePipeline,
+    conv_weight: wgpu::ComputePipeline,
+    conv_bias: wgpu::ComputePipeline,
+    activation: wgpu::ComputePipeline,
+    max_pool: wgpu::ComputePipeline,
+    avg_pool: wgpu::ComputePipeline,
+    avg_pool_counting_padding: wgpu::ComputePipeline,
+    global_avg_pool: wgpu::ComputePipeline,
+    optimizer: wgpu::ComputePipeline,
+    classifier_forward: wgpu::ComputePipeline,
+    classifier_weight_grads: wgpu::ComputePipeline,
+    classifier_feature_grads: wgpu::ComputePipeline,
+    max_groups: u32,
+}
+
+/// The classifier's buffers, by their role in shaders/classifier_train.wgsl.
+pub struct ClassifierBuffers<'a> {
+    pub features: &'a wgpu::Buffer,
+    pub weights: &'a wgpu::Buffer,
+    pub biases: &'a wgpu::Buffer,
+    pub labels: &'a wgpu::Buffer,
+    pub probabilities: &'a wgpu::Buffer,
+    pub losses: &'a wgpu::Buffer,
+    pub grad_weights: &'a wgpu::Buffer,
+    pub grad_biases: &'a wgpu::Buffer,
+    pub grad_features: &'a wgpu::Buffer,
+}
+
+/// A parameter tensor and its optimiser state, for shaders/optimizer.wgsl.
+pub struct OptimizerBuffers<'a> {
+    pub parameters: &'a wgpu::Buffer,
+    pub gradients: &'a wgpu::Buffer,
+    pub first: &'a wgpu::Buffer,
+    pub second: &'a wgpu::Buffer,
+}
+
+impl BackwardKernels {
+    pub fn new(gpu: &Gpu) -> Self {
+        let conv = |entry: &str| pipeline(gpu, entry, shader::CONV2D_BACKWARD, entry);
+        let pool = |entry: &str| pipeline(gpu, entry, shader::POOL_BACKWARD, entry);
+        let classifier = |entry: &str| pipeline(gpu, entry, shader::CLASSIFIER_TRAIN, entry);
+        BackwardKernels {
+            conv_input: conv("input_grad"),
+            conv_weight: conv("weight_grad"),
+            conv_bias: conv("bias_grad"),
+            activation: pipeline(
+                gpu,
+                "activation_backward",
+                shader::ACTIVATION_BACKWARD,
+                "main",
+            ),
+            max_pool: pool("max_pool_backward"),
+            avg_pool: pool("avg_pool_backward"),
+            avg_pool_counting_padding: pool("avg_pool_counting_padding_backward"),
+            global_avg_pool: pipeline(
+                gpu,
+                "global_avg_pool_backward",
+                shader::GLOBAL_AVG_POOL_BACKWARD,
+                "main",
+            ),
+            optimizer: pipeline(gpu, "optimizer", shader::OPTIMIZER, "main"),
+            classifier_forward: classifier("forward"),
+            classifier_weight_grads: classifier("weight_grads"),
+            classifier_feature_grads: classifier("feature_grads"),
+            max_groups: gpu.limits.max_compute_workgroups_per_dimension,
+        }
+    }
+
+    /// A launch of one invocation per element of `count`, its parameters in a
+    /// new uniform buffer.
+    fn launch<P: Pod>(
+        &self,
+        gpu: &Gpu,
+        pipeline: &wgpu::ComputePipeline,
+        params: &P,
+        buffers: &[(u32, &wgpu::Buffer)],
+        count: u64,
+    ) -> Dispatch {
+        let uniform = gpu.uniform_buffer("backward params", params);
+        let groups = grid(count, POOL_GROUP, self.max_groups);
+        Dispatch::bind(gpu, pipeline, &uniform, buffers, groups)
+    }
+
+    /// grad_in += the conv's input gradient from `grad_out` (already through
+    /// its activation's derivative).
+    pub fn conv_input_grad(
+        &self,
+        gpu: &Gpu,
+        p: &ConvParams,
+        grad_out: &wgpu::Buffer,
+        weights: &wgpu::Buffer,
+        grad_in: &wgpu::Buffer,
+    ) -> Dispatch {
+        let count = p.batch as u64 * p.in_h as u64 * p.in_w as u64 * p.in_c as u64;
+        let buffers = [(1, grad_out), (2, weights), (4, grad_in)];
+        self.launch(gpu, &self.conv_input, p, &buffers, count)
+    }
+
+    /// grad_weights and grad_bias += the conv's parameter gradients.
+    pub fn conv_parameter_grads(
+        &self,
+        gpu: &Gpu,
+        p: &ConvParams,
+        input: &wgpu::Buffer,
+        grad_out: &wgpu::Buffer,
+        (grad_weights, grad_bias): (&wgpu::Buffer, &wgpu::Buffer),
+    ) -> [Dispatch; 2] {
+        let weights = (p.kernel_h * p.kernel_w * p.in_c * p.out_c) as u64;
+        let buffers = [(1, grad_out), (3, input), (5, grad_weights)];
+        let bias_buffers = [(1, grad_out), (6, grad_bias)];
+        [
+            self.launch(gpu, &self.conv_weight, p, &buffers, weights),
+            self.launch(gpu, &self.conv_bias, p, &bias_buffers, p.out_c as u64),
+        ]
+    }
+
+    /// grad *= the activation's derivative at `output`, in place.
+    pub fn activation_grad(
+        &self,
+        gpu: &Gpu,
+        p: &ActivationGradParams,
+        output: &wgpu::Buffer,
+        grad: &wgpu::Buffer,
+    ) -> Dispatch {
+        let count = p.rows as u64 * p.channels as u64;
+        self.launch(gpu, &self.activation, p, &[(1, output), (2, grad)], count)
+    }
+
+    /// grad_in += the pool's input gradient (`input`, the pool's input, is
+    /// bound for every kind: the entry points share the code that reads it).
+    pub fn pool_grad(
+        &self,
+        gpu: &Gpu,
+        kind: PoolKind,
+        p: &PoolParams,
+        input: &wgpu::Buffer,
+        grad_out: &wgpu::Buffer,
+        grad_in: &wgpu::Buffer,
+    ) -> Dispatch {
+        let pipeline = match kind {
+            PoolKind::Max => &self.max_pool,
+            PoolKind::Average => &self.avg_pool,
+            PoolKind::AverageCountingPadding => &self.avg_pool_counting_padding,
+        };
+        let buffers = [(1, input), (2, grad_out), (3, grad_in)];
+        let count = p.batch as u64 * p.in_h as u64 * p.in_w as u64 * p.channels as u64;
+        self.launch(gpu, pipeline, p, &buffers, count)
+    }
+
+    /// grad_in += the global average pool's input gradient.
+    pub fn global_avg_pool_grad(
+        &self,
+        gpu: &Gpu,
+        p: &GlobalPoolParams,
+        grad_out: &wgpu::Buffer,
+        grad_in: &wgpu::Buffer,
+    ) -> Dispatch {
+        let count = (p.batch * p.height * p.width * p.channels) as u64;
+        let buffers = [(1, grad_out), (2, grad_in)];
+        self.launch(gpu, &self.global_avg_pool, p, &buffers, count)
+    }
+
+    /// The classifier's forward pass, its parameter gradients and its input
+    /// gradients, in that order.
+    pub fn classifier(
+        &self,
+        gpu: &Gpu,
+        p: &ClassifierTrainParams,
+        b: &ClassifierBuffers,
+    ) -> [Dispatch; 3] {
+        let uniform = gpu.uniform_buffer("classifier params", p);
+        let buffers = [
+            (1, b.features),
+            (2, b.weights),
+            (3, b.biases),
+            (4, b.labels),
+            (5, b.probabilities),
+            (6, b.losses),
+            (7, b.grad_weights),
+            (8, b.grad_biases),
+            (9, b.grad_features),
+        ];
+        let rows = p.rows as u64;
+        let parameters = (p.dim * p.classes + p.classes) as u64;
+        let inputs = rows * p.dim as u64;
+        let pick = |bindings: &[u32]| -> Vec<(u32, &wgpu::Buffer)> {
+            buffers
+                .iter()
+                .copied()
+                .filter(|(b, _)| bindings.contains(b))
+                .collect()
+        };
+        let launch = |pipeline, bindings: &[u32], count| {
+            let groups = grid(count, POOL_GROUP, self.max_groups);
+            Dispatch::bind(gpu, pipeline, &uniform, &pick(bindings), groups)
+        };
+        [
+            launch(&self.classifier_forward, &[1, 2, 3, 4, 5, 6], rows),
+            launch(&self.classifier_weight_grads, &[1, 4, 5, 7, 8], parameters),
+            launch(&self.classifier_feature_grads, &[2, 4, 5, 9], inputs),
+        ]
+    }
+
+    /// The optimiser update of one parameter tensor of `count` values, its
+    /// parameters read from `uniform` (an OptimizerParams the caller rewrites
+    /// each step).
+    pub fn optimizer(
+        &self,
+        gpu: &Gpu,
+        uniform: &wgpu::Buffer,
+        count: u64,
+        b: &OptimizerBuffers,
+    ) -> Dispatch {
+        let buffers = [
+            (1, b.parameters),
+            (2, b.gradients),
+            (3, b.first),
+            (4, b.second),
+        ];
+        let groups = grid(count, POOL_GROUP, self.max_groups);
+        Dispatch::bind(gpu, &self.optimizer, uniform, &buffers, groups)
+    }
+}
+
+/// A zeroed OptimizerParams-sized uniform buffer the caller can rewrite.
+pub fn optimizer_uniform(gpu: &Gpu) -> wgpu::Buffer {
+    gpu.uniform_buffer("optimizer params", &OptimizerParams::default())
+}
