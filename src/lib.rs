@@ -10,6 +10,7 @@ pub mod cpu_reference;
 pub mod data;
 pub mod engine;
 pub mod export;
+pub mod fine_tune;
 pub mod gpu;
 pub mod head;
 pub mod hex;

@@ -5,10 +5,11 @@
 //! differences.
 
 use super::backward::{self, activation_grad, conv_input_grad, conv_parameter_grads};
-use crate::gpu::kernels::PoolKind;
-use crate::gpu::lowering::{activation_code, conv_params, pool_params};
-use crate::gpu::params::{ActivationGradParams, ClassifierTrainParams, GlobalPoolParams};
-use crate::model::graph::{Graph, Op, PoolOp, TensorId};
+use crate::gpu::lowering::{
+    activation_code, conv_params, global_pool_params, pool_kind, pool_params,
+};
+use crate::gpu::params::{ActivationGradParams, ClassifierTrainParams};
+use crate::model::graph::{Graph, Op, TensorId};
 use std::collections::BTreeMap;
 
 /// Each conv's weights and bias by layer name, and the classifier's weights
@@ -29,14 +30,6 @@ impl Parameters {
                 .collect(),
             head: (zeros(&self.head.0), zeros(&self.head.1)),
         }
-    }
-}
-
-pub fn pool_kind(kind: PoolOp) -> PoolKind {
-    match kind {
-        PoolOp::Max => PoolKind::Max,
-        PoolOp::Average => PoolKind::Average,
-        PoolOp::AverageCountingPadding => PoolKind::AverageCountingPadding,
     }
 }
 
@@ -74,16 +67,6 @@ pub fn forward(graph: &Graph, batch: u32, input: &[f64], params: &Parameters) ->
         values[out.0] = output;
     }
     values
-}
-
-pub fn global_pool_params(graph: &Graph, input: TensorId, batch: u32) -> GlobalPoolParams {
-    let s = graph.shape(input);
-    GlobalPoolParams {
-        batch,
-        height: s.height,
-        width: s.width,
-        channels: s.channels,
-    }
 }
 
 /// The batch's mean cross-entropy (the classifier on the last op's output)

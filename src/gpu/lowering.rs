@@ -1,8 +1,9 @@
 //! Lowering: each op of the graph as its kernel's parameter block at a batch
 //! size — shapes, strides, TF's padding, channel slices, activation.
 
-use super::params::{ConvParams, DepthwiseParams, PoolParams};
-use crate::model::graph::{Activation, Conv, Depthwise, Graph, Padding, Pool};
+use super::kernels::PoolKind;
+use super::params::{ConvParams, DepthwiseParams, GlobalPoolParams, PoolParams};
+use crate::model::graph::{Activation, Conv, Depthwise, Graph, Padding, Pool, PoolOp, TensorId};
 
 fn pad_before(padding: Padding, input: u32, window: u32, stride: u32) -> u32 {
     padding
@@ -98,6 +99,26 @@ pub fn pool_params(graph: &Graph, p: &Pool, batch: u32) -> PoolParams {
         in_offset: p.input.offset,
         out_stride: o.channels,
         out_offset: p.output.offset,
+    }
+}
+
+/// The pool kernel's entry point for `kind`.
+pub fn pool_kind(kind: PoolOp) -> PoolKind {
+    match kind {
+        PoolOp::Max => PoolKind::Max,
+        PoolOp::Average => PoolKind::Average,
+        PoolOp::AverageCountingPadding => PoolKind::AverageCountingPadding,
+    }
+}
+
+/// global_avg_pool.wgsl's parameters for pooling `input` at `batch`.
+pub fn global_pool_params(graph: &Graph, input: TensorId, batch: u32) -> GlobalPoolParams {
+    let s = graph.shape(input);
+    GlobalPoolParams {
+        batch,
+        height: s.height,
+        width: s.width,
+        channels: s.channels,
     }
 }
 

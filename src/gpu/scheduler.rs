@@ -3,12 +3,11 @@
 //! grid size per op — so that running a batch is one submission, no allocation.
 
 use super::context::Gpu;
-use super::kernels::{Dispatch, Kernels, PoolKind};
-use super::lowering::{conv_params, depthwise_params, pool_params};
-use super::params::GlobalPoolParams;
+use super::kernels::{Dispatch, Kernels};
+use super::lowering::{conv_params, depthwise_params, global_pool_params, pool_kind, pool_params};
 use super::slots::assign_slots;
 use super::tuning::{shape_key, Tuning};
-use crate::model::graph::{Conv, Graph, Op, PoolOp, TensorId};
+use crate::model::graph::{Conv, Graph, Op, TensorId};
 use crate::model::weights::WeightFile;
 use anyhow::{Context, Result};
 use std::collections::HashMap;
@@ -284,28 +283,17 @@ fn dispatch<'a>(
             kernels.depthwise(gpu, &p, group, input, weights, output)
         }
         Op::Pool(p) => {
-            let kind = match p.kind {
-                PoolOp::Max => PoolKind::Max,
-                PoolOp::Average => PoolKind::Average,
-                PoolOp::AverageCountingPadding => PoolKind::AverageCountingPadding,
-            };
             let params = pool_params(graph, p, batch);
             kernels.pool(
                 gpu,
-                kind,
+                pool_kind(p.kind),
                 &params,
                 buffer(p.input.tensor),
                 buffer(p.output.tensor),
             )
         }
         Op::GlobalAvgPool { input, output } => {
-            let s = graph.shape(*input);
-            let p = GlobalPoolParams {
-                batch,
-                height: s.height,
-                width: s.width,
-                channels: s.channels,
-            };
+            let p = global_pool_params(graph, *input, batch);
             kernels.global_avg_pool(gpu, &p, buffer(*input), buffer(*output))
         }
     }

@@ -280,6 +280,9 @@ pub struct WeightFile {
     pub info: ModelInfo,
     /// For files of the first layout: each conv name's `conv2d_N`.
     v1_names: Option<HashMap<String, String>>,
+    /// Tensors that take the place of the file's (fine-tuned layers), as
+    /// stored bytes in the file's dtypes.
+    replaced: HashMap<String, Vec<u8>>,
 }
 
 impl WeightFile {
@@ -317,6 +320,50 @@ impl WeightFile {
             map,
             info,
             v1_names,
+            replaced: HashMap::new(),
+        })
+    }
+
+    /// This file with `tensors` in place of its own tensors of those names
+    /// and shapes (a fine-tuned classifier's layers). The fingerprint becomes
+    /// the base's combined with the replacements', so caches keyed by it never
+    /// mix the two networks.
+    pub fn with_replaced(mut self, tensors: &[Tensor]) -> Result<Self> {
+        let mut hash = Sha256::new();
+        hash.update(self.info.fingerprint.as_bytes());
+        for t in tensors {
+            if t.data.len() != t.shape.iter().product::<usize>() {
+                bail!(
+                    "the fine-tuned tensor \"{}\" holds {} values for shape {:?}",
+                    t.name,
+                    t.data.len(),
+                    t.shape
+                );
+            }
+            self.tensor_bytes(&t.name, &t.shape).with_context(|| {
+                format!(
+                    "the fine-tuned tensor \"{}\" does not fit these base weights",
+                    t.name
+                )
+            })?;
+            let (_, bytes) = stored(t, self.half_weights());
+            hash.update(t.name.as_bytes());
+            hash.update(&bytes);
+            self.replaced.insert(t.name.clone(), bytes);
+        }
+        self.info.fingerprint = crate::hex::hex(&hash.finalize()[..16]);
+        Ok(self)
+    }
+
+    /// A tensor as f32 values (f16 weights widened), checked against `shape`.
+    pub fn tensor_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let bytes = self.tensor_bytes(name, shape)?;
+        Ok(match self.half_weights() && name.ends_with(".weight") {
+            true => bytemuck::pod_collect_to_vec::<u8, half::f16>(bytes)
+                .into_iter()
+                .map(f32::from)
+                .collect(),
+            false => bytemuck::pod_collect_to_vec(bytes),
         })
     }
 
@@ -353,7 +400,10 @@ impl WeightFile {
                 view.shape()
             );
         }
-        Ok(view.data())
+        match self.replaced.get(name) {
+            Some(bytes) => Ok(bytes),
+            None => Ok(view.data()),
+        }
     }
 
     /// The name `name` ("conv.weight", "conv.bias") is stored under.

@@ -1,0 +1,122 @@
+//! Which part of the network trains: the blocks from a named boundary to the
+//! bottleneck, as a graph of their ops alone, and the cut below them whose
+//! activations are computed once and cached.
+
+use crate::model::graph::{Graph, Op};
+use anyhow::{bail, Result};
+
+/// The block `--fine-tune` trains from (with every block above it).
+pub const DEFAULT_FROM: &str = "mixed9";
+
+/// The trainable top of a network: its ops after the cut, which read only the
+/// cut and each other's outputs.
+pub struct TrainableBlocks {
+    /// The first block that trains.
+    pub from: String,
+    /// The named tensor below it, the trainable part's input.
+    pub cut: String,
+    /// The network's tensors with only the trainable ops; the last is the
+    /// global pool that gives the bottleneck.
+    pub graph: Graph,
+}
+
+/// The network's block boundaries in order: each names the block's output
+/// and, with `--fine-tune-from`, the block that trains from there on.
+fn boundaries(graph: &Graph) -> Vec<String> {
+    (0..)
+        .map(|i| format!("mixed{i}"))
+        .take_while(|name| graph.named(name).is_some())
+        .collect()
+}
+
+impl TrainableBlocks {
+    /// The blocks from `from` (a boundary name, e.g. "mixed9") up; an error
+    /// listing the valid names otherwise.
+    pub fn new(network: &Graph, from: &str) -> Result<Self> {
+        let names = boundaries(network);
+        let Some(index) = names.iter().position(|n| n == from) else {
+            bail!(
+                "cannot fine-tune from \"{from}\": the network's blocks are {}",
+                if names.is_empty() {
+                    "none (fine-tuning needs Inception V3)".to_string()
+                } else {
+                    names.join(", ")
+                }
+            );
+        };
+        let cut = match index {
+            0 => "stem".to_string(),
+            i => names[i - 1].clone(),
+        };
+        let cut_tensor = network.named(&cut).expect("a boundary below another");
+        let first = network
+            .ops
+            .iter()
+            .rposition(|op| op.output() == cut_tensor)
+            .map_or(0, |i| i + 1);
+        let ops = network.ops[first..].to_vec();
+        let mut available = vec![cut_tensor];
+        for op in &ops {
+            if let Some(t) = op.inputs().into_iter().find(|t| !available.contains(t)) {
+                bail!("the blocks above {cut} read tensor {t:?} from below the cut");
+            }
+            if !matches!(op, Op::Conv(c) if c.residual.is_none())
+                && !matches!(op, Op::Pool(_) | Op::GlobalAvgPool { .. })
+            {
+                bail!("the blocks above {cut} hold an op fine-tuning cannot train: {op:?}");
+            }
+            available.push(op.output());
+        }
+        if !matches!(ops.last(), Some(Op::GlobalAvgPool { .. })) {
+            bail!("the network does not end in a global pool");
+        }
+        let graph = Graph {
+            shapes: network.shapes.clone(),
+            ops,
+            names: network.names.clone(),
+        };
+        Ok(TrainableBlocks {
+            from: from.to_string(),
+            cut,
+            graph,
+        })
+    }
+
+    /// Every trainable layer's name, weight shape and output channels.
+    pub fn layers(&self) -> impl Iterator<Item = crate::model::graph::WeightedLayer<'_>> {
+        self.graph.weighted_layers()
+    }
+
+    /// Values per image at the cut.
+    pub fn cut_size(&self) -> usize {
+        self.graph.shape(self.graph.ops[0].input()).elements() as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::inception_v3::inception_v3;
+
+    #[test]
+    fn the_top_blocks_read_only_the_cut() {
+        let network = inception_v3(299, 299).unwrap();
+        let top = TrainableBlocks::new(&network, DEFAULT_FROM).unwrap();
+        assert_eq!(top.cut, "mixed8");
+        assert_eq!(top.cut_size(), 8 * 8 * 1280);
+        assert!(top
+            .layers()
+            .all(|l| l.name.starts_with("mixed9") || l.name.starts_with("mixed10")));
+        assert_eq!(top.layers().count(), 18);
+        let all = TrainableBlocks::new(&network, "mixed0").unwrap();
+        assert_eq!(all.cut, "stem");
+        let err = TrainableBlocks::new(&network, "mixed11")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("mixed0, mixed1") && err.contains("mixed10"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! Fine-tuning: the kept head and the network's top blocks trained together
+//! at a low learning rate, from cached activations at the cut below them
+//! (blocks.rs), with the blocks' parameters and optimiser state on the GPU
+//! (network.rs) and one pass per batch size (step.rs).
+
+pub mod blocks;
+pub mod network;
+pub mod settings;
+pub mod step;

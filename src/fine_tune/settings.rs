@@ -1,0 +1,74 @@
+//! What fine-tuning is asked to do, as a plain struct the command layer
+//! builds, with the learning-rate schedule it follows.
+
+/// The optimiser of the blocks and the classifier.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rule {
+    Sgd { momentum: f32 },
+    Adam,
+}
+
+#[derive(Clone, Debug)]
+pub struct FineTuneSettings {
+    /// The first block that trains (a boundary name: "mixed9").
+    pub from: String,
+    pub epochs: u32,
+    /// The peak learning rate, reached after the warm-up.
+    pub learning_rate: f32,
+    pub rule: Rule,
+    /// Decoupled weight decay of conv and classifier weights (not biases).
+    pub weight_decay: f32,
+    /// Images per optimiser step.
+    pub batch_size: u32,
+    /// Epochs without a better validation cross-entropy before stopping (0: never).
+    pub patience: u32,
+}
+
+impl FineTuneSettings {
+    /// Adam's β1, or SGD's momentum.
+    pub fn beta1(&self) -> f32 {
+        match self.rule {
+            Rule::Sgd { momentum } => momentum,
+            Rule::Adam => 0.9,
+        }
+    }
+
+    pub fn beta2(&self) -> f32 {
+        0.999
+    }
+
+    /// The learning rate at `step` of `total`: a linear warm-up over the
+    /// first tenth (the head and the blocks meet gently), then a cosine decay
+    /// to zero, which lets few epochs converge.
+    pub fn learning_rate_at(&self, step: u32, total: u32) -> f32 {
+        let warmup = (total / 10).max(1);
+        if step < warmup {
+            return self.learning_rate * (step + 1) as f32 / warmup as f32;
+        }
+        let progress = (step - warmup) as f32 / (total - warmup).max(1) as f32;
+        self.learning_rate * 0.5 * (1.0 + (std::f32::consts::PI * progress.min(1.0)).cos())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_warms_up_then_decays() {
+        let s = FineTuneSettings {
+            from: "mixed9".into(),
+            epochs: 5,
+            learning_rate: 0.01,
+            rule: Rule::Adam,
+            weight_decay: 0.0,
+            batch_size: 16,
+            patience: 0,
+        };
+        let lr: Vec<f32> = (0..100).map(|t| s.learning_rate_at(t, 100)).collect();
+        assert!((lr[0] - 0.001).abs() < 1e-7);
+        assert!((lr[9] - 0.01).abs() < 1e-7);
+        assert!(lr[10..].windows(2).all(|w| w[1] <= w[0]));
+        assert!(lr[99] < 1e-5);
+    }
+}
