@@ -243,9 +243,79 @@ pub struct TrainArgs {
     /// Seed for the weight initialisation and batch sampling (default: random, and logged).
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+    /// After training the head, fine-tune it together with the network's top
+    /// blocks (Inception V3's mixed9 and mixed10): higher accuracy, longer runs.
+    #[arg(long, help_heading = "Fine-tuning")]
+    pub fine_tune: bool,
+    /// Fine-tune from this block up (mixed0 .. mixed10; implies --fine-tune).
+    /// Lower blocks learn more and cost more time and disk.
+    #[arg(long, value_name = "BLOCK", help_heading = "Fine-tuning")]
+    pub fine_tune_from: Option<String>,
+    /// Passes over the training images while fine-tuning.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 8,
+        help_heading = "Fine-tuning"
+    )]
+    pub fine_tune_epochs: u32,
+    /// Peak learning rate of fine-tuning (after a warm-up over the first
+    /// tenth of the steps, it decays to zero along a cosine).
+    #[arg(
+        long,
+        value_name = "RATE",
+        default_value_t = 1e-4,
+        help_heading = "Fine-tuning"
+    )]
+    pub fine_tune_learning_rate: f32,
+    /// Fine-tuning's optimiser: adam or sgd (with --fine-tune-momentum).
+    #[arg(long, value_name = "NAME", default_value = "adam", value_parser = ["adam", "sgd"], help_heading = "Fine-tuning")]
+    pub fine_tune_optimizer: String,
+    /// SGD's momentum when fine-tuning with --fine-tune-optimizer sgd.
+    #[arg(
+        long,
+        value_name = "M",
+        default_value_t = 0.9,
+        help_heading = "Fine-tuning"
+    )]
+    pub fine_tune_momentum: f32,
+    /// Weight decay of the fine-tuned conv and head weights (decoupled, as AdamW's).
+    #[arg(
+        long,
+        value_name = "W",
+        default_value_t = 1e-4,
+        help_heading = "Fine-tuning"
+    )]
+    pub fine_tune_weight_decay: f32,
+    /// Images per fine-tuning step (split into smaller passes when the device
+    /// cannot hold them at once).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 16,
+        help_heading = "Fine-tuning"
+    )]
+    pub fine_tune_batch_size: u32,
+    /// Epochs without a better validation result before fine-tuning stops (0: never).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 3,
+        help_heading = "Fine-tuning"
+    )]
+    pub fine_tune_patience: u32,
 }
 
 impl TrainArgs {
+    /// The block fine-tuning starts from, when asked for.
+    pub fn fine_tune_block(&self) -> Option<&str> {
+        match (&self.fine_tune_from, self.fine_tune) {
+            (Some(from), _) => Some(from),
+            (None, true) => Some(crate::fine_tune::blocks::DEFAULT_FROM),
+            (None, false) => None,
+        }
+    }
+
     /// The distortions asked for (none by default).
     pub fn distortions(&self) -> DistortionFlags {
         DistortionFlags {

@@ -18,5 +18,6 @@ pub mod logging;
 pub mod model;
 pub mod progress;
 pub mod report;
+pub mod resources;
 pub mod serve;
 pub mod train;

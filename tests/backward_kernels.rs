@@ -153,10 +153,11 @@ fn check_conv(seed: u64, kernel: (u32, u32), stride: u32, padded: bool) {
         upload(gpu, &grad_b),
     );
     let what = format!("conv {kernel:?} stride {stride} padded {padded}: {p:?}");
-    let d = backward().conv_input_grad(gpu, &p, &bgo, &bw, &bgi);
+    let transposed = poisoned(gpu, weights.len());
+    let [t, d] = backward().conv_input_grad(gpu, &p, &bgo, (&bw, &transposed), &bgi);
     check(
         gpu,
-        &[&d],
+        &[&t, &d],
         &bgi,
         &keep_poison(&grad_in, &expected_in),
         &format!("input grad of {what}"),

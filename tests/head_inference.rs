@@ -22,6 +22,7 @@ fn classifier(dim: usize, classes: usize) -> Classifier {
         base_weights: "test".into(),
         input_size: (75, 75),
         normalization: Normalization::unit(),
+        fine_tuned: Vec::new(),
         extra: HashMap::new(),
     }
 }

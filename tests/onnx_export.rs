@@ -10,24 +10,7 @@ use std::path::{Path, PathBuf};
 use tract_onnx::prelude::*;
 
 mod common;
-use common::{examples, retrain, stderr};
-
-/// A folder `images/{broken,normal}` with `per_class` example screenshots each.
-fn image_folder(root: &Path, per_class: usize) {
-    let examples = examples();
-    for class in ["broken", "normal"] {
-        let dest = root.join("images").join(class);
-        std::fs::create_dir_all(&dest).unwrap();
-        let mut files: Vec<PathBuf> = std::fs::read_dir(examples.join(class))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        for f in files.iter().take(per_class) {
-            std::fs::copy(f, dest.join(f.file_name().unwrap())).unwrap();
-        }
-    }
-}
+use common::{example_folder, retrain, stderr};
 
 /// Screenshots resized on the CPU to exactly `(h, w)` and saved as PNG, so
 /// that `classify`'s resize leaves them as they are: both see the same pixels.
@@ -89,7 +72,7 @@ fn classify(root: &Path, model: &Path, files: &[PathBuf], labels: &[String]) -> 
 fn export_matches_classify(architecture: &str, size: u32) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    image_folder(root, 6);
+    example_folder(root, 6);
     let size_text = size.to_string();
     let o = retrain(
         root,

@@ -65,6 +65,14 @@ pub fn load_classifier(which: &ClassifierArgs) -> Result<(Classifier, WeightFile
             file.info.fingerprint
         );
     }
+    let file = file
+        .with_replaced(&classifier.fine_tuned)
+        .with_context(|| {
+            format!(
+                "{} does not fit its base weights",
+                classifier_path.display()
+            )
+        })?;
     Ok((classifier, file))
 }
 

@@ -40,9 +40,20 @@ impl Engine {
         images: &[&RgbImage],
         distortions: &[Distortion],
     ) -> Result<Vec<f32>> {
+        Ok(self.outputs(images, distortions, &[OUTPUT])?.remove(0))
+    }
+
+    /// The named tensors (e.g. "mixed8" and the bottleneck) of decoded RGB
+    /// images, each distorted as given: per name, every image's values in turn.
+    pub fn outputs(
+        &mut self,
+        images: &[&RgbImage],
+        distortions: &[Distortion],
+        names: &[&str],
+    ) -> Result<Vec<Vec<f32>>> {
         assert_eq!(images.len(), distortions.len());
         let limit = self.gpu.max_binding_bytes();
-        let mut out = Vec::with_capacity(images.len() * self.bottleneck_size());
+        let mut out = vec![Vec::new(); names.len()];
         let mut start = 0;
         while start < images.len() {
             let mut end = start;
@@ -62,13 +73,21 @@ impl Engine {
                 bytes += b;
                 end += 1;
             }
-            out.extend(self.run_images(&images[start..end], &distortions[start..end])?);
+            let batch = self.run_images(&images[start..end], &distortions[start..end], names)?;
+            for (all, values) in out.iter_mut().zip(batch) {
+                all.extend(values);
+            }
             start = end;
         }
         Ok(out)
     }
 
-    fn run_images(&mut self, images: &[&RgbImage], distortions: &[Distortion]) -> Result<Vec<f32>> {
+    fn run_images(
+        &mut self,
+        images: &[&RgbImage],
+        distortions: &[Distortion],
+        names: &[&str],
+    ) -> Result<Vec<Vec<f32>>> {
         let mut packed = Vec::new();
         let mut offsets = Vec::with_capacity(images.len());
         for img in images {
@@ -79,7 +98,7 @@ impl Engine {
         if self.pixels.as_ref().is_none_or(|b| b.size() < needed) {
             self.pixels = Some(self.gpu.storage_buffer("decoded pixels", needed));
         }
-        self.plan(images.len() as u32, &[OUTPUT])?;
+        self.plan(images.len() as u32, names)?;
         let pixels = self.pixels.as_ref().expect("pixels");
         self.gpu.write_padded(pixels, 0, &packed);
         let input = self.input_size();
@@ -96,7 +115,7 @@ impl Engine {
                 self.kernels.preprocess(&self.gpu, &p, pixels, plan.input())
             })
             .collect();
-        Ok(plan.run(&self.gpu, &preprocess)?.remove(0))
+        plan.run(&self.gpu, &preprocess)
     }
 }
 

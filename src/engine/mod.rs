@@ -98,6 +98,11 @@ impl Engine {
         &self.kernels
     }
 
+    /// The network as built (one op per conv), at this engine's input size.
+    pub fn network(&self) -> &Graph {
+        &self.network
+    }
+
     /// The network this engine runs.
     pub fn architecture(&self) -> Architecture {
         Architecture::from_name(&self.info.architecture).expect("checked when the engine was built")

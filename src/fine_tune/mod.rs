@@ -7,3 +7,4 @@ pub mod blocks;
 pub mod network;
 pub mod settings;
 pub mod step;
+pub mod training;

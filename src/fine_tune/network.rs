@@ -24,6 +24,8 @@ pub struct Parameter {
     pub shape: Vec<usize>,
     pub values: wgpu::Buffer,
     pub gradients: wgpu::Buffer,
+    /// A conv weight's values as [kh, kw, out, in], remade by each backward pass.
+    pub transposed: wgpu::Buffer,
     first: wgpu::Buffer,
     second: wgpu::Buffer,
     uniform: wgpu::Buffer,
@@ -39,6 +41,7 @@ impl Parameter {
             shape: shape.to_vec(),
             values: gpu.storage_buffer_with(name, bytemuck::cast_slice(values)),
             gradients: gpu.storage_buffer("gradients", bytes),
+            transposed: gpu.storage_buffer("transposed", if shape.len() == 4 { bytes } else { 4 }),
             first: gpu.storage_buffer("first moment", bytes),
             second: gpu.storage_buffer("second moment", bytes),
             uniform: optimizer_uniform(gpu),

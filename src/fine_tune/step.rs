@@ -25,8 +25,24 @@ pub struct StepPlan {
     losses: wgpu::Buffer,
     forward: Vec<Dispatch>,
     classify: Dispatch,
-    backward: Vec<Dispatch>,
+    backward: Vec<Labelled>,
     staging: wgpu::Buffer,
+}
+
+/// A backward dispatch with its kernel family and floating-point operations
+/// (for benchmarks).
+pub struct Labelled {
+    pub family: &'static str,
+    pub flops: f64,
+    pub dispatch: Dispatch,
+}
+
+fn labelled(family: &'static str, flops: f64, dispatch: Dispatch) -> Labelled {
+    Labelled {
+        family,
+        flops,
+        dispatch,
+    }
 }
 
 /// What one pass gives back: each image's class probabilities and cross-entropy.
@@ -91,7 +107,10 @@ impl StepPlan {
             .iter()
             .map(|op| forward_dispatch(gpu, net, op, batch, &act))
             .collect();
-        let mut backward = vec![weight_grads, feature_grads];
+        let mut backward = vec![
+            labelled("classifier", 0.0, weight_grads),
+            labelled("classifier", 0.0, feature_grads),
+        ];
         for op in graph.ops.iter().rev() {
             backward.extend(backward_dispatches(gpu, net, op, batch, cut, &act, &grad));
         }
@@ -136,6 +155,7 @@ impl StepPlan {
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             let backward = if train { &self.backward[..] } else { &[] };
+            let backward = backward.iter().map(|l| &l.dispatch);
             for d in self.forward.iter().chain([&self.classify]).chain(backward) {
                 d.record(&mut pass);
             }
@@ -156,6 +176,32 @@ impl StepPlan {
             probabilities: bytemuck::pod_collect_to_vec(probabilities),
             losses: bytemuck::pod_collect_to_vec(losses),
         })
+    }
+
+    /// The backward pass's dispatches in order, each with its family and FLOPs.
+    pub fn backward_dispatches(&self) -> &[Labelled] {
+        &self.backward
+    }
+
+    /// Bytes of activations and gradients per image of a plan for `net`.
+    pub fn bytes_per_image(net: &TrainableNetwork) -> u64 {
+        let graph = &net.blocks.graph;
+        let cut = graph.ops[0].input();
+        let mut tensors: Vec<TensorId> = graph.ops.iter().map(|op| op.output()).collect();
+        tensors.sort();
+        tensors.dedup();
+        let outputs: u64 = tensors.iter().map(|&t| graph.shape(t).elements() * 8).sum();
+        outputs + graph.shape(cut).elements() * 4
+    }
+
+    /// Bytes per image of the largest tensor a plan for `net` binds.
+    pub fn largest_tensor_bytes(net: &TrainableNetwork) -> u64 {
+        let graph = &net.blocks.graph;
+        let tensors = graph.ops.iter().flat_map(|op| [op.input(), op.output()]);
+        tensors
+            .map(|t| graph.shape(t).elements() * 4)
+            .max()
+            .unwrap_or(4)
     }
 
     /// Bytes of activations and gradients this plan holds.
@@ -209,7 +255,7 @@ fn backward_dispatches<'a>(
     cut: TensorId,
     act: &dyn Fn(TensorId) -> &'a wgpu::Buffer,
     grad: &dyn Fn(TensorId) -> &'a wgpu::Buffer,
-) -> Vec<Dispatch> {
+) -> Vec<Labelled> {
     let graph = &net.blocks.graph;
     let k = &net.backward;
     match op {
@@ -226,11 +272,18 @@ fn backward_dispatches<'a>(
             };
             let weights = net.parameter(&c.weight_name());
             let bias = net.parameter(&c.bias_name());
-            let mut d = vec![k.activation_grad(gpu, &mask, act(output), grad(output))];
+            let macs = p.m as f64 * p.out_c as f64 * (p.kernel_h * p.kernel_w * p.in_c) as f64;
+            let mask_dispatch = k.activation_grad(gpu, &mask, act(output), grad(output));
+            let mut d = vec![labelled("activation", 0.0, mask_dispatch)];
             let gradients = (&weights.gradients, &bias.gradients);
-            d.extend(k.conv_parameter_grads(gpu, &p, act(input), grad(output), gradients));
+            let [w, b] = k.conv_parameter_grads(gpu, &p, act(input), grad(output), gradients);
+            d.push(labelled("conv weight gradient", 2.0 * macs, w));
+            d.push(labelled("conv bias gradient", 0.0, b));
             if input != cut {
-                d.push(k.conv_input_grad(gpu, &p, grad(output), &weights.values, grad(input)));
+                let w = (&weights.values, &weights.transposed);
+                let [t, x] = k.conv_input_grad(gpu, &p, grad(output), w, grad(input));
+                d.push(labelled("weight transpose", 0.0, t));
+                d.push(labelled("conv input gradient", 2.0 * macs, x));
             }
             d
         }
@@ -241,11 +294,13 @@ fn backward_dispatches<'a>(
                 return vec![];
             }
             let kind = pool_kind(pool.kind);
-            vec![k.pool_grad(gpu, kind, &p, act(input), grad(output), grad(input))]
+            let d = k.pool_grad(gpu, kind, &p, act(input), grad(output), grad(input));
+            vec![labelled("pool", 0.0, d)]
         }
         Op::GlobalAvgPool { input, output } => {
             let p = global_pool_params(graph, *input, batch);
-            vec![k.global_avg_pool_grad(gpu, &p, grad(*output), grad(*input))]
+            let d = k.global_avg_pool_grad(gpu, &p, grad(*output), grad(*input));
+            vec![labelled("global pool", 0.0, d)]
         }
         Op::MergedConv(_) | Op::Depthwise(_) => unreachable!("TrainableBlocks refuses these"),
     }

@@ -13,7 +13,11 @@ use super::params::{
 use super::shader;
 use bytemuck::Pod;
 
+/// conv2d_backward.wgsl's TILE: channels per invocation along each tiled axis.
+const CONV_TILE: u32 = 4;
+
 pub struct BackwardKernels {
+    conv_transpose: wgpu::ComputePipeline,
     conv_input: wgpu::ComputePipeline,
     conv_weight: wgpu::ComputePipeline,
     conv_bias: wgpu::ComputePipeline,
@@ -56,6 +60,7 @@ impl BackwardKernels {
         let pool = |entry: &str| pipeline(gpu, entry, shader::POOL_BACKWARD, entry);
         let classifier = |entry: &str| pipeline(gpu, entry, shader::CLASSIFIER_TRAIN, entry);
         BackwardKernels {
+            conv_transpose: conv("transpose_weights"),
             conv_input: conv("input_grad"),
             conv_weight: conv("weight_grad"),
             conv_bias: conv("bias_grad"),
@@ -98,18 +103,25 @@ impl BackwardKernels {
     }
 
     /// grad_in += the conv's input gradient from `grad_out` (already through
-    /// its activation's derivative).
+    /// its activation's derivative): the weights transposed into `weights_t`
+    /// (as many values as `weights`), then the gradient.
     pub fn conv_input_grad(
         &self,
         gpu: &Gpu,
         p: &ConvParams,
         grad_out: &wgpu::Buffer,
-        weights: &wgpu::Buffer,
+        (weights, weights_t): (&wgpu::Buffer, &wgpu::Buffer),
         grad_in: &wgpu::Buffer,
-    ) -> Dispatch {
-        let count = p.batch as u64 * p.in_h as u64 * p.in_w as u64 * p.in_c as u64;
-        let buffers = [(1, grad_out), (2, weights), (4, grad_in)];
-        self.launch(gpu, &self.conv_input, p, &buffers, count)
+    ) -> [Dispatch; 2] {
+        let weight_count = (p.kernel_h * p.kernel_w * p.in_c * p.out_c) as u64;
+        let transpose = [(2, weights), (7, weights_t)];
+        let pixels = p.batch as u64 * p.in_h as u64 * p.in_w as u64;
+        let count = pixels.div_ceil(CONV_TILE as u64) * p.in_c.div_ceil(CONV_TILE) as u64;
+        let buffers = [(1, grad_out), (7, weights_t), (4, grad_in)];
+        [
+            self.launch(gpu, &self.conv_transpose, p, &transpose, weight_count),
+            self.launch(gpu, &self.conv_input, p, &buffers, count),
+        ]
     }
 
     /// grad_weights and grad_bias += the conv's parameter gradients.
@@ -121,7 +133,8 @@ impl BackwardKernels {
         grad_out: &wgpu::Buffer,
         (grad_weights, grad_bias): (&wgpu::Buffer, &wgpu::Buffer),
     ) -> [Dispatch; 2] {
-        let weights = (p.kernel_h * p.kernel_w * p.in_c * p.out_c) as u64;
+        let blocks = (p.in_c.div_ceil(CONV_TILE) * p.out_c.div_ceil(CONV_TILE)) as u64;
+        let weights = (p.kernel_h * p.kernel_w) as u64 * blocks;
         let buffers = [(1, grad_out), (3, input), (5, grad_weights)];
         let bias_buffers = [(1, grad_out), (6, grad_bias)];
         [

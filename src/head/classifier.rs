@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 const FORMAT: &str = "retrain-classifier-v1";
+/// Prefix of the base network's fine-tuned tensors inside a classifier file.
+const FINE_TUNED_PREFIX: &str = "base/";
 /// File names inside a --saved-model-dir folder.
 pub const SAVED_BASE: &str = "base_weights.safetensors";
 pub const SAVED_CLASSIFIER: &str = "classifier.safetensors";
@@ -33,6 +35,9 @@ pub struct Classifier {
     pub base_weights: PathBuf,
     pub input_size: (u32, u32),
     pub normalization: Normalization,
+    /// The base network's layers as fine-tuning left them (weight-file names
+    /// and layouts), replacing the base weights' own; empty without fine-tuning.
+    pub fine_tuned: Vec<Tensor>,
     /// Everything else worth recording (steps, learning rate, accuracies, …).
     pub extra: HashMap<String, String>,
 }
@@ -59,7 +64,7 @@ impl Classifier {
 
     pub fn write(&self, path: &Path) -> Result<()> {
         let classes = self.labels.len();
-        let tensors = [
+        let mut tensors = vec![
             Tensor {
                 name: "final_weights".into(),
                 shape: vec![self.dim(), classes],
@@ -71,6 +76,10 @@ impl Classifier {
                 data: self.biases.clone(),
             },
         ];
+        tensors.extend(self.fine_tuned.iter().map(|t| Tensor {
+            name: format!("{FINE_TUNED_PREFIX}{}", t.name),
+            ..t.clone()
+        }));
         let n = &self.normalization;
         let mut meta = self.extra.clone();
         for (k, v) in [
@@ -123,6 +132,20 @@ impl Classifier {
             );
         }
         let floats = |k: &str| -> Result<[f32; 3]> { Ok(serde_json::from_str(&get(k)?)?) };
+        let mut fine_tuned = Vec::new();
+        for (name, view) in st.tensors() {
+            if let Some(layer) = name.strip_prefix(FINE_TUNED_PREFIX) {
+                if view.dtype() != safetensors::Dtype::F32 {
+                    bail!("{}: tensor {name} is not f32", path.display());
+                }
+                fine_tuned.push(Tensor {
+                    name: layer.to_string(),
+                    shape: view.shape().to_vec(),
+                    data: bytemuck::pod_collect_to_vec(view.data()),
+                });
+            }
+        }
+        fine_tuned.sort_by(|a, b| a.name.cmp(&b.name));
         // Classifiers written before MobileNet V2 existed are Inception V3's.
         let architecture = meta
             .get("architecture")
@@ -141,6 +164,7 @@ impl Classifier {
                 offset: floats("input_offset")?,
             },
             labels,
+            fine_tuned,
             extra: meta,
         })
     }

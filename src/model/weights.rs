@@ -184,6 +184,7 @@ pub fn parse_size(s: &str) -> Result<(u32, u32)> {
 }
 
 /// A tensor to be written: name, shape, f32 values.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
     pub name: String,
     pub shape: Vec<usize>,

@@ -1,6 +1,7 @@
 //! report.html: one self-contained page (no scripts, nothing fetched; charts
 //! as inline SVG, thumbnails as data: URIs) that shows how a run went — the
-//! run at a glance, the training curves, the sweep, the confusion matrix,
+//! run at a glance, the training curves, the sweep, fine-tuning's epochs,
+//! the confusion matrix,
 //! the precision–recall trade-off and every misclassified test image.
 //! Drawn from metrics.json alone, so `retrain report` can redraw it.
 
@@ -33,6 +34,7 @@ pub fn render(m: &RunMetrics) -> Result<String> {
         sections::at_a_glance(m),
         sections::curves(m)?,
         sections::sweep(m),
+        sections::fine_tuning(m),
         sections::confusion(m),
         sections::thresholds(m)?,
         sections::misclassified(m),

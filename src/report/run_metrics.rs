@@ -3,6 +3,7 @@
 //! image's probabilities, and the time each phase took. Written at the end
 //! of a run; the report is drawn from it alone (and the test images).
 
+use crate::fine_tune::training::EpochRecord;
 use crate::train::evaluation::TestReport;
 use crate::train::training_loop::Curve;
 use anyhow::{Context, Result};
@@ -35,9 +36,36 @@ pub struct RunMetrics {
     pub images: ImageCounts,
     pub bottlenecks: BottleneckCounts,
     pub sweep: SweepMetrics,
+    /// The fine-tuning phase, when the run had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fine_tuning: Option<FineTuningMetrics>,
     #[serde(rename = "final")]
     pub final_: FinalMetrics,
     pub timings_seconds: Timings,
+}
+
+/// What fine-tuning trained, how, and each epoch's numbers.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct FineTuningMetrics {
+    /// The first block trained, and the tensor below it whose activations were cached.
+    pub from: String,
+    pub cut: String,
+    pub trained_layers: usize,
+    pub parameters: usize,
+    pub optimizer: String,
+    pub learning_rate: f32,
+    pub weight_decay: f32,
+    pub batch_size: u32,
+    /// Images per pass (a step's gradients summed over its passes).
+    pub micro_batch: u32,
+    pub epochs_asked: u32,
+    pub patience: u32,
+    /// The cut's cached activations: bytes on disk and how they are stored.
+    pub cut_cache_bytes: u64,
+    pub cut_storage: String,
+    /// The epoch whose parameters were kept (0: fine-tuning never beat the frozen head).
+    pub best_epoch: u32,
+    pub epochs: Vec<EpochRecord>,
 }
 
 impl RunMetrics {
@@ -135,6 +163,8 @@ pub struct FinalMetrics {
 pub struct Timings {
     pub bottlenecks: f64,
     pub training: f64,
+    #[serde(default)]
+    pub fine_tuning: f64,
     pub evaluation: f64,
     pub total: f64,
 }

@@ -103,7 +103,7 @@ fn data_table(m: &RunMetrics) -> String {
 
 fn facts_table(m: &RunMetrics) -> String {
     let t = &m.timings_seconds;
-    let other = (t.total - t.bottlenecks - t.training - t.evaluation).max(0.0);
+    let other = (t.total - t.bottlenecks - t.training - t.fine_tuning - t.evaluation).max(0.0);
     let facts = [
         ("images", escape(&m.image_dir)),
         ("device", escape(&m.device)),
@@ -133,9 +133,9 @@ fn facts_table(m: &RunMetrics) -> String {
         (
             "time",
             format!(
-                "{:.1} s in all: bottlenecks {:.1} s ({} computed, {} cached), training {:.1} s, test {:.1} s, the rest {:.1} s",
+                "{:.1} s in all: bottlenecks {:.1} s ({} computed, {} cached), training {:.1} s, fine-tuning {:.1} s, test {:.1} s, the rest {:.1} s",
                 t.total, t.bottlenecks, m.bottlenecks.computed, m.bottlenecks.from_cache,
-                t.training, t.evaluation, other
+                t.training, t.fine_tuning, t.evaluation, other
             ),
         ),
     ];
@@ -217,6 +217,49 @@ fn sweep_cell(m: &RunMetrics, i: usize) -> String {
         pct(h.validation_accuracy as f64),
         if winner { " ★" } else { "" }
     )
+}
+
+/// The fine-tuning phase: what trained and how, and every epoch's numbers,
+/// the kept epoch outlined (none when the run did not fine-tune).
+pub fn fine_tuning(m: &RunMetrics) -> String {
+    let Some(f) = &m.fine_tuning else {
+        return String::new();
+    };
+    let mut html = format!(
+        "<section id=\"fine-tuning\">\n<h2>Fine-tuning</h2>\n<p class=\"note\">From {} up ({} conv layers and the head, {} parameters) on the cached {} activations ({:.1} MiB, {}); {}, peak learning rate {}, weight decay {}, {} images per step ({} per pass); epoch 0 is the frozen head. Kept: epoch {}.</p>\n",
+        escape(&f.from),
+        f.trained_layers,
+        f.parameters,
+        escape(&f.cut),
+        f.cut_cache_bytes as f64 / (1 << 20) as f64,
+        escape(&f.cut_storage),
+        escape(&f.optimizer),
+        f.learning_rate,
+        f.weight_decay,
+        f.batch_size,
+        f.micro_batch,
+        f.best_epoch
+    );
+    html += "<table id=\"fine-tuning-epochs\"><tr><th>epoch</th><th>learning rate</th><th>train accuracy</th><th>train cross-entropy</th><th>validation accuracy</th><th>validation cross-entropy</th><th>seconds</th></tr>\n";
+    for e in &f.epochs {
+        let class = if e.epoch == f.best_epoch {
+            " class=\"winner\""
+        } else {
+            ""
+        };
+        html += &format!(
+            "<tr id=\"epoch-{}\"{class}><td>{}</td><td>{:.2e}</td><td>{}</td><td>{:.4}</td><td>{}</td><td>{}</td><td>{:.1}</td></tr>\n",
+            e.epoch,
+            e.epoch,
+            e.learning_rate,
+            pct(e.train_accuracy as f64),
+            e.train_cross_entropy,
+            optional_pct(e.validation_accuracy.map(f64::from)),
+            e.validation_cross_entropy.map_or("–".into(), |c| format!("{c:.4}")),
+            e.seconds
+        );
+    }
+    html + "</table>\n</section>\n"
 }
 
 /// The confusion matrix (counts and row percentages) and per-class

@@ -1,13 +1,17 @@
-//! Every image's bottleneck: read from the cache, or computed on the GPU in
-//! batches (decoding one batch ahead) and cached at once, so an interrupted
-//! run loses nothing.
+//! Every image's bottleneck — and, when fine-tuning, the training and
+//! validation images' activations at the cut — read from the cache, or
+//! computed on the GPU in batches (decoding one batch ahead, one pass for
+//! both) and cached at once, so an interrupted run loses nothing.
 
 use crate::data::bottleneck_cache::BottleneckCache;
 use crate::data::dataset::{Dataset, Set};
+use crate::data::distortion::Distortion;
 use crate::data::loader;
 use crate::engine::Engine;
+use crate::model::graph::OUTPUT;
 use crate::progress::progress_bar;
 use anyhow::Result;
+use half::f16;
 use std::path::PathBuf;
 
 /// One usable image: its class, its split set and where it came from.
@@ -25,6 +29,17 @@ pub struct Bottlenecks {
     pub dim: usize,
     pub computed: usize,
     pub skipped: usize,
+    /// Each example's activations at the fine-tuning cut (training and
+    /// validation images, when asked for).
+    pub cut: Vec<Option<Vec<f16>>>,
+}
+
+/// The activations at a fine-tuning cut, gathered with the bottlenecks.
+pub struct CutRequest {
+    pub cache: BottleneckCache,
+    /// The tensor's name ("mixed8") and values per image.
+    pub layer: String,
+    pub size: usize,
 }
 
 impl Bottlenecks {
@@ -37,16 +52,34 @@ impl Bottlenecks {
 struct Pending {
     index: usize,
     entry: PathBuf,
+    /// The cut's entry, when the image is one fine-tuning trains or validates on.
+    cut_entry: Option<PathBuf>,
+}
+
+/// A cached entry, or None (with a warning when it cannot be trusted).
+fn cached(cache: &BottleneckCache, entry: &std::path::Path, len: usize) -> Option<Vec<f32>> {
+    match cache.load(entry, len) {
+        Ok(v) => v,
+        Err(e) => {
+            log::warn!(
+                "cached {} cannot be trusted ({e:#}); recomputing it",
+                entry.display()
+            );
+            None
+        }
+    }
 }
 
 pub fn gather(
     engine: &mut Engine,
     cache: &BottleneckCache,
     dataset: &Dataset,
+    cut: Option<&CutRequest>,
 ) -> Result<Bottlenecks> {
     let dim = engine.bottleneck_size();
     let mut examples = Vec::new();
     let mut vectors: Vec<Option<Vec<f32>>> = Vec::new();
+    let mut cuts: Vec<Option<Vec<f16>>> = Vec::new();
     let mut pending = Vec::new();
     for (c, class) in dataset.classes.iter().enumerate() {
         for image in &class.images {
@@ -63,30 +96,41 @@ pub fn gather(
                 set: image.set,
                 path: image.path.clone(),
             });
-            match cache.load(&entry, dim) {
-                Ok(Some(v)) => vectors.push(Some(v)),
-                Ok(None) => {
-                    vectors.push(None);
-                    pending.push(Pending { index, entry });
+            let cut_entry = match cut {
+                Some(c) if image.set != Set::Testing => {
+                    Some(c.cache.entry_path(&class.folder, &image.path)?)
                 }
-                Err(e) => {
-                    log::warn!(
-                        "cached bottleneck {} cannot be trusted ({e:#}); recomputing it",
-                        entry.display()
-                    );
-                    vectors.push(None);
-                    pending.push(Pending { index, entry });
-                }
+                _ => None,
+            };
+            let vector = cached(cache, &entry, dim);
+            let cut_values = match (cut, &cut_entry) {
+                (Some(c), Some(e)) => cached(&c.cache, e, c.size).map(|v| to_f16(&v)),
+                _ => None,
+            };
+            if vector.is_none() || cut_entry.is_some() && cut_values.is_none() {
+                pending.push(Pending {
+                    index,
+                    entry,
+                    cut_entry,
+                });
             }
+            vectors.push(vector);
+            cuts.push(cut_values);
         }
     }
-    let computed = compute(engine, cache, &examples, &pending, &mut vectors)?;
+    let mut found = Found {
+        vectors: &mut vectors,
+        cuts: &mut cuts,
+    };
+    let computed = compute(engine, cache, cut, &examples, &pending, &mut found)?;
     let mut kept = Vec::new();
+    let mut kept_cuts = Vec::new();
     let mut features = Vec::with_capacity(examples.len() * dim);
-    for (example, v) in examples.into_iter().zip(vectors) {
+    for ((example, v), c) in examples.into_iter().zip(vectors).zip(cuts) {
         if let Some(v) = v {
             features.extend_from_slice(&v);
             kept.push(example);
+            kept_cuts.push(c);
         }
     }
     let skipped = dataset
@@ -101,16 +145,70 @@ pub fn gather(
         dim,
         computed,
         skipped,
+        cut: kept_cuts,
     })
+}
+
+/// Replaces the bottlenecks of examples `rows` with `engine`'s (another
+/// network, e.g. the fine-tuned one), read from `cache` or computed and cached.
+pub fn refresh(
+    engine: &mut Engine,
+    cache: &BottleneckCache,
+    dataset: &Dataset,
+    b: &mut Bottlenecks,
+    rows: &[u32],
+) -> Result<()> {
+    let dim = b.dim;
+    let mut vectors: Vec<Option<Vec<f32>>> = vec![None; b.examples.len()];
+    let mut pending = Vec::new();
+    for &r in rows {
+        let e = &b.examples[r as usize];
+        let entry = cache.entry_path(&dataset.classes[e.class].folder, &e.path)?;
+        vectors[r as usize] = cached(cache, &entry, dim);
+        if vectors[r as usize].is_none() {
+            pending.push(Pending {
+                index: r as usize,
+                entry,
+                cut_entry: None,
+            });
+        }
+    }
+    let mut cuts = vec![None; b.examples.len()];
+    let mut found = Found {
+        vectors: &mut vectors,
+        cuts: &mut cuts,
+    };
+    compute(engine, cache, None, &b.examples, &pending, &mut found)?;
+    for &r in rows {
+        let Some(v) = vectors[r as usize].take() else {
+            anyhow::bail!(
+                "{} could not be read again",
+                b.examples[r as usize].path.display()
+            );
+        };
+        b.features[r as usize * dim..(r as usize + 1) * dim].copy_from_slice(&v);
+    }
+    Ok(())
+}
+
+fn to_f16(values: &[f32]) -> Vec<f16> {
+    values.iter().map(|&v| f16::from_f32(v)).collect()
+}
+
+/// Each example's bottleneck and cut activations found so far.
+struct Found<'a> {
+    vectors: &'a mut [Option<Vec<f32>>],
+    cuts: &'a mut [Option<Vec<f16>>],
 }
 
 /// Computes and caches the pending entries; undecodable images stay `None`.
 fn compute(
     engine: &mut Engine,
     cache: &BottleneckCache,
+    cut: Option<&CutRequest>,
     examples: &[Example],
     pending: &[Pending],
-    vectors: &mut [Option<Vec<f32>>],
+    found: &mut Found,
 ) -> Result<usize> {
     if pending.is_empty() {
         return Ok(0);
@@ -118,6 +216,16 @@ fn compute(
     // Tuned only when the network will run: a fully cached run needs no kernels.
     engine.tune_on_first_use()?;
     let (h, w) = engine.input_size();
+    let mut names = vec![OUTPUT];
+    if let Some(c) = cut {
+        names.push(&c.layer);
+        let images = pending.iter().filter(|p| p.cut_entry.is_some()).count() as u64;
+        log::info!(
+            "Caching the {} activations of {images} training and validation images as f16 ({} MiB on disk)",
+            c.layer,
+            (images * c.cache.entry_bytes(c.size)) >> 20
+        );
+    }
     log::info!(
         "Computing {} bottlenecks at {h}×{w} on \"{}\"",
         pending.len(),
@@ -136,11 +244,18 @@ fn compute(
         let u = loader::usable(decoded, |img| engine.check_image(img));
         let owners: Vec<&Pending> = u.positions.iter().map(|&k| &pending[next + k]).collect();
         next += batch_len;
-        let images = u.images;
-        let rows = engine.bottlenecks(&images)?;
-        for (p, row) in owners.iter().zip(rows.chunks(dim)) {
+        let images: Vec<&image::RgbImage> = u.images.iter().collect();
+        let none = vec![Distortion::none(engine.input_size()); images.len()];
+        let outputs = engine.outputs(&images, &none, &names)?;
+        for (k, p) in owners.iter().enumerate() {
+            let row = &outputs[0][k * dim..(k + 1) * dim];
             cache.store(&p.entry, row)?;
-            vectors[p.index] = Some(row.to_vec());
+            found.vectors[p.index] = Some(row.to_vec());
+            if let (Some(c), Some(entry)) = (cut, &p.cut_entry) {
+                let values = &outputs[1][k * c.size..(k + 1) * c.size];
+                c.cache.store(entry, values)?;
+                found.cuts[p.index] = Some(to_f16(values));
+            }
             computed += 1;
         }
         bar.inc(batch_len as u64);

@@ -108,3 +108,20 @@ pub fn stderr(o: &Output) -> String {
 pub fn examples() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/webstyle")
 }
+
+/// A folder `root/images/{broken,normal}` with the first `per_class` example
+/// screenshots of each class.
+pub fn example_folder(root: &Path, per_class: usize) {
+    for class in ["broken", "normal"] {
+        let dest = root.join("images").join(class);
+        std::fs::create_dir_all(&dest).unwrap();
+        let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(examples().join(class))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files.iter().take(per_class) {
+            std::fs::copy(f, dest.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! side by side, as many as the device holds.
 
 use crate::cli::TrainArgs;
+use crate::fine_tune::settings::{FineTuneSettings, Rule};
 use crate::gpu::Gpu;
 use crate::head::optimizer::{HeadSettings, Optimizer, TrainingRule};
 use crate::head::GpuHeads;
@@ -57,16 +58,63 @@ pub fn validate(a: &TrainArgs) -> Result<()> {
     if let Some(l2) = a.sweep_l2.iter().find(|&&v| !(v.is_finite() && v >= 0.0)) {
         bail!("--sweep-l2 must be zero or positive numbers (got {l2})");
     }
+    if a.fine_tune_block().is_some() {
+        validate_fine_tuning(a)?;
+    }
     for (flag, v) in [
         ("--momentum", a.momentum),
         ("--label-smoothing", a.label_smoothing),
         ("--dropout", a.dropout),
+        ("--fine-tune-momentum", a.fine_tune_momentum),
     ] {
         if !(0.0..1.0).contains(&v) {
             bail!("{flag} must be at least 0 and below 1 (got {v})");
         }
     }
     Ok(())
+}
+
+fn validate_fine_tuning(a: &TrainArgs) -> Result<()> {
+    if a.fine_tune_epochs == 0 {
+        bail!("--fine-tune-epochs must be at least 1");
+    }
+    if a.fine_tune_batch_size == 0 {
+        bail!("--fine-tune-batch-size must be at least 1");
+    }
+    if !(a.fine_tune_learning_rate.is_finite() && a.fine_tune_learning_rate > 0.0) {
+        bail!(
+            "--fine-tune-learning-rate must be a positive number (got {})",
+            a.fine_tune_learning_rate
+        );
+    }
+    if !(a.fine_tune_weight_decay.is_finite() && (0.0..1.0).contains(&a.fine_tune_weight_decay)) {
+        bail!(
+            "--fine-tune-weight-decay must be at least 0 and below 1 (got {})",
+            a.fine_tune_weight_decay
+        );
+    }
+    if a.distortions().any() {
+        bail!("--fine-tune with distortions (--flip-left-right, --random-crop, --random-scale, --random-brightness) is not supported yet: fine-tuning trains on cached activations of the undistorted images");
+    }
+    Ok(())
+}
+
+/// What fine-tuning the flags ask for, if any.
+pub fn fine_tune_settings(a: &TrainArgs) -> Option<FineTuneSettings> {
+    Some(FineTuneSettings {
+        from: a.fine_tune_block()?.to_string(),
+        epochs: a.fine_tune_epochs,
+        learning_rate: a.fine_tune_learning_rate,
+        rule: match a.fine_tune_optimizer.as_str() {
+            "sgd" => Rule::Sgd {
+                momentum: a.fine_tune_momentum,
+            },
+            _ => Rule::Adam,
+        },
+        weight_decay: a.fine_tune_weight_decay,
+        batch_size: a.fine_tune_batch_size,
+        patience: a.fine_tune_patience,
+    })
 }
 
 /// The training the flags ask for: retrain.py's, or the default sweep of heads.

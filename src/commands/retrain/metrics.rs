@@ -83,6 +83,7 @@ impl Run<'_> {
                 computed: b.computed,
                 from_cache: b.examples.len() - b.computed,
             },
+            fine_tuning: None,
             sweep: SweepMetrics {
                 heads,
                 chosen: trained.chosen,

@@ -5,6 +5,7 @@
 //! going to train.log).
 
 mod config;
+mod fine_tuning;
 mod metrics;
 
 pub use config::training_config;
@@ -57,9 +58,12 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let labels = dataset.labels();
     let (weights_path, file, mut engine) = open_base(args)?;
     let template = classifier_template(args, &labels, &file, &weights_path, &engine);
+    let cache = bottleneck_cache(&file, args, &engine);
+    let fine_tune = fine_tuning::prepare(args, &engine, &cache, &dataset)?;
 
     let t = Instant::now();
-    let b = cache_bottlenecks(&mut engine, &file, args, &dataset)?;
+    let cut = fine_tune.as_ref().map(|f| f.cut_request(&cache));
+    let mut b = bottlenecks::gather(&mut engine, &cache, &dataset, cut.as_ref())?;
     let bottleneck_secs = t.elapsed().as_secs_f64();
     log::info!(
         "Bottlenecks: {} from the cache, {} computed, {} unreadable images skipped ({bottleneck_secs:.1} s)",
@@ -91,10 +95,39 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         );
     }
 
+    let mut classifier = kept_classifier(&engine.gpu, &template, &trained, config.rule.steps)?;
+    let t = Instant::now();
+    let fine_tuned = match fine_tune {
+        Some(f) => {
+            let sets = (&sets[0][..], &sets[1][..]);
+            let summaries = args.summaries_dir.as_deref();
+            Some(f.run(
+                &engine,
+                &file,
+                &mut classifier,
+                &b,
+                sets,
+                &mut rng,
+                summaries,
+            )?)
+        }
+        None => None,
+    };
+    let fine_tuning_secs = t.elapsed().as_secs_f64();
+
     let t = Instant::now();
     let test_rows = eval_rows(&mut rng, &sets[2], args.test_batch_size);
+    if !classifier.fine_tuned.is_empty() {
+        // The test runs the fine-tuned network from the images, as `classify` will.
+        let file = WeightFile::open(&weights_path)?.with_replaced(&classifier.fine_tuned)?;
+        let gpu = engine.gpu.clone();
+        let input = engine.input_size();
+        drop(engine);
+        engine = Engine::new(gpu, &file, Some(input))?;
+        let cache = bottleneck_cache(&file, args, &engine);
+        bottlenecks::refresh(&mut engine, &cache, &dataset, &mut b, &test_rows)?;
+    }
     let gpu = &engine.gpu;
-    let mut classifier = kept_classifier(gpu, &template, &trained, config.rule.steps)?;
     let print_misclassified = args.print_misclassified_test_images;
     let report = final_test(gpu, &classifier, &test_rows, &b, print_misclassified)?;
     let eval_secs = t.elapsed().as_secs_f64();
@@ -108,6 +141,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let timings = Timings {
         bottlenecks: bottleneck_secs,
         training: training_secs,
+        fine_tuning: fine_tuning_secs,
         evaluation: eval_secs,
         total: started.elapsed().as_secs_f64(),
     };
@@ -124,7 +158,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         },
         seed,
     };
-    let metrics = run.metrics(&trained, report, &sets, &b, timings);
+    let mut metrics = run.metrics(&trained, report, &sets, &b, timings);
+    metrics.fine_tuning = fine_tuned;
     crate::atomic_file::write_bytes(&out.join(METRICS_FILE), metrics.to_json()?.as_bytes())?;
     let report_path = out.join(REPORT_FILE);
     report::write(&metrics, &report_path)?;
@@ -160,6 +195,7 @@ fn classifier_template(
             .unwrap_or_else(|_| weights_path.to_path_buf()),
         input_size: engine.input_size(),
         normalization: file.info.normalization.clone(),
+        fine_tuned: Vec::new(),
         extra,
     }
 }
@@ -179,22 +215,16 @@ fn snapshot(
     c
 }
 
-/// Every image's bottleneck, from the cache or computed (and cached) now.
-fn cache_bottlenecks(
-    engine: &mut Engine,
-    file: &WeightFile,
-    args: &TrainArgs,
-    dataset: &Dataset,
-) -> Result<Bottlenecks> {
+/// The bottleneck cache of `file`'s network at the engine's input size.
+fn bottleneck_cache(file: &WeightFile, args: &TrainArgs, engine: &Engine) -> BottleneckCache {
     let norm = &file.info.normalization;
-    let cache = BottleneckCache::new(
+    BottleneckCache::new(
         &args.bottleneck_dir,
         &file.info.fingerprint,
         engine.input_size(),
         norm.scale,
         norm.offset,
-    );
-    bottlenecks::gather(engine, &cache, dataset)
+    )
 }
 
 /// Trains the configured heads on cached or distorted batches, with the
@@ -333,6 +363,9 @@ fn say_what_next(m: &RunMetrics, args: &TrainArgs, report: &Path, started: Insta
         started.elapsed().as_secs_f64()
     );
     log::info!("Report: {}", report.display());
+    if m.fine_tuning.is_none() && m.base.architecture == "inception_v3" {
+        log::info!("--fine-tune may raise accuracy: it trains the network's top blocks with the head (slower)");
+    }
     log::info!(
         "Next, label images with it: retrain classify --graph {} IMAGE_OR_FOLDER...",
         args.output_graph.display()

@@ -1,0 +1,208 @@
+//! The run's fine-tuning phase: checked before any work (the block exists,
+//! the cut's cached activations fit on disk and in memory), then the kept
+//! head and the top blocks trained together from the cached activations, one
+//! log line (and TensorBoard scalars) per epoch; the classifier then carries
+//! the fine-tuned tensors, and the engine is rebuilt with them for the final
+//! test, exactly as `classify` will run it.
+
+use super::config::fine_tune_settings;
+use crate::cli::TrainArgs;
+use crate::data::bottleneck_cache::BottleneckCache;
+use crate::data::dataset::{Dataset, Set};
+use crate::engine::Engine;
+use crate::fine_tune::blocks::TrainableBlocks;
+use crate::fine_tune::network::TrainableNetwork;
+use crate::fine_tune::settings::{FineTuneSettings, Rule};
+use crate::fine_tune::training::{fine_tune, CutData, EpochRecord};
+use crate::head::classifier::Classifier;
+use crate::model::weights::WeightFile;
+use crate::report::run_metrics::FineTuningMetrics;
+use crate::resources::{available_disk, available_memory};
+use crate::train::bottlenecks::{Bottlenecks, CutRequest};
+use crate::train::summaries::SummaryWriter;
+use anyhow::{bail, Result};
+use rand::rngs::StdRng;
+
+/// Fine-tuning as checked before any work.
+pub struct Prepared {
+    pub settings: FineTuneSettings,
+    pub blocks: TrainableBlocks,
+    pub cut_cache_bytes: u64,
+}
+
+const MIB: u64 = 1 << 20;
+
+/// The fine-tuning the flags ask for, checked against the network and the
+/// machine: None when not asked for.
+pub fn prepare(
+    args: &TrainArgs,
+    engine: &Engine,
+    cache: &BottleneckCache,
+    dataset: &Dataset,
+) -> Result<Option<Prepared>> {
+    let Some(settings) = fine_tune_settings(args) else {
+        return Ok(None);
+    };
+    let blocks = TrainableBlocks::new(engine.network(), &settings.from)?;
+    let images = (dataset.classes.iter())
+        .flat_map(|c| &c.images)
+        .filter(|i| i.set != Set::Testing)
+        .count() as u64;
+    let cut_cache = cache.at_layer(&blocks.cut);
+    let bytes = images * cut_cache.entry_bytes(blocks.cut_size());
+    let in_memory = images * blocks.cut_size() as u64 * 2;
+    if let Some(free) = available_disk(&args.bottleneck_dir).filter(|&free| free < bytes) {
+        bail!(
+            "fine-tuning from {} caches the {} activations of {images} images: {} MiB, but {} has {} MiB free; free some space, or fine-tune from a higher block",
+            settings.from,
+            blocks.cut,
+            bytes / MIB,
+            args.bottleneck_dir.display(),
+            free / MIB
+        );
+    }
+    if let Some(free) = available_memory().filter(|&free| free < in_memory) {
+        bail!(
+            "fine-tuning from {} holds the {} activations of {images} images in memory: {} MiB, but {} MiB are available; fine-tune from a higher block",
+            settings.from,
+            blocks.cut,
+            in_memory / MIB,
+            free / MIB
+        );
+    }
+    Ok(Some(Prepared {
+        settings,
+        blocks,
+        cut_cache_bytes: bytes,
+    }))
+}
+
+impl Prepared {
+    /// What the bottleneck pass also gathers: the cut's activations.
+    pub fn cut_request(&self, cache: &BottleneckCache) -> CutRequest {
+        CutRequest {
+            cache: cache.at_layer(&self.blocks.cut),
+            layer: self.blocks.cut.clone(),
+            size: self.blocks.cut_size(),
+        }
+    }
+
+    /// Trains the blocks and `classifier`'s head together and puts the result
+    /// in the classifier (its head, and its fine-tuned tensors unless no epoch
+    /// beat the frozen head).
+    pub fn run(
+        self,
+        engine: &Engine,
+        file: &WeightFile,
+        classifier: &mut Classifier,
+        b: &Bottlenecks,
+        (train, validation): (&[Vec<u32>], &[Vec<u32>]),
+        rng: &mut StdRng,
+        summaries: Option<&std::path::Path>,
+    ) -> Result<FineTuningMetrics> {
+        let Prepared {
+            settings,
+            blocks,
+            cut_cache_bytes,
+        } = self;
+        let (from, cut) = (blocks.from.clone(), blocks.cut.clone());
+        let trained_layers = blocks.layers().count();
+        let gpu = &engine.gpu;
+        let head = (&classifier.weights[..], &classifier.biases[..]);
+        let mut net = TrainableNetwork::new(gpu, blocks, file, head, &settings)?;
+        log::info!(
+            "Fine-tuning from {from} up ({trained_layers} conv layers and the head, {} parameters) on the cached {cut} activations ({} MiB on disk, f16), {} epochs of {} images",
+            net.parameter_count(),
+            cut_cache_bytes / MIB,
+            settings.epochs,
+            train.iter().map(Vec::len).sum::<usize>()
+        );
+        let labels: Vec<u32> = b.examples.iter().map(|e| e.class as u32).collect();
+        let data = CutData {
+            cut: &b.cut,
+            labels: &labels,
+            train: train.concat(),
+            validation: validation.concat(),
+        };
+        let mut writer = summaries
+            .map(|d| SummaryWriter::create(&d.join("fine_tune")))
+            .transpose()?;
+        let mut on_epoch = |r: &EpochRecord| {
+            log_epoch(r);
+            if let Some(w) = writer.as_mut() {
+                if let Err(e) = write_scalars(w, r) {
+                    log::warn!("cannot write the fine-tuning summaries: {e:#}");
+                }
+            }
+        };
+        let tuned = fine_tune(gpu, &mut net, &data, &settings, rng, &mut on_epoch)?;
+        match tuned.best_epoch {
+            0 => log::warn!("fine-tuning never beat the frozen head on the validation images: keeping the base network and the head as they were"),
+            e => log::info!("Keeping epoch {e}'s parameters (the best on the validation images)"),
+        }
+        (classifier.weights, classifier.biases) = tuned.head;
+        classifier.fine_tuned = tuned.tensors;
+        classifier
+            .extra
+            .insert("fine_tuned_from".into(), from.clone());
+        classifier
+            .extra
+            .insert("fine_tune_epoch".into(), tuned.best_epoch.to_string());
+        Ok(FineTuningMetrics {
+            from,
+            cut,
+            trained_layers,
+            parameters: net.parameter_count(),
+            optimizer: match settings.rule {
+                Rule::Adam => "adam".into(),
+                Rule::Sgd { momentum } => format!("sgd (momentum {momentum})"),
+            },
+            learning_rate: settings.learning_rate,
+            weight_decay: settings.weight_decay,
+            batch_size: settings.batch_size,
+            micro_batch: tuned.micro_batch,
+            epochs_asked: settings.epochs,
+            patience: settings.patience,
+            cut_cache_bytes,
+            cut_storage: "f16".into(),
+            best_epoch: tuned.best_epoch,
+            epochs: tuned.epochs,
+        })
+    }
+}
+
+fn log_epoch(r: &EpochRecord) {
+    let validation = match (r.validation_accuracy, r.validation_cross_entropy) {
+        (Some(a), Some(c)) => format!(
+            "validation accuracy {:.1}%, cross-entropy {c:.4}",
+            a * 100.0
+        ),
+        _ => "no validation images".into(),
+    };
+    let what = match r.epoch {
+        0 => "Before fine-tuning".to_string(),
+        e => format!(
+            "Fine-tuning epoch {e} (learning rate {:.2e}, {:.1} s)",
+            r.learning_rate, r.seconds
+        ),
+    };
+    log::info!(
+        "{what}: train accuracy {:.1}%, cross-entropy {:.4}; {validation}",
+        r.train_accuracy * 100.0,
+        r.train_cross_entropy
+    );
+}
+
+fn write_scalars(w: &mut SummaryWriter, r: &EpochRecord) -> Result<()> {
+    w.scalar("fine_tune/train_accuracy", r.train_accuracy, r.epoch)?;
+    w.scalar(
+        "fine_tune/train_cross_entropy",
+        r.train_cross_entropy,
+        r.epoch,
+    )?;
+    if let (Some(a), Some(c)) = (r.validation_accuracy, r.validation_cross_entropy) {
+        w.scalar("fine_tune/validation_accuracy", a, r.epoch)?;
+        w.scalar("fine_tune/validation_cross_entropy", c, r.epoch)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! The fine-tuning loop: epochs over the training images' cached cut
+//! activations in shuffled batches (split into micro-batches the device can
+//! hold, their gradients summed), the learning-rate schedule, validation after
+//! every epoch, the best epoch's parameters kept and early stopping. Epoch 0
+//! is the frozen head before any fine-tuning: when no epoch beats it, the
+//! base network and the head stay as they were.
+
+use super::network::{TrainableNetwork, HEAD_BIASES, HEAD_WEIGHTS};
+use super::settings::FineTuneSettings;
+use super::step::StepPlan;
+use crate::gpu::Gpu;
+use crate::model::weights::Tensor;
+use crate::progress::progress_bar;
+use anyhow::Result;
+use half::f16;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// Activation and gradient memory one micro-batch may use.
+const MEMORY_BUDGET: u64 = 1 << 30;
+
+/// The cached cut activations and labels, and which examples train and validate.
+pub struct CutData<'a> {
+    /// Each example's activations at the cut (f16), for the ones used here.
+    pub cut: &'a [Option<Vec<f16>>],
+    pub labels: &'a [u32],
+    pub train: Vec<u32>,
+    pub validation: Vec<u32>,
+}
+
+/// One epoch's numbers (epoch 0: before fine-tuning).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: u32,
+    /// The learning rate at the epoch's last step (0 for epoch 0).
+    pub learning_rate: f32,
+    pub train_cross_entropy: f32,
+    pub train_accuracy: f32,
+    pub validation_cross_entropy: Option<f32>,
+    pub validation_accuracy: Option<f32>,
+    pub seconds: f64,
+}
+
+impl EpochRecord {
+    /// What epochs are compared on: validation when there is any, else training.
+    fn selection(&self) -> (f32, f32) {
+        match (self.validation_accuracy, self.validation_cross_entropy) {
+            (Some(a), Some(c)) => (a, c),
+            _ => (self.train_accuracy, self.train_cross_entropy),
+        }
+    }
+
+    /// Higher accuracy, then lower cross-entropy.
+    fn better_than(&self, other: &EpochRecord) -> bool {
+        let ((a, c), (b, d)) = (self.selection(), other.selection());
+        a > b || (a == b && c < d)
+    }
+}
+
+pub struct FineTuned {
+    /// The kept epoch's block tensors (empty when epoch 0 was kept).
+    pub tensors: Vec<Tensor>,
+    /// The kept epoch's classifier: weights [dim, classes] and biases.
+    pub head: (Vec<f32>, Vec<f32>),
+    pub epochs: Vec<EpochRecord>,
+    pub best_epoch: u32,
+    /// Images per micro-batch, and the activation memory of one.
+    pub micro_batch: u32,
+    pub micro_batch_bytes: u64,
+}
+
+/// Mean cross-entropy and accuracy of a pass.
+#[derive(Default)]
+struct Tally {
+    loss: f64,
+    correct: usize,
+    images: usize,
+}
+
+impl Tally {
+    fn add(&mut self, probabilities: &[f32], losses: &[f32], labels: &[u32]) {
+        let classes = probabilities.len() / labels.len();
+        for (i, &label) in labels.iter().enumerate() {
+            let p = &probabilities[i * classes..(i + 1) * classes];
+            let best = (0..classes)
+                .max_by(|&a, &b| p[a].total_cmp(&p[b]))
+                .unwrap_or(0);
+            self.correct += (best == label as usize) as usize;
+            self.loss += losses[i] as f64;
+        }
+        self.images += labels.len();
+    }
+    fn means(&self) -> (f32, f32) {
+        let n = self.images.max(1) as f64;
+        ((self.loss / n) as f32, (self.correct as f64 / n) as f32)
+    }
+}
+
+/// The passes in use, one per batch size, all scaling gradients by 1 / batch size.
+struct Plans {
+    scale: f32,
+    by_size: HashMap<u32, StepPlan>,
+}
+
+impl Plans {
+    /// Runs `rows` (one micro-batch) forward, and backward when `train`.
+    fn run(
+        &mut self,
+        (gpu, net): (&Gpu, &TrainableNetwork),
+        data: &CutData,
+        rows: &[u32],
+        train: bool,
+        t: &mut Tally,
+    ) -> Result<()> {
+        let mut cut = Vec::new();
+        for &r in rows {
+            let values = data.cut[r as usize]
+                .as_ref()
+                .expect("cut activations of this image");
+            cut.extend(values.iter().map(|v| v.to_f32()));
+        }
+        let labels: Vec<u32> = rows.iter().map(|&r| data.labels[r as usize]).collect();
+        let scale = self.scale;
+        let plan = (self.by_size.entry(rows.len() as u32))
+            .or_insert_with(|| StepPlan::new(gpu, net, rows.len() as u32, scale));
+        plan.load(gpu, &cut, &labels);
+        let result = plan.run(gpu, train)?;
+        t.add(&result.probabilities, &result.losses, &labels);
+        Ok(())
+    }
+
+    fn evaluate(
+        &mut self,
+        on: (&Gpu, &TrainableNetwork),
+        data: &CutData,
+        rows: &[u32],
+        micro: u32,
+    ) -> Result<(f32, f32)> {
+        let mut t = Tally::default();
+        for chunk in rows.chunks(micro as usize) {
+            self.run(on, data, chunk, false, &mut t)?;
+        }
+        Ok(t.means())
+    }
+}
+
+/// The largest micro-batch (at most `batch`) whose activations and gradients
+/// fit the memory budget and whose largest tensor fits one binding.
+pub fn micro_batch(gpu: &Gpu, net: &TrainableNetwork, batch: u32) -> (u32, u64) {
+    let one = StepPlan::bytes_per_image(net);
+    let largest = StepPlan::largest_tensor_bytes(net);
+    let fits = (MEMORY_BUDGET / one)
+        .min(gpu.max_binding_bytes() / largest)
+        .max(1);
+    let micro = (batch as u64).min(fits) as u32;
+    (micro, micro as u64 * one)
+}
+
+pub fn fine_tune(
+    gpu: &Gpu,
+    net: &mut TrainableNetwork,
+    data: &CutData,
+    settings: &FineTuneSettings,
+    rng: &mut StdRng,
+    on_epoch: &mut dyn FnMut(&EpochRecord),
+) -> Result<FineTuned> {
+    let batch = settings.batch_size.min(data.train.len() as u32).max(1);
+    let (micro, micro_bytes) = micro_batch(gpu, net, batch);
+    let steps_per_epoch = data.train.len() as u32 / batch;
+    let total_steps = steps_per_epoch * settings.epochs;
+    let mut plans = Plans {
+        scale: 1.0 / batch as f32,
+        by_size: HashMap::new(),
+    };
+    let started = Instant::now();
+    let (train_loss, train_accuracy) = plans.evaluate((gpu, net), data, &data.train, micro)?;
+    let mut record = validation(gpu, net, &mut plans, data, micro)?;
+    (record.train_cross_entropy, record.train_accuracy) = (train_loss, train_accuracy);
+    record.seconds = started.elapsed().as_secs_f64();
+    on_epoch(&record);
+    let mut epochs = vec![record];
+    let (mut best_epoch, mut best) = (0, net.download(gpu)?);
+    let mut train = data.train.clone();
+    let mut step = 0;
+    for epoch in 1..=settings.epochs {
+        let started = Instant::now();
+        train.shuffle(rng);
+        let bar = progress_bar(
+            &format!("epoch {epoch}/{}", settings.epochs),
+            (steps_per_epoch * batch) as usize,
+            "images",
+        );
+        let mut tally = Tally::default();
+        let mut lr = 0.0;
+        for rows in train.chunks_exact(batch as usize) {
+            for chunk in rows.chunks(micro as usize) {
+                plans.run((gpu, net), data, chunk, true, &mut tally)?;
+            }
+            lr = settings.learning_rate_at(step, total_steps);
+            net.update(gpu, lr);
+            step += 1;
+            bar.inc(batch as u64);
+        }
+        bar.finish_and_clear();
+        let mut record = validation(gpu, net, &mut plans, data, micro)?;
+        // The training numbers as the epoch trained (the parameters moving).
+        (record.train_cross_entropy, record.train_accuracy) = tally.means();
+        (record.epoch, record.learning_rate) = (epoch, lr);
+        record.seconds = started.elapsed().as_secs_f64();
+        on_epoch(&record);
+        let improved = record.better_than(&epochs[best_epoch as usize]);
+        epochs.push(record);
+        if improved {
+            best_epoch = epoch;
+            best = net.download(gpu)?;
+        } else if settings.patience > 0
+            && epoch - best_epoch >= settings.patience
+            && epoch < settings.epochs
+        {
+            log::info!(
+                "Fine-tuning stopped early: no better validation for {} epochs",
+                settings.patience
+            );
+            break;
+        }
+    }
+    let head = |name: &str| {
+        best.iter()
+            .find(|t| t.name == name)
+            .expect("head tensor")
+            .data
+            .clone()
+    };
+    let head = (head(HEAD_WEIGHTS), head(HEAD_BIASES));
+    let tensors = match best_epoch {
+        0 => Vec::new(),
+        _ => best
+            .into_iter()
+            .filter(|t| t.name != HEAD_WEIGHTS && t.name != HEAD_BIASES)
+            .collect(),
+    };
+    Ok(FineTuned {
+        tensors,
+        head,
+        epochs,
+        best_epoch,
+        micro_batch: micro,
+        micro_batch_bytes: micro_bytes,
+    })
+}
+
+/// A record with the validation images' numbers at the current parameters
+/// (the rest filled in by the caller).
+fn validation(
+    gpu: &Gpu,
+    net: &TrainableNetwork,
+    plans: &mut Plans,
+    data: &CutData,
+    micro: u32,
+) -> Result<EpochRecord> {
+    let validation = match data.validation.is_empty() {
+        true => None,
+        false => Some(plans.evaluate((gpu, net), data, &data.validation, micro)?),
+    };
+    Ok(EpochRecord {
+        epoch: 0,
+        learning_rate: 0.0,
+        train_cross_entropy: 0.0,
+        train_accuracy: 0.0,
+        validation_cross_entropy: validation.map(|v| v.0),
+        validation_accuracy: validation.map(|v| v.1),
+        seconds: 0.0,
+    })
+}
