@@ -28,7 +28,6 @@ use retrain::convert::default_weights;
 use retrain::data::{images, loader};
 use retrain::engine::{Engine, Merging};
 use retrain::gpu::kernels::ConvVariant;
-use retrain::gpu::params::ConvParams;
 use retrain::gpu::timer::GpuTimer;
 use retrain::gpu::tuning::shape_key;
 use retrain::gpu::Gpu;

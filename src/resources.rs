@@ -14,7 +14,10 @@ pub fn available_disk(dir: &Path) -> Option<u64> {
     ok.then(|| {
         // SAFETY: statvfs succeeded, so it filled `stats`.
         let stats = unsafe { stats.assume_init() };
-        stats.f_bavail as u64 * stats.f_frsize as u64
+        // The fields are narrower than u64 on some platforms.
+        #[allow(clippy::unnecessary_cast)]
+        let bytes = stats.f_bavail as u64 * stats.f_frsize as u64;
+        bytes
     })
 }
 

@@ -255,19 +255,9 @@ fn layer_tensors(
     weight_shape: &[usize],
     outputs: usize,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
-    let floats = |tensor: &str, shape: &[usize]| -> Result<Vec<f32>> {
-        let bytes = file.tensor_bytes(tensor, shape)?;
-        Ok(match file.half_weights() && tensor.ends_with(".weight") {
-            true => bytemuck::pod_collect_to_vec::<u8, half::f16>(bytes)
-                .iter()
-                .map(|h| h.to_f32())
-                .collect(),
-            false => bytemuck::pod_collect_to_vec(bytes),
-        })
-    };
     Ok((
-        floats(&format!("{name}.weight"), weight_shape)?,
-        floats(&format!("{name}.bias"), &[outputs])?,
+        file.tensor_f32(&format!("{name}.weight"), weight_shape)?,
+        file.tensor_f32(&format!("{name}.bias"), &[outputs])?,
     ))
 }
 

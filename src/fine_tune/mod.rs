@@ -4,6 +4,7 @@
 //! (network.rs) and one pass per batch size (step.rs).
 
 pub mod blocks;
+pub mod distorted;
 pub mod network;
 pub mod settings;
 pub mod step;

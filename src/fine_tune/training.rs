@@ -23,12 +23,40 @@ use std::time::Instant;
 const MEMORY_BUDGET: u64 = 1 << 30;
 
 /// The cached cut activations and labels, and which examples train and validate.
+#[derive(Clone)]
 pub struct CutData<'a> {
     /// Each example's activations at the cut (f16), for the ones used here.
     pub cut: &'a [Option<Vec<f16>>],
     pub labels: &'a [u32],
     pub train: Vec<u32>,
     pub validation: Vec<u32>,
+}
+
+/// Where each training micro-batch's activations at the cut come from: the
+/// cache, or the frozen part run on freshly distorted images (distorted.rs).
+pub trait CutSource {
+    /// The activations of examples `rows`, [rows.len(), cut size].
+    fn cut(&mut self, rows: &[u32], rng: &mut StdRng) -> Result<Vec<f32>>;
+}
+
+impl CutSource for CutData<'_> {
+    fn cut(&mut self, rows: &[u32], _: &mut StdRng) -> Result<Vec<f32>> {
+        Ok(self.cached(rows))
+    }
+}
+
+impl CutData<'_> {
+    /// The cached activations of examples `rows`, as f32.
+    fn cached(&self, rows: &[u32]) -> Vec<f32> {
+        let mut cut = Vec::new();
+        for &r in rows {
+            let values = self.cut[r as usize]
+                .as_ref()
+                .expect("cut activations of this image");
+            cut.extend(values.iter().map(|v| v.to_f32()));
+        }
+        cut
+    }
 }
 
 /// One epoch's numbers (epoch 0: before fine-tuning).
@@ -106,27 +134,21 @@ struct Plans {
 }
 
 impl Plans {
-    /// Runs `rows` (one micro-batch) forward, and backward when `train`.
+    /// Runs one micro-batch (the activations `cut` of examples `rows`)
+    /// forward, and backward when `train`.
     fn run(
         &mut self,
         (gpu, net): (&Gpu, &TrainableNetwork),
         data: &CutData,
-        rows: &[u32],
+        (rows, cut): (&[u32], &[f32]),
         train: bool,
         t: &mut Tally,
     ) -> Result<()> {
-        let mut cut = Vec::new();
-        for &r in rows {
-            let values = data.cut[r as usize]
-                .as_ref()
-                .expect("cut activations of this image");
-            cut.extend(values.iter().map(|v| v.to_f32()));
-        }
         let labels: Vec<u32> = rows.iter().map(|&r| data.labels[r as usize]).collect();
         let scale = self.scale;
         let plan = (self.by_size.entry(rows.len() as u32))
             .or_insert_with(|| StepPlan::new(gpu, net, rows.len() as u32, scale));
-        plan.load(gpu, &cut, &labels);
+        plan.load(gpu, cut, &labels);
         let result = plan.run(gpu, train)?;
         t.add(&result.probabilities, &result.losses, &labels);
         Ok(())
@@ -141,7 +163,7 @@ impl Plans {
     ) -> Result<(f32, f32)> {
         let mut t = Tally::default();
         for chunk in rows.chunks(micro as usize) {
-            self.run(on, data, chunk, false, &mut t)?;
+            self.run(on, data, (chunk, &data.cached(chunk)), false, &mut t)?;
         }
         Ok(t.means())
     }
@@ -159,10 +181,13 @@ pub fn micro_batch(gpu: &Gpu, net: &TrainableNetwork, batch: u32) -> (u32, u64) 
     (micro, micro as u64 * one)
 }
 
+/// Fine-tunes `net` on the training examples of `data` (their activations
+/// from `source`), validating on the cached activations of its validation
+/// examples after every epoch.
 pub fn fine_tune(
     gpu: &Gpu,
     net: &mut TrainableNetwork,
-    data: &CutData,
+    (data, source): (&CutData, &mut dyn CutSource),
     settings: &FineTuneSettings,
     rng: &mut StdRng,
     on_epoch: &mut dyn FnMut(&EpochRecord),
@@ -197,7 +222,8 @@ pub fn fine_tune(
         let mut lr = 0.0;
         for rows in train.chunks_exact(batch as usize) {
             for chunk in rows.chunks(micro as usize) {
-                plans.run((gpu, net), data, chunk, true, &mut tally)?;
+                let cut = source.cut(chunk, rng)?;
+                plans.run((gpu, net), data, (chunk, &cut), true, &mut tally)?;
             }
             lr = settings.learning_rate_at(step, total_steps);
             net.update(gpu, lr);

@@ -93,9 +93,6 @@ fn validate_fine_tuning(a: &TrainArgs) -> Result<()> {
             a.fine_tune_weight_decay
         );
     }
-    if a.distortions().any() {
-        bail!("--fine-tune with distortions (--flip-left-right, --random-crop, --random-scale, --random-brightness) is not supported yet: fine-tuning trains on cached activations of the undistorted images");
-    }
     Ok(())
 }
 

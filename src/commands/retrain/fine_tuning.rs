@@ -1,6 +1,7 @@
 //! The run's fine-tuning phase: checked before any work (the block exists,
 //! the cut's cached activations fit on disk and in memory), then the kept
-//! head and the top blocks trained together from the cached activations, one
+//! head and the top blocks trained together from the cached activations (or,
+//! with distortions, from the frozen part run on distorted images), one
 //! log line (and TensorBoard scalars) per epoch; the classifier then carries
 //! the fine-tuned tensors, and the engine is rebuilt with them for the final
 //! test, exactly as `classify` will run it.
@@ -11,6 +12,7 @@ use crate::data::bottleneck_cache::BottleneckCache;
 use crate::data::dataset::{Dataset, Set};
 use crate::engine::Engine;
 use crate::fine_tune::blocks::TrainableBlocks;
+use crate::fine_tune::distorted::DistortedCuts;
 use crate::fine_tune::network::TrainableNetwork;
 use crate::fine_tune::settings::{FineTuneSettings, Rule};
 use crate::fine_tune::training::{fine_tune, CutData, EpochRecord};
@@ -92,13 +94,12 @@ impl Prepared {
     /// beat the frozen head).
     pub fn run(
         self,
-        engine: &Engine,
-        file: &WeightFile,
+        (engine, file): (&mut Engine, &WeightFile),
+        args: &TrainArgs,
         classifier: &mut Classifier,
         b: &Bottlenecks,
         (train, validation): (&[Vec<u32>], &[Vec<u32>]),
         rng: &mut StdRng,
-        summaries: Option<&std::path::Path>,
     ) -> Result<FineTuningMetrics> {
         let Prepared {
             settings,
@@ -107,7 +108,7 @@ impl Prepared {
         } = self;
         let (from, cut) = (blocks.from.clone(), blocks.cut.clone());
         let trained_layers = blocks.layers().count();
-        let gpu = &engine.gpu;
+        let gpu = &engine.gpu.clone();
         let head = (&classifier.weights[..], &classifier.biases[..]);
         let mut net = TrainableNetwork::new(gpu, blocks, file, head, &settings)?;
         log::info!(
@@ -124,6 +125,7 @@ impl Prepared {
             train: train.concat(),
             validation: validation.concat(),
         };
+        let summaries = args.summaries_dir.as_deref();
         let mut writer = summaries
             .map(|d| SummaryWriter::create(&d.join("fine_tune")))
             .transpose()?;
@@ -135,7 +137,31 @@ impl Prepared {
                 }
             }
         };
-        let tuned = fine_tune(gpu, &mut net, &data, &settings, rng, &mut on_epoch)?;
+        let distortions = args.distortions();
+        let tuned = if distortions.any() {
+            log::info!("Distorting training images ({distortions:?}): every step runs its images through the frozen part up to {cut}");
+            let paths = b.examples.iter().map(|e| e.path.clone()).collect();
+            let cache = args.image_cache_mb << 20;
+            let mut source = DistortedCuts::new(engine, distortions, &cut, paths, cache);
+            fine_tune(
+                gpu,
+                &mut net,
+                (&data, &mut source),
+                &settings,
+                rng,
+                &mut on_epoch,
+            )?
+        } else {
+            let mut source = data.clone();
+            fine_tune(
+                gpu,
+                &mut net,
+                (&data, &mut source),
+                &settings,
+                rng,
+                &mut on_epoch,
+            )?
+        };
         match tuned.best_epoch {
             0 => log::warn!("fine-tuning never beat the frozen head on the validation images: keeping the base network and the head as they were"),
             e => log::info!("Keeping epoch {e}'s parameters (the best on the validation images)"),

@@ -100,16 +100,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let fine_tuned = match fine_tune {
         Some(f) => {
             let sets = (&sets[0][..], &sets[1][..]);
-            let summaries = args.summaries_dir.as_deref();
-            Some(f.run(
-                &engine,
-                &file,
-                &mut classifier,
-                &b,
-                sets,
-                &mut rng,
-                summaries,
-            )?)
+            let base = (&mut engine, &file);
+            Some(f.run(base, args, &mut classifier, &b, sets, &mut rng)?)
         }
         None => None,
     };
