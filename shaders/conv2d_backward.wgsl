@@ -30,15 +30,43 @@
 // of 256-wide workgroups (x + y·groups_x·256).
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> grad_out: array<f32>;
 @group(0) @binding(2) var<storage, read> weights: array<f32>;
-@group(0) @binding(3) var<storage, read> input: array<f32>;
 @group(0) @binding(4) var<storage, read_write> grad_in: array<f32>;
 @group(0) @binding(5) var<storage, read_write> grad_weights: array<f32>;
 @group(0) @binding(6) var<storage, read_write> grad_bias: array<f32>;
+// The operands read four channels at a time, one f32 each; when every
+// channel count, stride and offset is a multiple of 4 the host swaps in
+// vec4 bindings (one load each) for this block.
+// OPERANDS BEGIN
+@group(0) @binding(1) var<storage, read> grad_out: array<f32>;
+@group(0) @binding(3) var<storage, read> input: array<f32>;
 @group(0) @binding(7) var<storage, read_write> weights_t: array<f32>;
+fn grad_at(i: u32) -> f32 {
+    return grad_out[i];
+}
+// Channels c0 .. c0+3 of the pixel starting at `base`; past `count`, the last again.
+fn grad_quad(base: u32, c0: u32, count: u32) -> vec4<f32> {
+    let last = count - 1u;
+    return vec4<f32>(grad_out[base + min(c0, last)], grad_out[base + min(c0 + 1u, last)],
+                     grad_out[base + min(c0 + 2u, last)], grad_out[base + min(c0 + 3u, last)]);
+}
+fn input_quad(base: u32, c0: u32, count: u32) -> vec4<f32> {
+    let last = count - 1u;
+    return vec4<f32>(input[base + min(c0, last)], input[base + min(c0 + 1u, last)],
+                     input[base + min(c0 + 2u, last)], input[base + min(c0 + 3u, last)]);
+}
+fn weights_t_quad(base: u32, c0: u32, count: u32) -> vec4<f32> {
+    let last = count - 1u;
+    return vec4<f32>(weights_t[base + min(c0, last)], weights_t[base + min(c0 + 1u, last)],
+                     weights_t[base + min(c0 + 2u, last)], weights_t[base + min(c0 + 3u, last)]);
+}
+fn store_weight_t(i: u32, v: f32) {
+    weights_t[i] = v;
+}
+// OPERANDS END
 
-// Channels per invocation along each tiled axis.
+// Channels (and input_grad's pixels) per invocation along each tiled axis:
+// the four lanes of a vec4.
 const TILE: u32 = 4u;
 
 fn element_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
@@ -68,7 +96,7 @@ fn transpose_weights(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     let ci = index % p.in_c;
     let co = (index / p.in_c) % p.out_c;
     let tap = index / (p.in_c * p.out_c);
-    weights_t[index] = weights[(tap * p.in_c + ci) * p.out_c + co];
+    store_weight_t(index, weights[(tap * p.in_c + ci) * p.out_c + co]);
 }
 
 // input_grad: each invocation sums TILE input channels of TILE consecutive
@@ -85,11 +113,6 @@ fn input_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     }
     let ci0 = (index % channel_groups) * TILE;
     let pixel0 = (index / channel_groups) * TILE;
-    // Channels past in_c read the last one's weights and are not written.
-    var ci: array<u32, TILE>;
-    for (var j = 0u; j < TILE; j++) {
-        ci[j] = min(ci0 + j, p.in_c - 1u);
-    }
     var iy: array<u32, TILE>;
     var ix: array<u32, TILE>;
     var img: array<u32, TILE>;
@@ -99,7 +122,8 @@ fn input_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
         iy[i] = (pixel / p.in_w) % p.in_h;
         img[i] = pixel / (p.in_w * p.in_h);
     }
-    var acc: array<array<f32, TILE>, TILE>;
+    // acc[i][j]: pixel i, channel ci0 + j (past in_c: computed, not written).
+    var acc: array<vec4<f32>, TILE>;
     for (var ky = 0u; ky < p.kernel_h; ky++) {
         for (var kx = 0u; kx < p.kernel_w; kx++) {
             // Each pixel's output gradient row for this tap, if it has one.
@@ -114,16 +138,10 @@ fn input_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
             }
             let w_tap = (ky * p.kernel_w + kx) * p.out_c;
             for (var co = 0u; co < p.out_c; co++) {
-                let w0 = (w_tap + co) * p.in_c;
-                var w: array<f32, TILE>;
-                for (var j = 0u; j < TILE; j++) {
-                    w[j] = weights_t[w0 + ci[j]];
-                }
+                let w = weights_t_quad((w_tap + co) * p.in_c, ci0, p.in_c);
                 for (var i = 0u; i < TILE; i++) {
-                    let g = select(0.0, grad_out[g0[i] + co], valid[i]);
-                    for (var j = 0u; j < TILE; j++) {
-                        acc[i][j] = fma(g, w[j], acc[i][j]);
-                    }
+                    let g = select(0.0, grad_at(g0[i] + co), valid[i]);
+                    acc[i] = fma(vec4<f32>(g), w, acc[i]);
                 }
             }
         }
@@ -157,14 +175,9 @@ fn weight_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let tap = index / (co_groups * ci_groups);
     let kx = tap % p.kernel_w;
     let ky = tap / p.kernel_w;
-    // Channels past in_c or out_c read the last one and are not written.
-    var ci: array<u32, TILE>;
-    var co: array<u32, TILE>;
-    for (var j = 0u; j < TILE; j++) {
-        ci[j] = min(ci0 + j, p.in_c - 1u);
-        co[j] = min(co0 + j, p.out_c - 1u);
-    }
-    var acc: array<array<f32, TILE>, TILE>;
+    // acc[a][b]: input channel ci0 + a, output channel co0 + b (past in_c or
+    // out_c: computed from repeated values, not written).
+    var acc: array<vec4<f32>, TILE>;
     for (var img = 0u; img < p.batch; img++) {
         for (var oy = 0u; oy < p.out_h; oy++) {
             let iy = i32(oy * p.stride_h + ky) - i32(p.pad_top);
@@ -174,16 +187,10 @@ fn weight_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
                 if (ix < 0 || ix >= i32(p.in_w)) { continue; }
                 let x0 = ((img * p.in_h + u32(iy)) * p.in_w + u32(ix)) * p.in_stride + p.in_offset;
                 let g0 = ((img * p.out_h + oy) * p.out_w + ox) * p.out_stride + p.out_offset;
-                var x: array<f32, TILE>;
-                var g: array<f32, TILE>;
-                for (var j = 0u; j < TILE; j++) {
-                    x[j] = input[x0 + ci[j]];
-                    g[j] = grad_out[g0 + co[j]];
-                }
+                let x = input_quad(x0, ci0, p.in_c);
+                let g = grad_quad(g0, co0, p.out_c);
                 for (var a = 0u; a < TILE; a++) {
-                    for (var b = 0u; b < TILE; b++) {
-                        acc[a][b] = fma(x[a], g[b], acc[a][b]);
-                    }
+                    acc[a] = fma(vec4<f32>(x[a]), g, acc[a]);
                 }
             }
         }
@@ -205,7 +212,7 @@ fn bias_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     }
     var acc = 0.0;
     for (var row = 0u; row < p.m; row++) {
-        acc += grad_out[row * p.out_stride + p.out_offset + co];
+        acc += grad_at(row * p.out_stride + p.out_offset + co);
     }
     grad_bias[co] += acc;
 }

@@ -91,8 +91,16 @@ fn out_size(input: u32, k: u32, stride: u32, before: u32, after: u32) -> u32 {
 }
 
 /// A random conv of `kernel` and `stride`, padded (a random TensorFlow-like
-/// split) or not, reading and writing channel slices.
-fn random_conv(rng: &mut StdRng, kernel: (u32, u32), stride: u32, padded: bool) -> ConvParams {
+/// split) or not, reading and writing channel slices; with `aligned`, every
+/// channel count, stride and offset a multiple of 4 (the vec4 kernels).
+fn random_conv(
+    rng: &mut StdRng,
+    kernel: (u32, u32),
+    stride: u32,
+    padded: bool,
+    aligned: bool,
+) -> ConvParams {
+    let a = |v: u32| if aligned { 4 * v } else { v };
     let (kh, kw) = kernel;
     let pads = |rng: &mut StdRng, k: u32| match padded {
         true => (rng.random_range(0..k), rng.random_range(0..k)),
@@ -102,14 +110,14 @@ fn random_conv(rng: &mut StdRng, kernel: (u32, u32), stride: u32, padded: bool) 
     let batch = rng.random_range(1..=3);
     let in_h = rng.random_range(kh.max(2)..12);
     let in_w = rng.random_range(kw.max(2)..12);
-    let in_c = rng.random_range(1..24);
-    let out_c = rng.random_range(1..24);
+    let in_c = a(rng.random_range(1..24));
+    let out_c = a(rng.random_range(1..24));
     let (out_h, out_w) = (
         out_size(in_h, kh, stride, top, bottom),
         out_size(in_w, kw, stride, left, right),
     );
-    let in_offset = rng.random_range(0..5);
-    let out_offset = rng.random_range(0..5);
+    let in_offset = a(rng.random_range(0..5));
+    let out_offset = a(rng.random_range(0..5));
     ConvParams {
         batch,
         in_h,
@@ -125,18 +133,18 @@ fn random_conv(rng: &mut StdRng, kernel: (u32, u32), stride: u32, padded: bool) 
         stride_w: stride,
         pad_top: top,
         pad_left: left,
-        in_stride: in_offset + in_c + rng.random_range(0..5),
+        in_stride: in_offset + in_c + a(rng.random_range(0..5)),
         in_offset,
-        out_stride: out_offset + out_c + rng.random_range(0..5),
+        out_stride: out_offset + out_c + a(rng.random_range(0..5)),
         out_offset,
         ..Default::default()
     }
 }
 
-fn check_conv(seed: u64, kernel: (u32, u32), stride: u32, padded: bool) {
+fn check_conv(seed: u64, kernel: (u32, u32), stride: u32, padded: bool, aligned: bool) {
     let gpu = &gpu().0;
     let mut rng = rng(seed);
-    let p = random_conv(&mut rng, kernel, stride, padded);
+    let p = random_conv(&mut rng, kernel, stride, padded, aligned);
     let in_pixels = p.batch * p.in_h * p.in_w;
     let input = sliced(&mut rng, in_pixels, p.in_stride, p.in_offset, p.in_c);
     let grad_out = sliced(&mut rng, p.m, p.out_stride, p.out_offset, p.out_c);
@@ -169,7 +177,7 @@ fn check_conv(seed: u64, kernel: (u32, u32), stride: u32, padded: bool) {
         upload(gpu, &grad_w),
         upload(gpu, &grad_b),
     );
-    let what = format!("conv {kernel:?} stride {stride} padded {padded}: {p:?}");
+    let what = format!("conv {kernel:?} stride {stride} padded {padded} aligned {aligned}: {p:?}");
     let transposed = poisoned(gpu, weights.len());
     let [t, d] = backward().conv_input_grad(gpu, &p, &bgo, (&bw, &transposed), &bgi);
     check(
@@ -204,8 +212,11 @@ fn conv_gradients_match_the_reference() {
     for kernel in shapes {
         for stride in [1, 2] {
             for padded in [false, true] {
-                seed += 1;
-                check_conv(seed, kernel, stride, padded);
+                // Unaligned channels run the scalar kernels, aligned ones the vec4 kernels.
+                for aligned in [false, true] {
+                    seed += 1;
+                    check_conv(seed, kernel, stride, padded, aligned);
+                }
             }
         }
     }

@@ -5,22 +5,63 @@
 //! caller zeroes gradient buffers once per step and sums into them.
 
 use super::context::Gpu;
-use super::kernels::{grid, pipeline, Dispatch, PoolKind, POOL_GROUP};
+use super::kernels::{grid, pipeline, vec4_aligned, Dispatch, PoolKind, POOL_GROUP};
 use super::params::{
     ActivationGradParams, ClassifierTrainParams, ConvParams, GlobalPoolParams, OptimizerParams,
     PoolParams,
 };
-use super::shader;
+use super::shader::{self, swap_block};
 use bytemuck::Pod;
 
 /// conv2d_backward.wgsl's TILE: channels per invocation along each tiled axis.
 const CONV_TILE: u32 = 4;
 
+/// conv2d_backward.wgsl's operands as vec4s, for channels aligned to 4.
+const VEC4_OPERANDS: &str = "
+@group(0) @binding(1) var<storage, read> grad_out: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> input: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> weights_t: array<vec4<f32>>;
+fn grad_at(i: u32) -> f32 {
+    return grad_out[i >> 2u][i & 3u];
+}
+fn grad_quad(base: u32, c0: u32, count: u32) -> vec4<f32> {
+    return grad_out[(base + c0) >> 2u];
+}
+fn input_quad(base: u32, c0: u32, count: u32) -> vec4<f32> {
+    return input[(base + c0) >> 2u];
+}
+fn weights_t_quad(base: u32, c0: u32, count: u32) -> vec4<f32> {
+    return weights_t[(base + c0) >> 2u];
+}
+fn store_weight_t(i: u32, v: f32) {
+    weights_t[i >> 2u][i & 3u] = v;
+}
+";
+
+/// conv2d_backward.wgsl's entry points, compiled from one variant of its source.
+struct ConvPipelines {
+    transpose: wgpu::ComputePipeline,
+    input: wgpu::ComputePipeline,
+    weight: wgpu::ComputePipeline,
+    bias: wgpu::ComputePipeline,
+}
+
+impl ConvPipelines {
+    fn new(gpu: &Gpu, source: &str) -> Self {
+        let entry = |name: &str| pipeline(gpu, name, source, name);
+        ConvPipelines {
+            transpose: entry("transpose_weights"),
+            input: entry("input_grad"),
+            weight: entry("weight_grad"),
+            bias: entry("bias_grad"),
+        }
+    }
+}
+
 pub struct BackwardKernels {
-    conv_transpose: wgpu::ComputePipeline,
-    conv_input: wgpu::ComputePipeline,
-    conv_weight: wgpu::ComputePipeline,
-    conv_bias: wgpu::ComputePipeline,
+    /// Reading one f32 at a time, and one vec4 (channels, strides and offsets aligned to 4).
+    conv_scalar: ConvPipelines,
+    conv_vec4: ConvPipelines,
     activation: wgpu::ComputePipeline,
     max_pool: wgpu::ComputePipeline,
     avg_pool: wgpu::ComputePipeline,
@@ -56,14 +97,12 @@ pub struct OptimizerBuffers<'a> {
 
 impl BackwardKernels {
     pub fn new(gpu: &Gpu) -> Self {
-        let conv = |entry: &str| pipeline(gpu, entry, shader::CONV2D_BACKWARD, entry);
+        let vec4_source = swap_block(shader::CONV2D_BACKWARD, "OPERANDS", VEC4_OPERANDS);
         let pool = |entry: &str| pipeline(gpu, entry, shader::POOL_BACKWARD, entry);
         let classifier = |entry: &str| pipeline(gpu, entry, shader::CLASSIFIER_TRAIN, entry);
         BackwardKernels {
-            conv_transpose: conv("transpose_weights"),
-            conv_input: conv("input_grad"),
-            conv_weight: conv("weight_grad"),
-            conv_bias: conv("bias_grad"),
+            conv_scalar: ConvPipelines::new(gpu, shader::CONV2D_BACKWARD),
+            conv_vec4: ConvPipelines::new(gpu, &vec4_source),
             activation: pipeline(
                 gpu,
                 "activation_backward",
@@ -84,6 +123,23 @@ impl BackwardKernels {
             classifier_weight_grads: classifier("weight_grads"),
             classifier_feature_grads: classifier("feature_grads"),
             max_groups: gpu.limits.max_compute_workgroups_per_dimension,
+        }
+    }
+
+    /// The conv gradient pipelines for `p`: vec4 reads when its channels,
+    /// strides and offsets allow.
+    fn conv_pipelines(&self, p: &ConvParams) -> &ConvPipelines {
+        let channels = [
+            p.in_c,
+            p.in_stride,
+            p.in_offset,
+            p.out_c,
+            p.out_stride,
+            p.out_offset,
+        ];
+        match vec4_aligned(&channels) {
+            true => &self.conv_vec4,
+            false => &self.conv_scalar,
         }
     }
 
@@ -118,9 +174,10 @@ impl BackwardKernels {
         let pixels = p.batch as u64 * p.in_h as u64 * p.in_w as u64;
         let count = pixels.div_ceil(CONV_TILE as u64) * p.in_c.div_ceil(CONV_TILE) as u64;
         let buffers = [(1, grad_out), (7, weights_t), (4, grad_in)];
+        let pipelines = self.conv_pipelines(p);
         [
-            self.launch(gpu, &self.conv_transpose, p, &transpose, weight_count),
-            self.launch(gpu, &self.conv_input, p, &buffers, count),
+            self.launch(gpu, &pipelines.transpose, p, &transpose, weight_count),
+            self.launch(gpu, &pipelines.input, p, &buffers, count),
         ]
     }
 
@@ -137,9 +194,10 @@ impl BackwardKernels {
         let weights = (p.kernel_h * p.kernel_w) as u64 * blocks;
         let buffers = [(1, grad_out), (3, input), (5, grad_weights)];
         let bias_buffers = [(1, grad_out), (6, grad_bias)];
+        let pipelines = self.conv_pipelines(p);
         [
-            self.launch(gpu, &self.conv_weight, p, &buffers, weights),
-            self.launch(gpu, &self.conv_bias, p, &bias_buffers, p.out_c as u64),
+            self.launch(gpu, &pipelines.weight, p, &buffers, weights),
+            self.launch(gpu, &pipelines.bias, p, &bias_buffers, p.out_c as u64),
         ]
     }
 
