@@ -12,28 +12,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
-use common::{example_folder, retrain, stderr};
+use common::{example_folder, image_folder_from, retrain, stderr};
 
-fn dataset(class: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/datasets/webstyle-dev")
-        .join(class)
+/// ../shared/datasets/webstyle-dev.
+fn dev_screenshots() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/webstyle-dev")
 }
 
-/// A folder `images/{broken,normal}` with `per_class` images each (plus extra files).
+/// A folder `images/{broken,normal}` with `per_class` dev screenshots each.
 fn image_folder(root: &Path, per_class: usize) {
-    for class in ["broken", "normal"] {
-        let dest = root.join("images").join(class);
-        std::fs::create_dir_all(&dest).unwrap();
-        let mut files: Vec<_> = std::fs::read_dir(dataset(class))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        for f in files.iter().take(per_class) {
-            std::fs::copy(f, dest.join(f.file_name().unwrap())).unwrap();
-        }
-    }
+    image_folder_from(&dev_screenshots(), root, per_class);
 }
 
 const TRAIN: &[&str] = &[
@@ -309,7 +297,7 @@ fn one_class_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("images/only")).unwrap();
     std::fs::copy(
-        dataset("normal").join("ws_03ef0dbdf2.jpg"),
+        dev_screenshots().join("normal/ws_03ef0dbdf2.jpg"),
         dir.path().join("images/only/a.jpg"),
     )
     .unwrap();

@@ -6,9 +6,9 @@
 
 use super::backward::{self, activation_grad, conv_input_grad, conv_parameter_grads};
 use crate::gpu::lowering::{
-    activation_code, conv_params, global_pool_params, pool_kind, pool_params,
+    activation_grad_params, conv_params, global_pool_params, pool_kind, pool_params,
 };
-use crate::gpu::params::{ActivationGradParams, ClassifierTrainParams};
+use crate::gpu::params::ClassifierTrainParams;
 use crate::model::graph::{Graph, Op, TensorId};
 use std::collections::BTreeMap;
 
@@ -101,14 +101,7 @@ pub fn loss_and_gradients(
         match op {
             Op::Conv(c) => {
                 let p = conv_params(graph, c, batch);
-                let mask = ActivationGradParams {
-                    rows: p.m,
-                    channels: p.out_c,
-                    stride: p.out_stride,
-                    offset: p.out_offset,
-                    activation: activation_code(c.activation),
-                    ..Default::default()
-                };
+                let mask = activation_grad_params(graph, c, batch);
                 activation_grad(&mask, &values[out.0], grad_out);
                 let (w, _) = &params.convs[&c.name];
                 let (gw, gb) = grads.convs.get_mut(&c.name).expect("conv");

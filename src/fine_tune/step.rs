@@ -8,9 +8,9 @@ use super::network::{TrainableNetwork, HEAD_BIASES, HEAD_WEIGHTS};
 use crate::gpu::backward::ClassifierBuffers;
 use crate::gpu::kernels::Dispatch;
 use crate::gpu::lowering::{
-    activation_code, conv_params, global_pool_params, pool_kind, pool_params,
+    activation_grad_params, conv_params, global_pool_params, pool_kind, pool_params,
 };
-use crate::gpu::params::{ActivationGradParams, ClassifierTrainParams};
+use crate::gpu::params::ClassifierTrainParams;
 use crate::gpu::Gpu;
 use crate::model::graph::{Op, TensorId};
 use anyhow::Result;
@@ -262,14 +262,7 @@ fn backward_dispatches<'a>(
         Op::Conv(c) => {
             let p = conv_params(graph, c, batch);
             let (input, output) = (c.input.tensor, c.output.tensor);
-            let mask = ActivationGradParams {
-                rows: p.m,
-                channels: p.out_c,
-                stride: p.out_stride,
-                offset: p.out_offset,
-                activation: activation_code(c.activation),
-                ..Default::default()
-            };
+            let mask = activation_grad_params(graph, c, batch);
             let weights = net.parameter(&c.weight_name());
             let bias = net.parameter(&c.bias_name());
             let macs = p.m as f64 * p.out_c as f64 * (p.kernel_h * p.kernel_w * p.in_c) as f64;

@@ -2,7 +2,9 @@
 //! size — shapes, strides, TF's padding, channel slices, activation.
 
 use super::kernels::PoolKind;
-use super::params::{ConvParams, DepthwiseParams, GlobalPoolParams, PoolParams};
+use super::params::{
+    ActivationGradParams, ConvParams, DepthwiseParams, GlobalPoolParams, PoolParams,
+};
 use crate::model::graph::{Activation, Conv, Depthwise, Graph, Padding, Pool, PoolOp, TensorId};
 
 fn pad_before(padding: Padding, input: u32, window: u32, stride: u32) -> u32 {
@@ -99,6 +101,20 @@ pub fn pool_params(graph: &Graph, p: &Pool, batch: u32) -> PoolParams {
         in_offset: p.input.offset,
         out_stride: o.channels,
         out_offset: p.output.offset,
+    }
+}
+
+/// activation_backward.wgsl's parameters for the gradient through `c`'s
+/// activation at `batch` (its output slice).
+pub fn activation_grad_params(graph: &Graph, c: &Conv, batch: u32) -> ActivationGradParams {
+    let p = conv_params(graph, c, batch);
+    ActivationGradParams {
+        rows: p.m,
+        channels: p.out_c,
+        stride: p.out_stride,
+        offset: p.out_offset,
+        activation: p.activation,
+        ..Default::default()
     }
 }
 

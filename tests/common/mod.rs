@@ -112,10 +112,16 @@ pub fn examples() -> std::path::PathBuf {
 /// A folder `root/images/{broken,normal}` with the first `per_class` example
 /// screenshots of each class.
 pub fn example_folder(root: &Path, per_class: usize) {
+    image_folder_from(&examples(), root, per_class);
+}
+
+/// A folder `root/images/{broken,normal}` with the first `per_class` images
+/// (by name) of each class folder of `source`.
+pub fn image_folder_from(source: &Path, root: &Path, per_class: usize) {
     for class in ["broken", "normal"] {
         let dest = root.join("images").join(class);
         std::fs::create_dir_all(&dest).unwrap();
-        let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(examples().join(class))
+        let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(source.join(class))
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect();

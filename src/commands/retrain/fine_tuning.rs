@@ -15,7 +15,7 @@ use crate::fine_tune::blocks::TrainableBlocks;
 use crate::fine_tune::distorted::DistortedCuts;
 use crate::fine_tune::network::TrainableNetwork;
 use crate::fine_tune::settings::{FineTuneSettings, Rule};
-use crate::fine_tune::training::{fine_tune, CutData, EpochRecord};
+use crate::fine_tune::training::{fine_tune, CutData, CutSource, EpochRecord};
 use crate::head::classifier::Classifier;
 use crate::model::weights::WeightFile;
 use crate::report::run_metrics::FineTuningMetrics;
@@ -138,30 +138,25 @@ impl Prepared {
             }
         };
         let distortions = args.distortions();
-        let tuned = if distortions.any() {
+        let mut cached = data.clone();
+        let mut distorted;
+        let source: &mut dyn CutSource = if distortions.any() {
             log::info!("Distorting training images ({distortions:?}): every step runs its images through the frozen part up to {cut}");
             let paths = b.examples.iter().map(|e| e.path.clone()).collect();
             let cache = args.image_cache_mb << 20;
-            let mut source = DistortedCuts::new(engine, distortions, &cut, paths, cache);
-            fine_tune(
-                gpu,
-                &mut net,
-                (&data, &mut source),
-                &settings,
-                rng,
-                &mut on_epoch,
-            )?
+            distorted = DistortedCuts::new(engine, distortions, &cut, paths, cache);
+            &mut distorted
         } else {
-            let mut source = data.clone();
-            fine_tune(
-                gpu,
-                &mut net,
-                (&data, &mut source),
-                &settings,
-                rng,
-                &mut on_epoch,
-            )?
+            &mut cached
         };
+        let tuned = fine_tune(
+            gpu,
+            &mut net,
+            (&data, source),
+            &settings,
+            rng,
+            &mut on_epoch,
+        )?;
         match tuned.best_epoch {
             0 => log::warn!("fine-tuning never beat the frozen head on the validation images: keeping the base network and the head as they were"),
             e => log::info!("Keeping epoch {e}'s parameters (the best on the validation images)"),
