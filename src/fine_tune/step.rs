@@ -203,12 +203,6 @@ impl StepPlan {
             .max()
             .unwrap_or(4)
     }
-
-    /// Bytes of activations and gradients this plan holds.
-    pub fn bytes(&self) -> u64 {
-        let sizes = self.activations.iter().chain(&self.gradients).flatten();
-        sizes.map(wgpu::Buffer::size).sum()
-    }
 }
 
 /// The op's forward dispatch with the trainable parameters.

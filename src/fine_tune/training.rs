@@ -95,9 +95,8 @@ pub struct FineTuned {
     pub head: (Vec<f32>, Vec<f32>),
     pub epochs: Vec<EpochRecord>,
     pub best_epoch: u32,
-    /// Images per micro-batch, and the activation memory of one.
+    /// Images per micro-batch.
     pub micro_batch: u32,
-    pub micro_batch_bytes: u64,
 }
 
 /// Mean cross-entropy and accuracy of a pass.
@@ -171,14 +170,13 @@ impl Plans {
 
 /// The largest micro-batch (at most `batch`) whose activations and gradients
 /// fit the memory budget and whose largest tensor fits one binding.
-pub fn micro_batch(gpu: &Gpu, net: &TrainableNetwork, batch: u32) -> (u32, u64) {
+pub fn micro_batch(gpu: &Gpu, net: &TrainableNetwork, batch: u32) -> u32 {
     let one = StepPlan::bytes_per_image(net);
     let largest = StepPlan::largest_tensor_bytes(net);
     let fits = (MEMORY_BUDGET / one)
         .min(gpu.max_binding_bytes() / largest)
         .max(1);
-    let micro = (batch as u64).min(fits) as u32;
-    (micro, micro as u64 * one)
+    (batch as u64).min(fits) as u32
 }
 
 /// Fine-tunes `net` on the training examples of `data` (their activations
@@ -193,7 +191,7 @@ pub fn fine_tune(
     on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<FineTuned> {
     let batch = settings.batch_size.min(data.train.len() as u32).max(1);
-    let (micro, micro_bytes) = micro_batch(gpu, net, batch);
+    let micro = micro_batch(gpu, net, batch);
     let steps_per_epoch = data.train.len() as u32 / batch;
     let total_steps = steps_per_epoch * settings.epochs;
     let mut plans = Plans {
@@ -274,7 +272,6 @@ pub fn fine_tune(
         epochs,
         best_epoch,
         micro_batch: micro,
-        micro_batch_bytes: micro_bytes,
     })
 }
 
