@@ -11,6 +11,7 @@ pub mod data;
 pub mod engine;
 pub mod export;
 pub mod fine_tune;
+pub mod fuzz_targets;
 pub mod gpu;
 pub mod head;
 pub mod hex;

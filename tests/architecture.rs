@@ -27,6 +27,7 @@ const LAYERS: &[&str] = &[
     "export",
     "cli",
     "commands",
+    "fuzz_targets",
     "cpu_reference",
 ];
 

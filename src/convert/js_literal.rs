@@ -11,14 +11,21 @@ pub fn parse(text: &str, start: usize) -> Result<(Value, usize)> {
     let mut p = Parser {
         s: text.as_bytes(),
         i: start,
+        depth: 0,
     };
     let v = p.value()?;
     Ok((v, p.i))
 }
 
+/// Deeper nesting than this is refused: a model's topology nests a dozen
+/// levels, and the parser recurses once per level.
+const MAX_DEPTH: usize = 200;
+
 struct Parser<'a> {
     s: &'a [u8],
     i: usize,
+    /// Values being parsed around the current one.
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -38,6 +45,19 @@ impl Parser<'_> {
     }
 
     fn value(&mut self) -> Result<Value> {
+        if self.depth >= MAX_DEPTH {
+            bail!(
+                "the model literal nests deeper than {MAX_DEPTH} levels at byte {}",
+                self.i
+            );
+        }
+        self.depth += 1;
+        let v = self.value_here();
+        self.depth -= 1;
+        v
+    }
+
+    fn value_here(&mut self) -> Result<Value> {
         match self
             .peek()
             .ok_or_else(|| anyhow!("unexpected end of model literal"))?
@@ -202,5 +222,16 @@ mod tests {
     fn reports_truncation() {
         assert!(parse("{a:[1,2", 0).is_err());
         assert!(parse("{a:'x", 0).is_err());
+    }
+
+    #[test]
+    fn refuses_deep_nesting_instead_of_overflowing_the_stack() {
+        for open in ["[", "{a:", "!"] {
+            let text = open.repeat(100_000);
+            let err = parse(&text, 0).unwrap_err().to_string();
+            assert!(err.contains("nests deeper"), "{open}: {err}");
+        }
+        let fine = format!("{}1{}", "[".repeat(150), "]".repeat(150));
+        assert!(parse(&fine, 0).is_ok());
     }
 }

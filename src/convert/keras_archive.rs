@@ -33,12 +33,20 @@ pub fn read(path: &Path) -> Result<SourceWeights> {
     let mut member = |name: &str| zip_member(&mut zip, name, damaged);
     let config: serde_json::Value = serde_json::from_slice(&member(CONFIG)?)
         .map_err(|e| anyhow!("{}: {CONFIG} is not valid JSON: {e}", path.display()))?;
-    let weights = hdf5_pure::File::from_bytes(member(WEIGHTS)?).map_err(|e| {
+    let weights = member(WEIGHTS)?;
+    let stored = weights.len() as u64;
+    let weights = hdf5_pure::File::from_bytes(weights).map_err(|e| {
         anyhow!(
             "{}: {WEIGHTS} is not a readable HDF5 file: {e}",
             path.display()
         )
     })?;
     let what = format!("{} ({WEIGHTS})", path.display());
-    keras_h5::read_file(&weights, Some(&config), &what, "Keras 3 .keras archive")
+    keras_h5::read_file(
+        &weights,
+        stored,
+        Some(&config),
+        &what,
+        "Keras 3 .keras archive",
+    )
 }

@@ -51,18 +51,50 @@ fn layer_of(name: &str) -> Option<(Kind, u32)> {
 /// A stored dataset: path, shape, values.
 type Dataset = (String, Vec<usize>, Vec<f32>);
 
+/// Groups nest a few levels in Keras files; deeper is a damaged file or a
+/// group linked into itself.
+const MAX_GROUP_DEPTH: usize = 16;
+
+/// What `datasets` may still read: values are counted against what the file
+/// can hold, before they are allocated.
+struct Budget {
+    bytes: u64,
+}
+
 /// Every dataset under `group`.
-fn datasets(group: &Group, prefix: &str, out: &mut Vec<Dataset>) -> Result<()> {
+fn datasets(
+    group: &Group,
+    prefix: &str,
+    out: &mut Vec<Dataset>,
+    budget: &mut Budget,
+) -> Result<()> {
+    if prefix.matches('/').count() > MAX_GROUP_DEPTH {
+        bail!("groups nest deeper than {MAX_GROUP_DEPTH} levels at {prefix}");
+    }
     for name in group.datasets()? {
         let ds = group.dataset(&name)?;
-        let shape = ds.shape()?.iter().map(|&d| d as usize).collect();
+        let shape: Vec<usize> = ds.shape()?.iter().map(|&d| d as usize).collect();
+        let bytes = (shape.iter())
+            .try_fold(4u64, |n, &d| n.checked_mul(d as u64))
+            .filter(|&b| b <= budget.bytes)
+            .ok_or_else(|| {
+                anyhow!(
+                    "dataset {prefix}{name} declares shape {shape:?}, more than the file can hold"
+                )
+            })?;
+        budget.bytes -= bytes;
         let data = ds
             .read_f32()
             .map_err(|e| anyhow!("dataset {prefix}{name} is not readable as float32: {e}"))?;
         out.push((format!("{prefix}{name}"), shape, data));
     }
     for name in group.groups()? {
-        datasets(&group.group(&name)?, &format!("{prefix}{name}/"), out)?;
+        datasets(
+            &group.group(&name)?,
+            &format!("{prefix}{name}/"),
+            out,
+            budget,
+        )?;
     }
     Ok(())
 }
@@ -114,8 +146,10 @@ pub fn read(path: &Path) -> Result<SourceWeights> {
             path.display()
         )
     })?;
+    let stored = std::fs::metadata(path).map_or(0, |m| m.len());
     read_file(
         &file,
+        stored,
         config.as_ref(),
         &path.display().to_string(),
         "Keras HDF5",
@@ -131,17 +165,22 @@ fn model_config(file: &File) -> Result<Option<Value>> {
     }
 }
 
-/// The weights of an open Keras HDF5 file (`what` names it in messages and
-/// in the weight file's metadata; `kind` says what it is), mapped by
-/// `config` when given.
+/// The weights of an open Keras HDF5 file of `stored_bytes` (`what` names it
+/// in messages and in the weight file's metadata; `kind` says what it is),
+/// mapped by `config` when given.
 pub fn read_file(
     file: &File,
+    stored_bytes: u64,
     config: Option<&Value>,
     what: &str,
     kind: &str,
 ) -> Result<SourceWeights> {
     let mut all = Vec::new();
-    datasets(&file.root(), "", &mut all).map_err(|e| {
+    // Float32 data, possibly deflated: a hundred times the file is beyond any real one.
+    let mut budget = Budget {
+        bytes: stored_bytes.saturating_mul(100),
+    };
+    datasets(&file.root(), "", &mut all, &mut budget).map_err(|e| {
         anyhow!("{what}: cannot read the HDF5 contents (truncated or damaged?): {e:#}")
     })?;
     let slots: Vec<Option<Slot>> = all.iter().map(|(p, _, _)| slot_of(p)).collect();

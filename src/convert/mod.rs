@@ -396,12 +396,19 @@ pub(crate) fn zip_member<R: std::io::Read + std::io::Seek>(
     name: &str,
     damaged: impl Fn(String) -> anyhow::Error,
 ) -> Result<Vec<u8>> {
-    let mut entry = zip
+    let entry = zip
         .by_name(name)
         .map_err(|e| damaged(format!("{name}: {e}")))?;
+    // Weights deflate by a few percent; a member inflating a hundredfold is a zip bomb.
+    let limit = entry.compressed_size().saturating_mul(100).max(1 << 20);
     let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut entry, &mut bytes)
+    std::io::Read::read_to_end(&mut std::io::Read::take(entry, limit + 1), &mut bytes)
         .map_err(|e| damaged(format!("{name}: {e}")))?;
+    if bytes.len() as u64 > limit {
+        return Err(damaged(format!(
+            "{name} inflates to over {limit} bytes, a hundred times its compressed size"
+        )));
+    }
     Ok(bytes)
 }
 

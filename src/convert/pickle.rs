@@ -46,12 +46,40 @@ impl Value {
     }
 }
 
+/// How deep values may nest: a state dict nests a handful of levels, and
+/// dropping or walking a value recurses once per level.
+const MAX_DEPTH: u32 = 100;
+/// How many values one pickle may make: memo references copy what they name,
+/// so a short pickle could otherwise double a value at every step.
+const MAX_VALUES: u64 = 10_000_000;
+
+/// A value on the machine's stack or in its memo, with its nesting depth
+/// and how many values it holds (itself included).
+#[derive(Clone)]
+struct Sized {
+    value: Value,
+    depth: u32,
+    values: u64,
+}
+
+impl Sized {
+    fn leaf(value: Value) -> Self {
+        Sized {
+            value,
+            depth: 1,
+            values: 1,
+        }
+    }
+}
+
 struct Machine<'a> {
     data: &'a [u8],
     pos: usize,
-    stack: Vec<Value>,
+    stack: Vec<Sized>,
     marks: Vec<usize>,
-    memo: HashMap<u32, Value>,
+    memo: HashMap<u32, Sized>,
+    /// Values made so far.
+    made: u64,
 }
 
 impl<'a> Machine<'a> {
@@ -84,12 +112,40 @@ impl<'a> Machine<'a> {
     fn string(&mut self, n: usize) -> Result<Value> {
         Ok(Value::Str(String::from_utf8(self.take(n)?.to_vec())?))
     }
-    fn pop(&mut self) -> Result<Value> {
+    /// Counts `values` more values made, refusing a pickle that makes too many.
+    fn count(&mut self, values: u64) -> Result<()> {
+        self.made += values;
+        if self.made > MAX_VALUES {
+            bail!("the pickle builds more than {MAX_VALUES} values (not a state dict)");
+        }
+        Ok(())
+    }
+    fn push(&mut self, value: Value) -> Result<()> {
+        self.count(1)?;
+        self.stack.push(Sized::leaf(value));
+        Ok(())
+    }
+    /// Pushes the container `make` builds of `items`.
+    fn push_container(
+        &mut self,
+        make: impl FnOnce(Vec<Value>) -> Value,
+        items: Vec<Sized>,
+    ) -> Result<()> {
+        let (depth, values) = container_size(&items)?;
+        self.count(1)?;
+        self.stack.push(Sized {
+            value: make(items.into_iter().map(|i| i.value).collect()),
+            depth,
+            values,
+        });
+        Ok(())
+    }
+    fn pop(&mut self) -> Result<Sized> {
         self.stack
             .pop()
             .ok_or_else(|| anyhow!("pickle stack underflow"))
     }
-    fn pop_mark(&mut self) -> Result<Vec<Value>> {
+    fn pop_mark(&mut self) -> Result<Vec<Sized>> {
         let mark = self
             .marks
             .pop()
@@ -99,43 +155,51 @@ impl<'a> Machine<'a> {
         }
         Ok(self.stack.split_off(mark))
     }
-    fn top(&mut self) -> Result<&mut Value> {
+    fn top(&mut self) -> Result<&mut Sized> {
         self.stack
             .last_mut()
             .ok_or_else(|| anyhow!("pickle stack underflow"))
     }
+    /// Copies what the memo holds under `key` onto the stack (counted before it is copied).
     fn memo_get(&mut self, key: u32) -> Result<()> {
-        let v = self
-            .memo
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| anyhow!("pickle memo {key} missing"))?;
-        self.stack.push(v);
+        let values = (self.memo.get(&key))
+            .ok_or_else(|| anyhow!("pickle memo {key} missing"))?
+            .values;
+        self.count(values)?;
+        self.stack.push(self.memo[&key].clone());
         Ok(())
     }
     fn memo_put(&mut self, key: u32) -> Result<()> {
+        let values = self.top()?.values;
+        self.count(values)?;
         let v = self.top()?.clone();
         self.memo.insert(key, v);
         Ok(())
     }
-    fn set_items(&mut self, items: Vec<Value>) -> Result<()> {
+    fn set_items(&mut self, items: Vec<Sized>) -> Result<()> {
         if !items.len().is_multiple_of(2) {
             bail!("odd number of dict items in the pickle");
         }
-        let Value::Dict(dict) = self.top()? else {
+        let top = self.top()?;
+        let Value::Dict(dict) = &mut top.value else {
             bail!("pickle: setitems on a non-dict")
         };
+        let (depth, values) = container_size(&items)?;
+        (top.depth, top.values) = (top.depth.max(depth), top.values + values - 1);
         let mut it = items.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            dict.push((k, v));
+            dict.push((k.value, v.value));
         }
         Ok(())
     }
-    fn append(&mut self, items: Vec<Value>) -> Result<()> {
-        let Value::List(list) = self.top()? else {
+    fn append(&mut self, items: Vec<Sized>) -> Result<()> {
+        let top = self.top()?;
+        let Value::List(list) = &mut top.value else {
             bail!("pickle: append to a non-list")
         };
-        list.extend(items);
+        let (depth, values) = container_size(&items)?;
+        (top.depth, top.values) = (top.depth.max(depth), top.values + values - 1);
+        list.extend(items.into_iter().map(|i| i.value));
         Ok(())
     }
 
@@ -149,25 +213,25 @@ impl<'a> Machine<'a> {
                 0x95 => {
                     self.take(8)?; // FRAME
                 }
-                b'.' => return self.pop(),
+                b'.' => return Ok(self.pop()?.value),
                 b'(' => self.marks.push(self.stack.len()),
-                b'}' => self.stack.push(Value::Dict(Vec::new())),
-                b']' => self.stack.push(Value::List(Vec::new())),
-                b')' => self.stack.push(Value::Tuple(Vec::new())),
-                b'N' => self.stack.push(Value::None),
-                0x88 => self.stack.push(Value::Bool(true)),
-                0x89 => self.stack.push(Value::Bool(false)),
+                b'}' => self.push(Value::Dict(Vec::new()))?,
+                b']' => self.push(Value::List(Vec::new()))?,
+                b')' => self.push(Value::Tuple(Vec::new()))?,
+                b'N' => self.push(Value::None)?,
+                0x88 => self.push(Value::Bool(true))?,
+                0x89 => self.push(Value::Bool(false))?,
                 b'K' => {
                     let v = self.u8()? as i64;
-                    self.stack.push(Value::Int(v));
+                    self.push(Value::Int(v))?;
                 }
                 b'M' => {
                     let v = self.u16()? as i64;
-                    self.stack.push(Value::Int(v));
+                    self.push(Value::Int(v))?;
                 }
                 b'J' => {
                     let v = self.u32()? as i32 as i64;
-                    self.stack.push(Value::Int(v));
+                    self.push(Value::Int(v))?;
                 }
                 0x8a => {
                     let n = self.u8()? as usize;
@@ -181,42 +245,42 @@ impl<'a> Machine<'a> {
                         0
                     }; 8];
                     buf[..n].copy_from_slice(bytes);
-                    self.stack.push(Value::Int(i64::from_le_bytes(buf)));
+                    self.push(Value::Int(i64::from_le_bytes(buf)))?;
                 }
                 b'G' => {
                     let v = f64::from_be_bytes(self.take(8)?.try_into()?);
-                    self.stack.push(Value::Float(v));
+                    self.push(Value::Float(v))?;
                 }
                 b'X' => {
                     let n = self.u32()? as usize;
                     let v = self.string(n)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 0x8c => {
                     let n = self.u8()? as usize;
                     let v = self.string(n)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'T' | b'B' => {
                     let n = self.u32()? as usize;
                     let v = Value::Bytes(self.take(n)?.to_vec());
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'U' | b'C' => {
                     let n = self.u8()? as usize;
                     let v = Value::Bytes(self.take(n)?.to_vec());
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'c' => {
                     let module = self.line()?;
                     let name = self.line()?;
-                    self.stack.push(Value::Global(module, name));
+                    self.push(Value::Global(module, name))?;
                 }
                 0x93 => {
-                    let name = self.pop()?;
-                    let module = self.pop()?;
+                    let name = self.pop()?.value;
+                    let module = self.pop()?.value;
                     match (module, name) {
-                        (Value::Str(m), Value::Str(n)) => self.stack.push(Value::Global(m, n)),
+                        (Value::Str(m), Value::Str(n)) => self.push(Value::Global(m, n))?,
                         _ => bail!("pickle: STACK_GLOBAL of non-strings"),
                     }
                 }
@@ -242,7 +306,7 @@ impl<'a> Machine<'a> {
                 }
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(items));
+                    self.push_container(Value::Tuple, items)?;
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -250,26 +314,32 @@ impl<'a> Machine<'a> {
                         bail!("pickle stack underflow");
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
-                    self.stack.push(Value::Tuple(items));
+                    self.push_container(Value::Tuple, items)?;
                 }
                 b'l' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::List(items));
+                    self.push_container(Value::List, items)?;
                 }
                 b'd' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::Dict(Vec::new()));
+                    self.push(Value::Dict(Vec::new()))?;
                     self.set_items(items)?;
                 }
                 b'Q' => {
                     let id = self.pop()?;
-                    self.stack.push(Value::Persistent(Box::new(id)));
+                    self.push_container(
+                        |mut id| Value::Persistent(Box::new(id.remove(0))),
+                        vec![id],
+                    )?;
                 }
                 b'R' | 0x81 => {
                     let args = self.pop()?;
                     let callable = self.pop()?;
-                    let args = args.items().map(<[Value]>::to_vec).unwrap_or_default();
-                    self.stack.push(call(callable, args));
+                    let reduce = |mut v: Vec<Value>| {
+                        let args = v.pop().and_then(|a| a.items().map(<[Value]>::to_vec));
+                        call(v.remove(0), args.unwrap_or_default())
+                    };
+                    self.push_container(reduce, vec![callable, args])?;
                 }
                 b'b' => {
                     self.pop()?; // BUILD: object state (an OrderedDict's _metadata) is not needed
@@ -300,6 +370,15 @@ impl<'a> Machine<'a> {
     }
 }
 
+/// The depth and value count of a container holding `items`; too deep is refused.
+fn container_size(items: &[Sized]) -> Result<(u32, u64)> {
+    let depth = 1 + items.iter().map(|i| i.depth).max().unwrap_or(0);
+    if depth > MAX_DEPTH {
+        bail!("the pickle nests values deeper than {MAX_DEPTH} levels (not a state dict)");
+    }
+    Ok((depth, 1 + items.iter().map(|i| i.values).sum::<u64>()))
+}
+
 /// A REDUCE: dict constructors become empty dicts, everything else is recorded.
 fn call(callable: Value, args: Vec<Value>) -> Value {
     match &callable {
@@ -320,6 +399,7 @@ pub fn load(data: &[u8]) -> Result<Value> {
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
+        made: 0,
     }
     .run()
 }
@@ -356,5 +436,22 @@ mod tests {
     fn a_truncated_pickle_is_an_error() {
         let p = b"\x80\x02}q\x00(X\x05\x00\x00\x00ab";
         assert!(load(p).unwrap_err().to_string().contains("truncated"));
+    }
+
+    #[test]
+    fn refuses_deep_nesting_and_exponential_memo_copies() {
+        // 100,000 lists each appended into the one before: [[[[...]]]]
+        let mut deep = b"\x80\x02".to_vec();
+        deep.extend(b"]".repeat(100_000));
+        deep.extend(b"a".repeat(99_999));
+        deep.push(b'.');
+        assert!(load(&deep).unwrap_err().to_string().contains("deeper"));
+        // x = [None]; then 40 times x = [x, x] through the memo: 2^40 values.
+        let mut laughs = b"\x80\x02(Nlq\x00".to_vec();
+        for _ in 0..40 {
+            laughs.extend(b"(h\x00h\x00lq\x00");
+        }
+        laughs.push(b'.');
+        assert!(load(&laughs).unwrap_err().to_string().contains("more than"));
     }
 }

@@ -102,8 +102,9 @@ fn shape_of(entry: &Value) -> Result<Vec<usize>> {
 fn decode(entry: &Value, count: usize, bytes: &[u8]) -> Result<(Vec<f32>, usize)> {
     let q = &entry["quantization"];
     let need = |width: usize| -> Result<&[u8]> {
-        bytes
-            .get(..count * width)
+        count
+            .checked_mul(width)
+            .and_then(|n| bytes.get(..n))
             .ok_or_else(|| anyhow!("weight data ends early (truncated shard?)"))
     };
     if q.is_null() {
@@ -176,7 +177,11 @@ impl TfjsModel {
                     .as_str()
                     .ok_or_else(|| anyhow!("manifest entry without a name"))?;
                 let shape = shape_of(entry).with_context(|| format!("manifest entry {name}"))?;
-                let (data, used) = decode(entry, shape.iter().product(), &buffer[at..])
+                let count = (shape.iter()).try_fold(1usize, |n, &d| n.checked_mul(d));
+                let count = count.ok_or_else(|| {
+                    anyhow!("manifest entry {name}: shape {shape:?} is too large")
+                })?;
+                let (data, used) = decode(entry, count, &buffer[at..])
                     .with_context(|| format!("{}: tensor {name}", dir.display()))?;
                 at += used;
                 weights.insert(name.to_string(), Array { shape, data });

@@ -338,15 +338,15 @@ impl TensorRef {
                 .iter()
                 .map(|x| {
                     x.as_int()
-                        .map(|i| i as usize)
-                        .ok_or_else(|| anyhow!("non-integer size"))
+                        .and_then(|i| usize::try_from(i).ok())
+                        .ok_or_else(|| anyhow!("tensor size/stride is not a natural number"))
                 })
                 .collect()
         };
         Ok(TensorRef {
             key: key.to_string(),
             dtype,
-            offset: args.get(1).and_then(Value::as_int).unwrap_or(0) as usize,
+            offset: usize::try_from(args.get(1).and_then(Value::as_int).unwrap_or(0))?,
             shape: ints(args.get(2))?,
             stride: ints(args.get(3))?,
         })
@@ -358,19 +358,19 @@ impl TensorRef {
             return Ok(Vec::new()); // counters (num_batches_tracked): not used
         }
         let values = to_f32(self.dtype, storage)?;
-        let count: usize = self.shape.iter().product();
+        let count = (self.shape.iter()).try_fold(1usize, |n, &d| n.checked_mul(d));
+        let too_short = || anyhow!("storage too short for shape {:?} (truncated?)", self.shape);
+        // A saved tensor never holds more values than its storage.
+        let count = count.filter(|&n| n <= values.len()).ok_or_else(too_short)?;
         let mut out = Vec::with_capacity(count);
         for flat in 0..count {
-            let (mut rest, mut at) = (flat, self.offset);
+            let (mut rest, mut at) = (flat, Some(self.offset));
             for (&dim, &stride) in self.shape.iter().zip(&self.stride).rev() {
-                at += (rest % dim) * stride;
+                let step = (rest % dim).checked_mul(stride);
+                at = at.zip(step).and_then(|(a, s)| a.checked_add(s));
                 rest /= dim;
             }
-            out.push(
-                *values
-                    .get(at)
-                    .ok_or_else(|| anyhow!("storage too short (truncated?)"))?,
-            );
+            out.push(*at.and_then(|a| values.get(a)).ok_or_else(too_short)?);
         }
         Ok(out)
     }

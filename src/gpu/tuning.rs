@@ -128,12 +128,24 @@ impl Tuning {
         let device = device_key(gpu);
         std::fs::read(cache_path(&device))
             .ok()
-            .and_then(|b| serde_json::from_slice::<Tuning>(&b).ok())
-            .filter(|t| t.device == device)
+            .and_then(|b| Tuning::parse(&b, &device))
             .unwrap_or(Tuning {
                 device,
                 ..Default::default()
             })
+    }
+
+    /// A cached tuning's bytes, when they are this device's: choices that are
+    /// not among the candidates (a damaged or hand-edited file) are dropped,
+    /// so they are measured again rather than compiled.
+    pub fn parse(bytes: &[u8], device: &str) -> Option<Self> {
+        let mut t = serde_json::from_slice::<Tuning>(bytes).ok()?;
+        if t.device != device {
+            return None;
+        }
+        t.choices.retain(|_, v| ConvVariant::CANDIDATES.contains(v));
+        t.depthwise.retain(|_, g| DEPTHWISE_GROUPS.contains(g));
+        Some(t)
     }
 
     /// The variant for a conv: the measured one, else a default by adapter kind.

@@ -124,7 +124,7 @@ impl Classifier {
         };
         let labels: Vec<String> = serde_json::from_str(&get("labels")?)?;
         let (weights, biases) = (tensor("final_weights")?, tensor("final_biases")?);
-        if biases.len() != labels.len() || weights.len() % labels.len().max(1) != 0 {
+        if labels.is_empty() || biases.len() != labels.len() || weights.len() % labels.len() != 0 {
             bail!(
                 "{}: the weights do not match its {} labels",
                 path.display(),

@@ -1,0 +1,1 @@
+{a:'it\'s',"b c":"\u00e9",d:[.5,-2e-3,!0,!1,null,undefined]}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs the fuzz targets (all, or those named) one after the other, each for
+# SECONDS (default 600) or a million executions, whichever comes first, with
+# 2 GiB of memory, no single allocation over 512 MiB and 10 s per input.
+# New inputs that add coverage are merged into fuzz/corpus/TARGET; an input
+# that crashes, hangs or runs out of memory is saved in fuzz/artifacts/TARGET
+# (commit it: tests/fuzz_corpus.rs replays both folders on stable). Each
+# run's libFuzzer output stays in fuzz/target/logs/TARGET.log.
+#
+#     fuzz/run_all.sh [SECONDS] [TARGET...]      # needs: cargo install cargo-fuzz
+set -uo pipefail
+cd "$(dirname "$0")"
+secs=${1:-600}
+shift || true
+targets=${*:-$(cargo +nightly fuzz list)}
+cargo +nightly fuzz build -a || exit 1
+bin=target/x86_64-unknown-linux-gnu/release
+scratch=$(mktemp -d)
+logs=target/logs
+mkdir -p "$logs"
+for t in $targets; do
+    mkdir -p "artifacts/$t" "$scratch/$t"
+    "$bin/$t" "$scratch/$t" "corpus/$t" -max_total_time="$secs" -runs=1000000 \
+        -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=10 \
+        -artifact_prefix="artifacts/$t/" -print_final_stats=1 > "$logs/$t.log" 2>&1
+    status=$?
+    "$bin/$t" -merge=1 "corpus/$t" "$scratch/$t" > /dev/null 2>&1
+    runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$logs/$t.log" | grep -o '[0-9]*$')
+    took=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$logs/$t.log" | grep -o 'in [0-9]*' | grep -o '[0-9]*')
+    found=$(grep -m1 -E '^==[0-9]+==|panicked at|ERROR: libFuzzer' "$logs/$t.log")
+    echo "$t: exit $status, ${runs:-?} executions in ${took:-?} s, corpus $(ls "corpus/$t" | wc -l) files${found:+, found: $found}"
+done
+rm -rf "$scratch"
