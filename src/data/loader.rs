@@ -28,6 +28,42 @@ pub fn decode_batches(paths: Vec<PathBuf>, batch: usize) -> impl Iterator<Item =
     receiver.into_iter()
 }
 
+/// Decodes the lists of paths it is given on a background thread, in order,
+/// so that one batch decodes while the GPU runs the one before.
+pub struct Decoder {
+    requests: mpsc::Sender<Vec<PathBuf>>,
+    results: mpsc::Receiver<Vec<Decoded>>,
+}
+
+impl Decoder {
+    pub fn spawn() -> Self {
+        let (requests, todo) = mpsc::channel::<Vec<PathBuf>>();
+        let (done, results) = mpsc::channel();
+        thread::spawn(move || {
+            let workers = thread::available_parallelism().map_or(2, |n| n.get());
+            for paths in todo {
+                if done.send(decode_parallel(&paths, workers)).is_err() {
+                    return; // the consumer stopped early
+                }
+            }
+        });
+        Decoder { requests, results }
+    }
+
+    /// Starts decoding `paths` after the lists requested before.
+    pub fn request(&self, paths: Vec<PathBuf>) {
+        // A send fails only when the thread died; receive() reports that.
+        let _ = self.requests.send(paths);
+    }
+
+    /// The decoded images of the oldest request not yet received.
+    pub fn receive(&self) -> Result<Vec<Decoded>> {
+        self.results
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the image decoding thread stopped"))
+    }
+}
+
 pub(crate) fn decode_parallel(paths: &[PathBuf], workers: usize) -> Vec<Decoded> {
     let per_worker = paths.len().div_ceil(workers).max(1);
     thread::scope(|s| {

@@ -4,6 +4,7 @@
 //! both) and cached at once, so an interrupted run loses nothing.
 
 use crate::data::bottleneck_cache::BottleneckCache;
+use crate::data::claims::{self, Claim, Held};
 use crate::data::dataset::{Dataset, Set};
 use crate::data::distortion::Distortion;
 use crate::data::loader;
@@ -12,7 +13,10 @@ use crate::model::graph::OUTPUT;
 use crate::progress::progress_bar;
 use anyhow::Result;
 use half::f16;
+use indicatif::ProgressBar;
+use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// One usable image: its class, its split set and where it came from.
 #[derive(Clone, Debug)]
@@ -202,6 +206,8 @@ struct Found<'a> {
 }
 
 /// Computes and caches the pending entries; undecodable images stay `None`.
+/// Entries another process sharing the cache is computing are waited for and
+/// read, not computed again (data::claims). Returns how many this process computed.
 fn compute(
     engine: &mut Engine,
     cache: &BottleneckCache,
@@ -233,17 +239,31 @@ fn compute(
     );
     let dim = engine.bottleneck_size();
     let bar = progress_bar("bottlenecks", pending.len(), "images");
-    let paths = pending
-        .iter()
-        .map(|p| examples[p.index].path.clone())
-        .collect();
-    let mut next = 0;
+    let mut work = Work {
+        cache,
+        cut,
+        examples,
+        decoder: loader::Decoder::spawn(),
+        batch: engine.max_batch() as usize,
+        dim,
+        todo: pending.iter().collect(),
+        waiting: Vec::new(),
+        from_others: 0,
+        said_waiting: false,
+    };
+    let mut next = work.claim_next(found, &bar)?;
     let mut computed = 0;
-    for decoded in loader::decode_batches(paths, engine.max_batch() as usize) {
-        let batch_len = decoded.len();
+    while !next.is_empty() || !work.waiting.is_empty() {
+        if next.is_empty() {
+            work.wait_for_others();
+            next = work.claim_next(found, &bar)?;
+            continue;
+        }
+        let current = std::mem::take(&mut next);
+        let decoded = work.decoder.receive()?;
+        next = work.claim_next(found, &bar)?;
         let u = loader::usable(decoded, |img| engine.check_image(img));
-        let owners: Vec<&Pending> = u.positions.iter().map(|&k| &pending[next + k]).collect();
-        next += batch_len;
+        let owners: Vec<&Pending> = u.positions.iter().map(|&k| current[k].0).collect();
         let images: Vec<&image::RgbImage> = u.images.iter().collect();
         let none = vec![Distortion::none(engine.input_size()); images.len()];
         let outputs = engine.outputs(&images, &none, &names)?;
@@ -258,8 +278,107 @@ fn compute(
             }
             computed += 1;
         }
-        bar.inc(batch_len as u64);
+        bar.inc(current.len() as u64); // the claims are released here, the entries written
     }
     bar.finish_and_clear();
+    if work.from_others > 0 {
+        log::info!(
+            "{} bottlenecks were written meanwhile by another process sharing the cache",
+            work.from_others
+        );
+    }
     Ok(computed)
+}
+
+/// The pending entries of a `compute`, claimed a batch at a time.
+struct Work<'a> {
+    cache: &'a BottleneckCache,
+    cut: Option<&'a CutRequest>,
+    examples: &'a [Example],
+    /// Decodes each claimed batch while the one before runs.
+    decoder: loader::Decoder,
+    batch: usize,
+    /// Values per bottleneck.
+    dim: usize,
+    todo: VecDeque<&'a Pending>,
+    /// Entries another process has claimed.
+    waiting: Vec<&'a Pending>,
+    /// Entries found written by another process.
+    from_others: usize,
+    said_waiting: bool,
+}
+
+/// How often entries another process computes are looked for.
+const POLL: Duration = Duration::from_millis(200);
+
+impl<'a> Work<'a> {
+    /// Claims the next batch and starts decoding it.
+    fn claim_next(
+        &mut self,
+        found: &mut Found,
+        bar: &ProgressBar,
+    ) -> Result<Vec<(&'a Pending, Held)>> {
+        let batch = self.claim_batch(found, bar)?;
+        if !batch.is_empty() {
+            let paths = batch
+                .iter()
+                .map(|(p, _)| self.examples[p.index].path.clone());
+            self.decoder.request(paths.collect());
+        }
+        Ok(batch)
+    }
+
+    /// Claims up to a batch of entries to compute; entries another process
+    /// has written meanwhile are read instead, those it is computing wait.
+    fn claim_batch(
+        &mut self,
+        found: &mut Found,
+        bar: &ProgressBar,
+    ) -> Result<Vec<(&'a Pending, Held)>> {
+        let mut batch = Vec::new();
+        while batch.len() < self.batch {
+            let Some(p) = self.todo.pop_front() else {
+                break;
+            };
+            match claims::claim(&p.entry)? {
+                Claim::Mine(held) if !self.read_written(p, found) => batch.push((p, held)),
+                Claim::Mine(_) => bar.inc(1),
+                Claim::Theirs => self.waiting.push(p),
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Whether another process wrote `p`'s entries (then they are in `found`).
+    fn read_written(&mut self, p: &Pending, found: &mut Found) -> bool {
+        let complete = |e: &std::path::Path| e.exists();
+        if !complete(&p.entry) || p.cut_entry.as_deref().is_some_and(|e| !complete(e)) {
+            return false;
+        }
+        let vector = cached(self.cache, &p.entry, self.dim);
+        let cut = match (self.cut, &p.cut_entry) {
+            (Some(c), Some(e)) => cached(&c.cache, e, c.size).map(|v| Some(to_f16(&v))),
+            _ => Some(None),
+        };
+        let (Some(vector), Some(cut)) = (vector, cut) else {
+            return false;
+        };
+        found.vectors[p.index] = Some(vector);
+        found.cuts[p.index] = cut;
+        self.from_others += 1;
+        true
+    }
+
+    /// Sleeps a little, then looks again at the entries others were computing.
+    fn wait_for_others(&mut self) {
+        if !self.said_waiting {
+            log::info!(
+                "waiting for {} bottlenecks another process sharing the cache is computing",
+                self.waiting.len()
+            );
+            self.said_waiting = true;
+        }
+        std::thread::sleep(POLL);
+        self.todo.extend(self.waiting.drain(..));
+    }
 }

@@ -1,0 +1,198 @@
+//! kill -9 at random moments of a run — while bottlenecks are cached, while
+//! the head trains, while outputs are written — then the same command again:
+//! it finishes, no cache entry it serves is damaged, no output ever carries
+//! its final name half-written, and the outputs equal an uninterrupted run's
+//! with the same seed. Two runs sharing one bottleneck folder at once both
+//! finish, and no image's bottleneck is computed twice.
+
+mod common;
+
+use common::{example_folder, stderr};
+use rand::{Rng, SeedableRng};
+use retrain::data::bottleneck_cache::BottleneckCache;
+use retrain::head::classifier::Classifier;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
+
+/// A small MobileNet V2 run with a fixed seed, in `dir` (images in `images/`).
+fn command(dir: &Path, bottlenecks: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_retrain"));
+    c.current_dir(dir).args([
+        "--image-dir",
+        "images",
+        "--architecture",
+        "mobilenet_v2",
+        "--input-size",
+        "96",
+        "--testing-percentage",
+        "25",
+        "--how-many-training-steps",
+        "60",
+        "--sweep-learning-rates",
+        "0.01",
+        "--sweep-l2",
+        "0.001,0.1",
+        "--seed",
+        "5",
+        "--bottleneck-dir",
+        bottlenecks,
+    ]);
+    c
+}
+
+fn run(dir: &Path) -> Output {
+    let o = command(dir, "retrain-output/bottlenecks")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    o
+}
+
+/// What a finished run produced that must not depend on interruptions: the
+/// classifier's tensors and labels, and the final test's numbers (image
+/// paths taken relative to `dir`).
+fn outcome(dir: &Path) -> (Vec<f32>, Vec<f32>, Vec<String>, String) {
+    let out = dir.join("retrain-output");
+    let c = Classifier::read(&out.join("model.safetensors")).unwrap();
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    let test = metrics["final"].to_string();
+    let test = test.replace(&format!("{}/", dir.display()), "");
+    (c.weights, c.biases, c.labels, test)
+}
+
+/// Every bottleneck entry under `dir` is whole: what a run may read back.
+fn check_entries(dir: &Path) {
+    let cache = BottleneckCache::new(dir, "", (96, 96), [1.0; 3], [0.0; 3]);
+    for class in std::fs::read_dir(dir).into_iter().flatten() {
+        for entry in std::fs::read_dir(class.unwrap().path()).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if name.starts_with('.') || name.ends_with(".claim") {
+                continue; // a temporary file or a claim: never read as an entry
+            }
+            assert!(name.ends_with(".bottleneck"), "unexpected file {name}");
+            let loaded = cache.load(&path, 1280);
+            assert!(
+                matches!(loaded, Ok(Some(_))),
+                "{name} is damaged: {loaded:?}"
+            );
+        }
+    }
+}
+
+/// Every output carrying its final name is complete.
+fn check_outputs(out: &Path) {
+    let model = out.join("model.safetensors");
+    if model.exists() {
+        Classifier::read(&model).unwrap();
+    }
+    let metrics = out.join("metrics.json");
+    if metrics.exists() {
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(&metrics).unwrap()).unwrap();
+    }
+    let labels = out.join("labels.txt");
+    if labels.exists() {
+        assert_eq!(
+            std::fs::read_to_string(&labels).unwrap(),
+            "broken\nnormal\n"
+        );
+    }
+    let report = out.join("report.html");
+    if report.exists() {
+        let html = std::fs::read_to_string(&report).unwrap();
+        assert!(
+            html.trim_end().ends_with("</html>"),
+            "report.html is cut short"
+        );
+    }
+}
+
+#[test]
+fn killed_runs_resume_to_the_same_outputs() {
+    let reference = tempfile::tempdir().unwrap();
+    example_folder(reference.path(), 8);
+    let started = Instant::now();
+    run(reference.path());
+    let whole = started.elapsed();
+    let expected = outcome(reference.path());
+
+    let dir = tempfile::tempdir().unwrap();
+    example_folder(dir.path(), 8);
+    let seed: u64 = rand::rng().random();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let kills = 6;
+    for attempt in 0..kills {
+        // One kill in each sixth of a whole run's time: early ones land in
+        // start-up and the bottleneck phase, later ones in training and writing.
+        let at = whole.mul_f64((attempt as f64 + rng.random::<f64>()) / kills as f64);
+        let mut child = command(dir.path(), "retrain-output/bottlenecks")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(at);
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        eprintln!("seed {seed}: run {attempt} killed after {at:?} of {whole:?}");
+        let out = dir.path().join("retrain-output");
+        check_entries(&out.join("bottlenecks"));
+        check_outputs(&out);
+    }
+    run(dir.path());
+    check_outputs(&dir.path().join("retrain-output"));
+    let got = outcome(dir.path());
+    assert_eq!(got.2, expected.2, "labels (seed {seed})");
+    assert_eq!(got.0, expected.0, "classifier weights (seed {seed})");
+    assert_eq!(got.1, expected.1, "classifier biases (seed {seed})");
+    assert_eq!(got.3, expected.3, "final test (seed {seed})");
+}
+
+/// How many bottlenecks a run computed, from its summary line
+/// "Bottlenecks: N from the cache, M computed, …".
+fn computed(log: &str) -> usize {
+    let line = log.lines().find(|l| l.contains("Bottlenecks: ")).unwrap();
+    let before = line.split(" computed").next().unwrap();
+    before.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn two_runs_share_one_bottleneck_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    example_folder(dir.path(), 8);
+    std::fs::create_dir(dir.path().join("a")).unwrap();
+    std::fs::create_dir(dir.path().join("b")).unwrap();
+    let shared = dir.path().join("shared-bottlenecks");
+    let start = |name: &str| {
+        let mut c = command(dir.path(), shared.to_str().unwrap());
+        c.args([
+            "--output-graph",
+            &format!("{name}/model.safetensors"),
+            "--output-labels",
+            &format!("{name}/labels.txt"),
+        ]);
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let (a, b) = (start("a"), start("b"));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", stderr(&a));
+    assert!(b.status.success(), "{}", stderr(&b));
+    check_entries(&shared);
+    let images = 16;
+    let total = computed(&stderr(&a)) + computed(&stderr(&b));
+    assert_eq!(
+        total,
+        images,
+        "each bottleneck computed once between the two runs\n--- a\n{}\n--- b\n{}",
+        stderr(&a),
+        stderr(&b)
+    );
+    let read = |name: &str| Classifier::read(&dir.path().join(name).join("model.safetensors"));
+    assert_eq!(read("a").unwrap().weights, read("b").unwrap().weights);
+}
