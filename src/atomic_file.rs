@@ -19,7 +19,7 @@ pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         .prefix(".retrain-")
         .tempfile_in(dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
-    write(temp.path())?;
+    write(temp.path()).with_context(|| format!("cannot write {}", path.display()))?;
     sync(temp.path())?;
     #[cfg(unix)]
     {
@@ -51,7 +51,5 @@ fn sync_folder(dir: &Path) -> Result<()> {
 
 /// Writes `bytes` to `path` atomically.
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
-    replace_file(path, |temp| {
-        std::fs::write(temp, bytes).with_context(|| format!("cannot write {}", temp.display()))
-    })
+    replace_file(path, |temp| Ok(std::fs::write(temp, bytes)?))
 }

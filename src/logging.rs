@@ -81,9 +81,24 @@ pub fn init(verbosity: &str) {
     log::set_max_level(level);
 }
 
-/// From now on, also writes every line (DEBUG included) to `path`, replacing it.
+/// From now on, also writes every line (DEBUG included) to `path`, replacing
+/// it: a new file takes the name (the old log is never cut short in place),
+/// so a folder that cannot be written fails here, before any work.
 pub fn also_to_file(path: &Path) -> Result<()> {
-    let file = File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let file = tempfile::Builder::new()
+        .prefix(".retrain-")
+        .tempfile_in(dir)
+        .and_then(|t| t.persist(path).map_err(|e| e.error))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
     *FILE.lock().unwrap_or_else(|e| e.into_inner()) = Some(LineWriter::new(file));
     log::set_max_level(LevelFilter::Debug);
     Ok(())

@@ -263,3 +263,66 @@ fn features_retrain_and_classify_skip_what_they_cannot_read() {
     assert_skipped_each_bad_file(&stderr(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), converts);
 }
+
+/// `retrain` run as the unprivileged user `nobody` (setpriv), from copies it
+/// can read: the tests may run as root, which reads every file whatever its
+/// permissions.
+fn retrain_as_nobody(root: &Path, args: &[&str]) -> std::process::Output {
+    use std::os::unix::fs::PermissionsExt;
+    let open = |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+    let binary = root.join("retrain");
+    std::fs::copy(env!("CARGO_BIN_EXE_retrain"), &binary).unwrap();
+    let cache = root.join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let weights = retrain::convert::default_weights::default_weights_path(
+        retrain::model::architecture::Architecture::MobileNetV2,
+    );
+    std::fs::copy(&weights, cache.join(weights.file_name().unwrap())).unwrap();
+    for p in [root, &cache] {
+        open(p, 0o777).unwrap();
+    }
+    open(&binary, 0o755).unwrap();
+    open(&cache.join(weights.file_name().unwrap()), 0o644).unwrap();
+    std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&binary)
+        .args(args)
+        .current_dir(root)
+        .env("RETRAIN_CACHE_DIR", &cache)
+        .env("HOME", root)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_unreadable_image_is_skipped_with_the_reason() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let images = root.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::write(images.join("fine.png"), png(&picture(40, 30))).unwrap();
+    std::fs::write(images.join("locked.png"), png(&picture(40, 30))).unwrap();
+    std::fs::set_permissions(&images, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mode = |m| std::fs::Permissions::from_mode(m);
+    std::fs::set_permissions(images.join("fine.png"), mode(0o644)).unwrap();
+    std::fs::set_permissions(images.join("locked.png"), mode(0o000)).unwrap();
+    // The weights are fetched and converted on first use, by root.
+    let model = ["--architecture", "mobilenet_v2", "--input-size", "32"];
+    let mut args = vec!["features", "--image-dir", "images", "--output", "f.npy"];
+    args.extend(model);
+    let o = retrain(root, &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let o = retrain_as_nobody(root, &args);
+    let log = stderr(&o);
+    assert!(o.status.success(), "{log}");
+    assert!(
+        log.lines().any(|l| l.starts_with("WARNING: skipping")
+            && l.contains("locked.png")
+            && l.contains("Permission denied")),
+        "{log}"
+    );
+    let paths = std::fs::read_to_string(root.join("f.npy.paths")).unwrap();
+    assert_eq!(paths.lines().collect::<Vec<_>>(), ["images/fine.png"], "{paths}");
+}

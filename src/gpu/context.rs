@@ -2,7 +2,7 @@
 
 use anyhow::{anyhow, Context, Result};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The device the engine runs on, with what was learned about it at start-up.
 #[derive(Clone)]
@@ -15,6 +15,9 @@ pub struct Gpu {
     /// Shader modules compiled so far (shared by clones): compiling is the
     /// costly part of a pipeline, which should happen once per kernel.
     modules_compiled: Arc<AtomicUsize>,
+    /// What went wrong on the device, said at the next read-back (wgpu's
+    /// default is to panic).
+    fault: Arc<Mutex<Fault>>,
 }
 
 /// Preference among adapter kinds: real GPUs first, a CPU driver (lavapipe) last.
@@ -63,6 +66,17 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .with_context(|| format!("could not open the adapter \"{}\"", info.name))?;
+        let fault: Arc<Mutex<Fault>> = Arc::default();
+        let errors = fault.clone();
+        device.on_uncaptured_error(Arc::new(move |e| {
+            let mut f = errors.lock().unwrap_or_else(|e| e.into_inner());
+            f.first_error.get_or_insert_with(|| describe(&e));
+        }));
+        let lost = fault.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            let mut f = lost.lock().unwrap_or_else(|e| e.into_inner());
+            f.lost = Some(format!("the GPU device was lost ({reason:?}) {message}"));
+        });
         Ok(Gpu {
             device,
             queue,
@@ -70,7 +84,18 @@ impl Gpu {
             limits,
             features,
             modules_compiled: Arc::default(),
+            fault,
         })
+    }
+
+    /// The device's first reported error, as an error to return.
+    pub fn check(&self) -> Result<()> {
+        let fault = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        // A lost device makes every later call fail too: say the cause.
+        match fault.lost.as_ref().or(fault.first_error.as_ref()) {
+            Some(what) => Err(anyhow!("{what}")),
+            None => Ok(()),
+        }
     }
 
     /// How many shader modules this device has compiled.
@@ -253,9 +278,9 @@ impl Gpu {
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = sender.send(r);
         });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .context("the GPU stopped responding")?;
+        let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
+        self.check()?;
+        polled.context("the GPU stopped responding")?;
         receiver
             .recv()
             .context("the GPU dropped a read-back")?
@@ -266,5 +291,25 @@ impl Gpu {
             .to_vec();
         staging.unmap();
         Ok(data)
+    }
+}
+
+/// What the device reported going wrong.
+#[derive(Default)]
+struct Fault {
+    first_error: Option<String>,
+    lost: Option<String>,
+}
+
+/// A wgpu error in the user's terms.
+fn describe(e: &wgpu::Error) -> String {
+    match e {
+        wgpu::Error::OutOfMemory { .. } => {
+            "the GPU ran out of memory (try a smaller --train-batch-size or --input-size)".into()
+        }
+        wgpu::Error::Validation { description, .. } => {
+            format!("the GPU refused a request (a batch or input size beyond what this device allows?): {description}")
+        }
+        other => format!("the GPU reported an error: {other}"),
     }
 }

@@ -269,8 +269,7 @@ fn serialize(
     metadata: HashMap<String, String>,
 ) -> Result<()> {
     crate::atomic_file::replace_file(path, |temp| {
-        safetensors::serialize_to_file(views, Some(metadata), temp)
-            .with_context(|| format!("cannot write {}", temp.display()))
+        Ok(safetensors::serialize_to_file(views, Some(metadata), temp)?)
     })
 }
 
