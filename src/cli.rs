@@ -458,6 +458,11 @@ pub struct FeaturesArgs {
     /// Images per GPU submission. Default: as many as the device holds (at most 64).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: Option<u32>,
+    /// Read and write bottlenecks in this cache folder, the one `retrain
+    /// --bottleneck-dir` uses: several processes, even on several machines,
+    /// may share it (each bottleneck is computed once).
+    #[arg(long, value_name = "DIR", conflicts_with = "batch_size")]
+    pub bottleneck_dir: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
 }

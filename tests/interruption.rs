@@ -2,8 +2,8 @@
 //! the head trains, while outputs are written — then the same command again:
 //! it finishes, no cache entry it serves is damaged, no output ever carries
 //! its final name half-written, and the outputs equal an uninterrupted run's
-//! with the same seed. Two runs sharing one bottleneck folder at once both
-//! finish, and no image's bottleneck is computed twice.
+//! with the same seed. Two runs and a `features` sharing one bottleneck
+//! folder at once all finish, and no image's bottleneck is computed twice.
 
 mod common;
 
@@ -152,7 +152,7 @@ fn killed_runs_resume_to_the_same_outputs() {
 }
 
 /// How many bottlenecks a run computed, from its summary line
-/// "Bottlenecks: N from the cache, M computed, …".
+/// "Bottlenecks: N from the cache, M computed…" (retrain and features).
 fn computed(log: &str) -> usize {
     let line = log.lines().find(|l| l.contains("Bottlenecks: ")).unwrap();
     let before = line.split(" computed").next().unwrap();
@@ -160,13 +160,13 @@ fn computed(log: &str) -> usize {
 }
 
 #[test]
-fn two_runs_share_one_bottleneck_folder() {
+fn runs_and_features_share_one_bottleneck_folder() {
     let dir = tempfile::tempdir().unwrap();
     example_folder(dir.path(), 8);
     std::fs::create_dir(dir.path().join("a")).unwrap();
     std::fs::create_dir(dir.path().join("b")).unwrap();
     let shared = dir.path().join("shared-bottlenecks");
-    let start = |name: &str| {
+    let retrain_into = |name: &str| {
         let mut c = command(dir.path(), shared.to_str().unwrap());
         c.args([
             "--output-graph",
@@ -174,24 +174,43 @@ fn two_runs_share_one_bottleneck_folder() {
             "--output-labels",
             &format!("{name}/labels.txt"),
         ]);
-        c.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c.spawn().unwrap()
+        c
     };
-    let (a, b) = (start("a"), start("b"));
-    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
-    assert!(a.status.success(), "{}", stderr(&a));
-    assert!(b.status.success(), "{}", stderr(&b));
+    let mut features = Command::new(env!("CARGO_BIN_EXE_retrain"));
+    features.current_dir(dir.path()).args([
+        "features",
+        "--image-dir",
+        "images",
+        "--architecture",
+        "mobilenet_v2",
+        "--input-size",
+        "96",
+        "--output",
+        "f.npy",
+        "--bottleneck-dir",
+        shared.to_str().unwrap(),
+    ]);
+    let mut runs = [retrain_into("a"), retrain_into("b"), features];
+    let children: Vec<_> = (runs.iter_mut())
+        .map(|c| {
+            let c = c.stdin(Stdio::null()).stdout(Stdio::piped());
+            c.stderr(Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    let outputs: Vec<Output> = (children.into_iter())
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let logs: Vec<String> = outputs.iter().map(stderr).collect();
+    for (o, log) in outputs.iter().zip(&logs) {
+        assert!(o.status.success(), "{log}");
+    }
     check_entries(&shared);
-    let images = 16;
-    let total = computed(&stderr(&a)) + computed(&stderr(&b));
+    let total: usize = logs.iter().map(|l| computed(l)).sum();
     assert_eq!(
         total,
-        images,
-        "each bottleneck computed once between the two runs\n--- a\n{}\n--- b\n{}",
-        stderr(&a),
-        stderr(&b)
+        16,
+        "each bottleneck computed once between the three\n{}",
+        logs.join("\n---\n")
     );
     let read = |name: &str| Classifier::read(&dir.path().join(name).join("model.safetensors"));
     assert_eq!(read("a").unwrap().weights, read("b").unwrap().weights);

@@ -324,5 +324,9 @@ fn an_unreadable_image_is_skipped_with_the_reason() {
         "{log}"
     );
     let paths = std::fs::read_to_string(root.join("f.npy.paths")).unwrap();
-    assert_eq!(paths.lines().collect::<Vec<_>>(), ["images/fine.png"], "{paths}");
+    assert_eq!(
+        paths.lines().collect::<Vec<_>>(),
+        ["images/fine.png"],
+        "{paths}"
+    );
 }

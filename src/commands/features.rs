@@ -3,7 +3,9 @@
 use super::open_engine;
 use crate::cli::FeaturesArgs;
 use crate::data::{images, loader, npy};
+use crate::engine::Engine;
 use crate::progress::progress_bar;
+use crate::train::bottlenecks;
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -44,17 +46,10 @@ pub fn run(args: &FeaturesArgs) -> Result<()> {
     );
 
     let started = Instant::now();
-    let bar = progress_bar("features", paths.len(), "images");
-    let (mut rows, mut done, mut skipped) = (Vec::new(), Vec::new(), 0usize);
-    for decoded in loader::decode_batches(paths, batch) {
-        let u = loader::usable(decoded, |img| engine.check_image(img));
-        skipped += u.skipped;
-        bar.inc(u.skipped as u64);
-        rows.extend(engine.bottlenecks(&u.images)?);
-        bar.inc(u.paths.len() as u64);
-        done.extend(u.paths);
-    }
-    bar.finish_and_clear();
+    let (rows, done, skipped) = match &args.bottleneck_dir {
+        Some(dir) => through_cache(&mut engine, dir, paths)?,
+        None => computed(&mut engine, paths, batch)?,
+    };
     if done.is_empty() {
         bail!("none of the {skipped} images could be read; nothing written");
     }
@@ -75,4 +70,44 @@ pub fn run(args: &FeaturesArgs) -> Result<()> {
         }
     );
     Ok(())
+}
+
+/// Rows, the images they belong to and how many images were skipped.
+type Features = (Vec<f32>, Vec<PathBuf>, usize);
+
+/// Every image's bottleneck, computed in batches of `batch`.
+fn computed(engine: &mut Engine, paths: Vec<PathBuf>, batch: usize) -> Result<Features> {
+    let bar = progress_bar("features", paths.len(), "images");
+    let (mut rows, mut done, mut skipped) = (Vec::new(), Vec::new(), 0usize);
+    for decoded in loader::decode_batches(paths, batch) {
+        let u = loader::usable(decoded, |img| engine.check_image(img));
+        skipped += u.skipped;
+        bar.inc(u.skipped as u64);
+        rows.extend(engine.bottlenecks(&u.images)?);
+        bar.inc(u.paths.len() as u64);
+        done.extend(u.paths);
+    }
+    bar.finish_and_clear();
+    Ok((rows, done, skipped))
+}
+
+/// Every image's bottleneck, read from the cache in `dir` or computed and cached.
+fn through_cache(engine: &mut Engine, dir: &Path, paths: Vec<PathBuf>) -> Result<Features> {
+    let cache = bottlenecks::cache_for(engine, dir);
+    let (vectors, computed) = bottlenecks::of_images(engine, &cache, &paths)?;
+    log::info!(
+        "Bottlenecks: {} from the cache, {computed} computed",
+        vectors.iter().flatten().count() - computed
+    );
+    let (mut rows, mut done, mut skipped) = (Vec::new(), Vec::new(), 0usize);
+    for (path, vector) in paths.into_iter().zip(vectors) {
+        match vector {
+            Some(v) => {
+                rows.extend(v);
+                done.push(path);
+            }
+            None => skipped += 1,
+        }
+    }
+    Ok((rows, done, skipped))
 }

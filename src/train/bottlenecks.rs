@@ -195,6 +195,67 @@ pub fn refresh(
     Ok(())
 }
 
+/// The bottleneck cache in `dir` for what `engine` computes (its weights,
+/// input size and normalisation).
+pub fn cache_for(engine: &Engine, dir: &std::path::Path) -> BottleneckCache {
+    let info = &engine.info;
+    let norm = &info.normalization;
+    BottleneckCache::new(
+        dir,
+        &info.fingerprint,
+        engine.input_size(),
+        norm.scale,
+        norm.offset,
+    )
+}
+
+/// The bottleneck of each image (None when it cannot be read), read from
+/// `cache` or computed and cached, and how many were computed. An image's
+/// entry sits under its folder's name, as `retrain` files the images of a
+/// class folder, so the two share entries.
+pub fn of_images(
+    engine: &mut Engine,
+    cache: &BottleneckCache,
+    paths: &[PathBuf],
+) -> Result<(Vec<Option<Vec<f32>>>, usize)> {
+    let dim = engine.bottleneck_size();
+    let mut examples = Vec::new();
+    let mut vectors = Vec::new();
+    let mut pending = Vec::new();
+    for (index, path) in paths.iter().enumerate() {
+        let folder = (path.parent().and_then(|p| p.file_name()))
+            .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+        examples.push(Example {
+            class: 0,
+            set: Set::Training,
+            path: path.clone(),
+        });
+        let entry = match cache.entry_path(&folder, path) {
+            Ok(e) => e,
+            Err(e) => {
+                log::warn!("skipping {}: {e:#}", path.display());
+                vectors.push(None);
+                continue;
+            }
+        };
+        vectors.push(cached(cache, &entry, dim));
+        if vectors[index].is_none() {
+            pending.push(Pending {
+                index,
+                entry,
+                cut_entry: None,
+            });
+        }
+    }
+    let mut cuts = vec![None; paths.len()];
+    let mut found = Found {
+        vectors: &mut vectors,
+        cuts: &mut cuts,
+    };
+    let computed = compute(engine, cache, None, &examples, &pending, &mut found)?;
+    Ok((vectors, computed))
+}
+
 fn to_f16(values: &[f32]) -> Vec<f16> {
     values.iter().map(|&v| f16::from_f32(v)).collect()
 }

@@ -12,7 +12,6 @@ pub use config::training_config;
 
 use crate::cli::TrainArgs;
 use crate::convert::default_weights;
-use crate::data::bottleneck_cache::BottleneckCache;
 use crate::data::dataset::Dataset;
 use crate::engine::Engine;
 use crate::gpu::Gpu;
@@ -58,7 +57,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let labels = dataset.labels();
     let (weights_path, file, mut engine) = open_base(args)?;
     let template = classifier_template(args, &labels, &file, &weights_path, &engine);
-    let cache = bottleneck_cache(&file, args, &engine);
+    let cache = bottlenecks::cache_for(&engine, &args.bottleneck_dir);
     let fine_tune = fine_tuning::prepare(args, &engine, &cache, &dataset)?;
 
     let t = Instant::now();
@@ -116,7 +115,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         let input = engine.input_size();
         drop(engine);
         engine = Engine::new(gpu, &file, Some(input))?;
-        let cache = bottleneck_cache(&file, args, &engine);
+        let cache = bottlenecks::cache_for(&engine, &args.bottleneck_dir);
         bottlenecks::refresh(&mut engine, &cache, &dataset, &mut b, &test_rows)?;
     }
     let gpu = &engine.gpu;
@@ -208,17 +207,6 @@ fn snapshot(
 }
 
 /// The bottleneck cache of `file`'s network at the engine's input size.
-fn bottleneck_cache(file: &WeightFile, args: &TrainArgs, engine: &Engine) -> BottleneckCache {
-    let norm = &file.info.normalization;
-    BottleneckCache::new(
-        &args.bottleneck_dir,
-        &file.info.fingerprint,
-        engine.input_size(),
-        norm.scale,
-        norm.offset,
-    )
-}
-
 /// Trains the configured heads on cached or distorted batches, with the
 /// progress bar, the log lines and the intermediate classifiers.
 fn train(
