@@ -1,8 +1,10 @@
 //! One training or evaluation pass of the trainable blocks at one batch size:
-//! a buffer per tensor they touch and per gradient, and the dispatches —
-//! forward from the cut's activations (the engine's conv and pool kernels),
-//! the classifier, then every op's gradient in reverse order, which adds into
-//! the parameters' gradients (summed over micro-batches until the update).
+//! a buffer per tensor they touch (all are read again by the backward pass),
+//! the gradients planned into shared slots by their lifetimes (gpu::slots),
+//! and the dispatches — forward from the cut's activations (the engine's
+//! conv and pool kernels), the classifier, then every op's gradient in
+//! reverse order, which adds into the parameters' gradients (summed over
+//! micro-batches until the update).
 
 use super::network::{TrainableNetwork, HEAD_BIASES, HEAD_WEIGHTS};
 use crate::gpu::backward::ClassifierBuffers;
@@ -11,22 +13,83 @@ use crate::gpu::lowering::{
     activation_grad_params, conv_params, global_pool_params, pool_kind, pool_params,
 };
 use crate::gpu::params::ClassifierTrainParams;
+use crate::gpu::slots::{share_slots, Life};
 use crate::gpu::Gpu;
-use crate::model::graph::{Op, TensorId};
+use crate::model::graph::{Graph, Op, TensorId};
 use anyhow::Result;
 
 pub struct StepPlan {
     pub batch: u32,
     activations: Vec<Option<wgpu::Buffer>>,
-    gradients: Vec<Option<wgpu::Buffer>>,
+    /// The gradient slots.
+    gradients: Vec<wgpu::Buffer>,
     cut: TensorId,
     labels: wgpu::Buffer,
     probabilities: wgpu::Buffer,
     losses: wgpu::Buffer,
     forward: Vec<Dispatch>,
     classify: Dispatch,
-    backward: Vec<Labelled>,
+    /// The backward pass's dispatches, step by step (GradientPlan's steps).
+    backward: Vec<Vec<Labelled>>,
+    /// Per backward step: the gradient slots cleared before it (slot, bytes).
+    clears: Vec<Vec<(usize, u64)>>,
     staging: wgpu::Buffer,
+}
+
+/// Where the backward pass keeps each tensor's gradient. Step 0 is the
+/// classifier's backward, step 1 + k that of the k-th op from the end. A
+/// gradient begins at the step of its last reader (whose backward first adds
+/// into it) and ends at the step of its first writer (whose backward last
+/// reads it); gradients whose lives do not overlap share a slot, cleared
+/// when a gradient begins in it.
+struct GradientPlan {
+    slot_of: Vec<Option<usize>>,
+    sizes: Vec<u64>,
+    /// Per step, the gradients that begin there.
+    begins: Vec<Vec<TensorId>>,
+}
+
+impl GradientPlan {
+    fn new(graph: &Graph, batch: u32) -> Self {
+        let n = graph.ops.len();
+        let step_of = |i: usize| n - i;
+        let cut = graph.ops[0].input();
+        let mut span = vec![None::<(usize, usize)>; graph.shapes.len()];
+        let features = graph.ops[n - 1].output();
+        span[features.0] = Some((0, 0));
+        for (i, op) in graph.ops.iter().enumerate().rev() {
+            for t in op.inputs().into_iter().filter(|&t| t != cut) {
+                let s = span[t.0].get_or_insert((step_of(i), step_of(i)));
+                s.0 = s.0.min(step_of(i));
+            }
+            if let Some(s) = &mut span[op.output().0] {
+                s.1 = s.1.max(step_of(i));
+            }
+        }
+        let tensors: Vec<TensorId> = (0..span.len())
+            .map(TensorId)
+            .filter(|t| span[t.0].is_some())
+            .collect();
+        let lives: Vec<Life> = (tensors.iter())
+            .map(|t| {
+                let (first, last) = span[t.0].expect("a gradient");
+                let bytes = graph.shape(*t).elements() * batch as u64 * 4;
+                Life { first, last, bytes }
+            })
+            .collect();
+        let (slots, sizes) = share_slots(&lives);
+        let mut slot_of = vec![None; graph.shapes.len()];
+        let mut begins = vec![Vec::new(); n + 1];
+        for ((t, slot), life) in tensors.into_iter().zip(slots).zip(&lives) {
+            slot_of[t.0] = Some(slot);
+            begins[life.first].push(t);
+        }
+        GradientPlan {
+            slot_of,
+            sizes,
+            begins,
+        }
+    }
 }
 
 /// A backward dispatch with its kernel family and floating-point operations
@@ -69,14 +132,12 @@ impl StepPlan {
                 touched(TensorId(t)).then(|| gpu.storage_buffer("activation", bytes(TensorId(t))))
             })
             .collect();
-        let gradients: Vec<Option<wgpu::Buffer>> = (0..graph.shapes.len())
-            .map(|t| {
-                let t = TensorId(t);
-                (touched(t) && t != cut).then(|| gpu.storage_buffer("gradient", bytes(t)))
-            })
+        let plan = GradientPlan::new(graph, batch);
+        let gradients: Vec<wgpu::Buffer> = (plan.sizes.iter())
+            .map(|&bytes| gpu.storage_buffer("gradient slot", bytes))
             .collect();
         let act = |t: TensorId| activations[t.0].as_ref().expect("touched tensor");
-        let grad = |t: TensorId| gradients[t.0].as_ref().expect("touched tensor");
+        let grad = |t: TensorId| &gradients[plan.slot_of[t.0].expect("a gradient")];
         let classes = net.classes as u64;
         let labels = gpu.storage_buffer("labels", batch as u64 * 4);
         let probabilities = gpu.storage_buffer("probabilities", batch as u64 * classes * 4);
@@ -107,13 +168,20 @@ impl StepPlan {
             .iter()
             .map(|op| forward_dispatch(gpu, net, op, batch, &act))
             .collect();
-        let mut backward = vec![
+        let mut backward = vec![vec![
             labelled("classifier", 0.0, weight_grads),
             labelled("classifier", 0.0, feature_grads),
-        ];
+        ]];
         for op in graph.ops.iter().rev() {
-            backward.extend(backward_dispatches(gpu, net, op, batch, cut, &act, &grad));
+            backward.push(backward_dispatches(gpu, net, op, batch, cut, &act, &grad));
         }
+        let clears = (plan.begins.iter())
+            .map(|begins| {
+                let bytes = |t: &TensorId| graph.shape(*t).elements() * batch as u64 * 4;
+                let slot = |t: &TensorId| plan.slot_of[t.0].expect("a gradient");
+                begins.iter().map(|t| (slot(t), bytes(t))).collect()
+            })
+            .collect();
         let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("fine-tuning readback"),
             size: batch as u64 * (classes + 1) * 4,
@@ -131,6 +199,7 @@ impl StepPlan {
             forward,
             classify,
             backward,
+            clears,
             staging,
         }
     }
@@ -147,18 +216,13 @@ impl StepPlan {
     /// the parameters' gradients); returns the probabilities and losses.
     pub fn run(&self, gpu: &Gpu, train: bool) -> Result<PassResult> {
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        if train {
-            for g in self.gradients.iter().flatten() {
-                encoder.clear_buffer(g, 0, None);
-            }
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        for d in self.forward.iter().chain([&self.classify]) {
+            d.record(&mut pass);
         }
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            let backward = if train { &self.backward[..] } else { &[] };
-            let backward = backward.iter().map(|l| &l.dispatch);
-            for d in self.forward.iter().chain([&self.classify]).chain(backward) {
-                d.record(&mut pass);
-            }
+        drop(pass);
+        if train {
+            self.record_backward(&mut encoder);
         }
         let probability_bytes = self.probabilities.size();
         encoder.copy_buffer_to_buffer(&self.probabilities, 0, &self.staging, 0, probability_bytes);
@@ -178,20 +242,41 @@ impl StepPlan {
         })
     }
 
+    /// Records the backward pass: a compute pass from each step that clears
+    /// gradient slots (clearing cannot happen inside one) to the next.
+    fn record_backward(&self, encoder: &mut wgpu::CommandEncoder) {
+        let mut step = 0;
+        while step < self.backward.len() {
+            for &(slot, bytes) in &self.clears[step] {
+                encoder.clear_buffer(&self.gradients[slot], 0, Some(bytes));
+            }
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            loop {
+                for l in &self.backward[step] {
+                    l.dispatch.record(&mut pass);
+                }
+                step += 1;
+                if step == self.backward.len() || !self.clears[step].is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+
     /// The backward pass's dispatches in order, each with its family and FLOPs.
-    pub fn backward_dispatches(&self) -> &[Labelled] {
-        &self.backward
+    pub fn backward_dispatches(&self) -> Vec<&Labelled> {
+        self.backward.iter().flatten().collect()
     }
 
     /// Bytes of activations and gradients per image of a plan for `net`.
     pub fn bytes_per_image(net: &TrainableNetwork) -> u64 {
         let graph = &net.blocks.graph;
-        let cut = graph.ops[0].input();
-        let mut tensors: Vec<TensorId> = graph.ops.iter().map(|op| op.output()).collect();
+        let mut tensors: Vec<TensorId> = graph.ops.iter().flat_map(|op| op.inputs()).collect();
+        tensors.extend(graph.ops.iter().map(|op| op.output()));
         tensors.sort();
         tensors.dedup();
-        let outputs: u64 = tensors.iter().map(|&t| graph.shape(t).elements() * 8).sum();
-        outputs + graph.shape(cut).elements() * 4
+        let activations: u64 = tensors.iter().map(|&t| graph.shape(t).elements() * 4).sum();
+        activations + GradientPlan::new(graph, 1).sizes.iter().sum::<u64>()
     }
 
     /// Bytes per image of the largest tensor a plan for `net` binds.
@@ -290,5 +375,57 @@ fn backward_dispatches<'a>(
             vec![labelled("global pool", 0.0, d)]
         }
         Op::MergedConv(_) | Op::Depthwise(_) => unreachable!("TrainableBlocks refuses these"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fine_tune::blocks::TrainableBlocks;
+    use crate::model::inception_v3::inception_v3;
+
+    #[test]
+    fn gradients_share_slots_and_no_two_live_ones_share() {
+        let network = inception_v3(299, 299).unwrap();
+        for from in ["mixed0", "mixed5", "mixed9"] {
+            let graph = TrainableBlocks::new(&network, from).unwrap().graph;
+            let plan = GradientPlan::new(&graph, 2);
+            let bytes = |t: usize| graph.shapes[t].elements() * 2 * 4;
+            let with: Vec<usize> = (0..graph.shapes.len())
+                .filter(|&t| plan.slot_of[t].is_some())
+                .collect();
+            let apart: u64 = with.iter().map(|&t| bytes(t)).sum();
+            let shared: u64 = plan.sizes.iter().sum();
+            assert!(shared * 4 < apart * 3, "{from}: {shared} of {apart} bytes");
+            // A gradient's life, from GradientPlan's definition.
+            let n = graph.ops.len();
+            let life = |t: usize| {
+                let steps = graph.ops.iter().enumerate().filter_map(|(i, op)| {
+                    let reads = op.inputs().contains(&TensorId(t));
+                    let writes = op.output() == TensorId(t);
+                    (reads || writes).then_some(n - i)
+                });
+                let (mut first, mut last) = (usize::MAX, 0);
+                for s in steps {
+                    (first, last) = (first.min(s), last.max(s));
+                }
+                match graph.ops[n - 1].output() == TensorId(t) {
+                    true => (0, last),
+                    false => (first, last),
+                }
+            };
+            for &t in &with {
+                let slot = plan.slot_of[t].unwrap();
+                assert!(plan.sizes[slot] >= bytes(t));
+                for &u in with
+                    .iter()
+                    .filter(|&&u| u > t && plan.slot_of[u] == Some(slot))
+                {
+                    let (a, b) = (life(t), life(u));
+                    assert!(a.1 < b.0 || b.1 < a.0, "{from}: {t} {a:?} and {u} {b:?}");
+                }
+                assert!(plan.begins[life(t).0].contains(&TensorId(t)));
+            }
+        }
     }
 }

@@ -1,59 +1,104 @@
-//! The activation allocator: which buffer slot each tensor of a graph lives
-//! in. A tensor takes a slot when first written and gives it back after its
-//! last reader, so tensors whose lifetimes do not overlap share memory.
+//! The buffer allocator: which slot each value of a pass lives in. A value
+//! takes a slot at the step it is first written and gives it back after the
+//! step it is last used, so values whose lifetimes do not overlap share
+//! memory. The forward pass's activations are planned with it, and so are
+//! the gradients of the fine-tuning backward pass.
 
 use crate::model::graph::{Graph, Op, TensorId};
 
-/// Which slot each tensor lives in, and each slot's size in bytes. A tensor
-/// takes a slot when first written and gives it back after its last reader;
-/// tensors in `keep` are never given back (they are read after the run).
-pub fn assign_slots(graph: &Graph, batch: u32, keep: &[TensorId]) -> (Vec<usize>, Vec<u64>) {
-    let bytes = |t: TensorId| graph.shape(t).elements() * batch as u64 * 4;
-    let mut last_use = vec![0usize; graph.shapes.len()];
-    for (i, op) in graph.ops.iter().enumerate() {
-        for t in op.inputs() {
-            last_use[t.0] = i;
-        }
-    }
-    for t in keep {
-        last_use[t.0] = usize::MAX;
-    }
-    let mut slot_of = vec![usize::MAX; graph.shapes.len()];
-    let mut sizes: Vec<u64> = Vec::new();
+/// A value needing `bytes` from step `first` to step `last`, both included.
+#[derive(Clone, Copy, Debug)]
+pub struct Life {
+    pub first: usize,
+    pub last: usize,
+    pub bytes: u64,
+}
+
+/// The slot of each life and each slot's size in bytes. At every step, the
+/// lives that ended before it give their slots back, then the lives that
+/// begin at it take one (in the order given): the best-fitting free slot,
+/// else the largest free one grown, else a new slot.
+pub fn share_slots(lives: &[Life]) -> (Vec<usize>, Vec<u64>) {
+    let mut starts: Vec<usize> = (0..lives.len()).collect();
+    starts.sort_by_key(|&i| lives[i].first);
+    let mut ends: Vec<usize> = (0..lives.len()).collect();
+    ends.sort_by_key(|&i| lives[i].last);
+    let (mut slot_of, mut sizes) = (vec![usize::MAX; lives.len()], Vec::<u64>::new());
     let mut free: Vec<usize> = Vec::new();
-    let mut take = |t: TensorId, slot_of: &mut Vec<usize>, free: &mut Vec<usize>| {
-        let need = bytes(t);
-        // Best fit among free slots; else grow the largest free one; else a new slot.
-        let fit = free
-            .iter()
-            .enumerate()
-            .filter(|(_, &s)| sizes[s] >= need)
+    let mut ended = 0;
+    for i in starts {
+        let life = lives[i];
+        while ended < ends.len() && lives[ends[ended]].last < life.first {
+            let slot = slot_of[ends[ended]];
+            if slot != usize::MAX {
+                free.push(slot);
+            }
+            ended += 1;
+        }
+        let fit = (free.iter().enumerate())
+            .filter(|(_, &s)| sizes[s] >= life.bytes)
             .min_by_key(|(_, &s)| sizes[s]);
         let pick = fit
             .or_else(|| free.iter().enumerate().max_by_key(|(_, &s)| sizes[s]))
-            .map(|(i, _)| i);
+            .map(|(k, _)| k);
         let slot = match pick {
-            Some(i) => free.swap_remove(i),
+            Some(k) => free.swap_remove(k),
             None => {
                 sizes.push(0);
                 sizes.len() - 1
             }
         };
-        sizes[slot] = sizes[slot].max(need);
-        slot_of[t.0] = slot;
-    };
-    if let Some(input) = graph.ops.first().map(Op::input) {
-        take(input, &mut slot_of, &mut free);
+        sizes[slot] = sizes[slot].max(life.bytes);
+        slot_of[i] = slot;
+    }
+    (slot_of, sizes)
+}
+
+/// Which slot each tensor of `graph` lives in during the forward pass, and
+/// each slot's size in bytes. Step i is op i; the network's input is written
+/// before op 0. A tensor lives from its first write to its last read (or
+/// write); tensors in `keep` live to the end (they are read after the run).
+pub fn assign_slots(graph: &Graph, batch: u32, keep: &[TensorId]) -> (Vec<usize>, Vec<u64>) {
+    let bytes = |t: TensorId| graph.shape(t).elements() * batch as u64 * 4;
+    let mut order: Vec<TensorId> = graph.ops.first().map(Op::input).into_iter().collect();
+    let mut span = vec![None::<(usize, usize)>; graph.shapes.len()];
+    if let Some(input) = order.first() {
+        span[input.0] = Some((0, 0));
     }
     for (i, op) in graph.ops.iter().enumerate() {
-        if slot_of[op.output().0] == usize::MAX {
-            take(op.output(), &mut slot_of, &mut free);
+        let out = op.output();
+        match &mut span[out.0] {
+            Some(s) => s.1 = s.1.max(i),
+            None => {
+                span[out.0] = Some((i, i));
+                order.push(out);
+            }
         }
-        let mut inputs = op.inputs();
-        inputs.dedup();
-        for t in inputs.into_iter().filter(|t| last_use[t.0] == i) {
-            free.push(slot_of[t.0]);
+        for t in op.inputs() {
+            if let Some(s) = &mut span[t.0] {
+                s.1 = s.1.max(i);
+            }
         }
+    }
+    for t in keep {
+        if let Some(s) = &mut span[t.0] {
+            s.1 = usize::MAX;
+        }
+    }
+    let lives: Vec<Life> = (order.iter())
+        .map(|&t| {
+            let (first, last) = span[t.0].expect("a tensor of the order");
+            Life {
+                first,
+                last,
+                bytes: bytes(t),
+            }
+        })
+        .collect();
+    let (slots, sizes) = share_slots(&lives);
+    let mut slot_of = vec![usize::MAX; graph.shapes.len()];
+    for (t, slot) in order.into_iter().zip(slots) {
+        slot_of[t.0] = slot;
     }
     (slot_of, sizes)
 }
