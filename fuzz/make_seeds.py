@@ -30,6 +30,7 @@ rng = np.random.default_rng(0)
 
 
 def put(target, name, data):
+    # No extensions the repository ignores (*.safetensors): seeds are named plainly.
     folder = os.path.join(ROOT, target)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "seed-" + name), "wb") as f:
@@ -198,7 +199,7 @@ def torch_files():
         for i, (_, array) in enumerate(tensors):
             z.writestr(f"archive/data/{i}", array.tobytes())
     put("pth", "torch_layout.pth", out.getvalue())
-    put("safetensors_source", "timm.safetensors", st_save(dict(tensors)))
+    put("safetensors_source", "timm", st_save(dict(tensors)))
 
 
 def h5_bytes(fill):
@@ -250,10 +251,10 @@ def retrain_files(classifier):
     }
     tensors = {"Conv1.weight": rng.standard_normal((3, 3, 3, 32)).astype("<f4"),
                "Conv1.bias": rng.standard_normal(32).astype("<f4")}
-    put("engine_weights", "mobilenet_v2.safetensors", st_save(tensors, metadata=meta))
+    put("engine_weights", "mobilenet_v2", st_save(tensors, metadata=meta))
     if classifier:
         with open(classifier, "rb") as f:
-            put("classifier", "mobilenet_v2_head.safetensors", f.read())
+            put("classifier", "mobilenet_v2_head", f.read())
     for magic, dtype in [(b"RTBNECK1", "<f4"), (b"RTACTF16", "<f2")]:
         body = magic + struct.pack("<I", 2048) + rng.standard_normal(2048).astype(dtype).tobytes()
         put("bottleneck_entry", magic.decode().lower(), body + hashlib.sha256(body).digest())

@@ -3,7 +3,16 @@
 //! disk, rename it, then flush the folder (so the rename survives a crash).
 
 use anyhow::{Context, Result};
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+/// Temporary files start with this.
+pub const PREFIX: &str = ".retrain-";
+/// A temporary file this old was left by a process killed while writing
+/// (a live writer renames its file within seconds).
+const ABANDONED_AFTER: Duration = Duration::from_secs(60 * 60);
 
 /// Calls `write` with the path of a fresh temporary file in `path`'s folder,
 /// then renames it over `path`. On error the temporary file is removed and
@@ -15,8 +24,9 @@ pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     };
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create folder {}", dir.display()))?;
+    sweep_once(dir);
     let temp = tempfile::Builder::new()
-        .prefix(".retrain-")
+        .prefix(PREFIX)
         .tempfile_in(dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
     write(temp.path()).with_context(|| format!("cannot write {}", path.display()))?;
@@ -29,6 +39,29 @@ pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     temp.persist(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
     sync_folder(dir)
+}
+
+/// Removes the temporary files that killed processes left in `dir`, the
+/// first time this process writes there.
+fn sweep_once(dir: &Path) {
+    static SWEPT: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+    let mut swept = SWEPT.lock().unwrap_or_else(|e| e.into_inner());
+    if !swept
+        .get_or_insert_with(HashSet::new)
+        .insert(dir.to_path_buf())
+    {
+        return;
+    }
+    let now = SystemTime::now();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let abandoned = (entry.metadata().ok())
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > ABANDONED_AFTER);
+        if abandoned && entry.file_name().to_string_lossy().starts_with(PREFIX) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Flushes a written file's data to disk.

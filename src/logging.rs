@@ -90,7 +90,7 @@ pub fn also_to_file(path: &Path) -> Result<()> {
         _ => Path::new("."),
     };
     let file = tempfile::Builder::new()
-        .prefix(".retrain-")
+        .prefix(crate::atomic_file::PREFIX)
         .tempfile_in(dir)
         .and_then(|t| t.persist(path).map_err(|e| e.error))
         .with_context(|| format!("cannot write {}", path.display()))?;

@@ -215,3 +215,30 @@ fn runs_and_features_share_one_bottleneck_folder() {
     let read = |name: &str| Classifier::read(&dir.path().join(name).join("model.safetensors"));
     assert_eq!(read("a").unwrap().weights, read("b").unwrap().weights);
 }
+
+#[test]
+fn temporary_files_left_by_killed_runs_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    example_folder(dir.path(), 4);
+    let out = dir.path().join("retrain-output");
+    let entries = out.join("bottlenecks/broken");
+    std::fs::create_dir_all(&entries).unwrap();
+    let hours_ago =
+        |h: u64| std::time::SystemTime::now() - std::time::Duration::from_secs(h * 3600);
+    let left = |path: std::path::PathBuf, modified| {
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_modified(modified).unwrap();
+        path
+    };
+    let old = [
+        left(out.join(".retrain-a1b2c3"), hours_ago(2)),
+        left(entries.join(".retrain-d4e5f6"), hours_ago(5)),
+    ];
+    // Perhaps another process's file being written right now: kept.
+    let fresh = left(out.join(".retrain-g7h8i9"), hours_ago(0));
+    run(dir.path());
+    for f in old {
+        assert!(!f.exists(), "{} was left", f.display());
+    }
+    assert!(fresh.exists());
+}
