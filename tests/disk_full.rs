@@ -7,32 +7,13 @@
 
 mod common;
 
-use common::{example_folder, stderr};
+use common::{example_folder, small_run_args, stderr};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
 fn args(seed: &str) -> Vec<String> {
-    [
-        "--image-dir",
-        "images",
-        "--architecture",
-        "mobilenet_v2",
-        "--input-size",
-        "96",
-        "--testing-percentage",
-        "25",
-        "--how-many-training-steps",
-        "40",
-        "--sweep-learning-rates",
-        "0.01",
-        "--sweep-l2",
-        "0.01",
-        "--seed",
-        seed,
-    ]
-    .map(String::from)
-    .to_vec()
+    small_run_args("40", "0.01", seed)
 }
 
 /// `retrain ARGS` in `dir` with files limited to `limit_kib` KiB.

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{example_folder, stderr};
+use common::{example_folder, small_run_args, stderr};
 use rand::{Rng, SeedableRng};
 use retrain::data::bottleneck_cache::BottleneckCache;
 use retrain::head::classifier::Classifier;
@@ -18,26 +18,9 @@ use std::time::Instant;
 /// A small MobileNet V2 run with a fixed seed, in `dir` (images in `images/`).
 fn command(dir: &Path, bottlenecks: &str) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_retrain"));
-    c.current_dir(dir).args([
-        "--image-dir",
-        "images",
-        "--architecture",
-        "mobilenet_v2",
-        "--input-size",
-        "96",
-        "--testing-percentage",
-        "25",
-        "--how-many-training-steps",
-        "60",
-        "--sweep-learning-rates",
-        "0.01",
-        "--sweep-l2",
-        "0.001,0.1",
-        "--seed",
-        "5",
-        "--bottleneck-dir",
-        bottlenecks,
-    ]);
+    c.current_dir(dir)
+        .args(small_run_args("60", "0.001,0.1", "5"))
+        .args(["--bottleneck-dir", bottlenecks]);
     c
 }
 
@@ -177,19 +160,12 @@ fn runs_and_features_share_one_bottleneck_folder() {
         c
     };
     let mut features = Command::new(env!("CARGO_BIN_EXE_retrain"));
-    features.current_dir(dir.path()).args([
-        "features",
-        "--image-dir",
-        "images",
-        "--architecture",
-        "mobilenet_v2",
-        "--input-size",
-        "96",
-        "--output",
-        "f.npy",
-        "--bottleneck-dir",
-        shared.to_str().unwrap(),
-    ]);
+    let model = ["--architecture", "mobilenet_v2", "--input-size", "96"];
+    features
+        .current_dir(dir.path())
+        .args(["features", "--image-dir", "images", "--output", "f.npy"])
+        .args(model)
+        .args(["--bottleneck-dir", shared.to_str().unwrap()]);
     let mut runs = [retrain_into("a"), retrain_into("b"), features];
     let children: Vec<_> = (runs.iter_mut())
         .map(|c| {

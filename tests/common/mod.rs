@@ -131,3 +131,26 @@ pub fn image_folder_from(source: &Path, root: &Path, per_class: usize) {
         }
     }
 }
+
+/// Flags of a small MobileNet V2 run on `images/` (96×96, a quarter of the
+/// images for testing, one learning rate): the kind of run a test repeats.
+pub fn small_run_args(steps: &str, l2: &str, seed: &str) -> Vec<String> {
+    let model = ["--architecture", "mobilenet_v2", "--input-size", "96"];
+    let mut args: Vec<&str> = vec!["--image-dir", "images"];
+    args.extend(model);
+    args.extend([
+        "--testing-percentage",
+        "25",
+        "--how-many-training-steps",
+        steps,
+    ]);
+    args.extend([
+        "--sweep-learning-rates",
+        "0.01",
+        "--sweep-l2",
+        l2,
+        "--seed",
+        seed,
+    ]);
+    args.into_iter().map(String::from).collect()
+}
