@@ -9,7 +9,7 @@ mod common;
 
 use common::{example_folder, small_run_args, stderr};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn args(seed: &str) -> Vec<String> {
@@ -27,8 +27,11 @@ fn retrain_limited(dir: &Path, limit_kib: u64, args: &[String]) -> Output {
         .unwrap()
 }
 
-/// Every file of a folder (not below it) with its size and a hash of its bytes.
-fn files(dir: &Path) -> BTreeMap<String, (usize, u64)> {
+/// Files by name, with their size and a hash of their bytes.
+type Files = BTreeMap<String, (usize, u64)>;
+
+/// Every file of a folder (not below it).
+fn files(dir: &Path) -> Files {
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -50,15 +53,20 @@ fn assert_clean_failure(o: &Output, names: &str) {
     assert!(err.contains(names), "the error should name {names}:\n{err}");
 }
 
-#[test]
-fn a_full_disk_stops_the_run_naming_the_file_and_keeps_earlier_outputs() {
+/// A folder with a finished run's outputs in `retrain-output`, and those outputs.
+fn finished_run() -> (tempfile::TempDir, PathBuf, Files) {
     let dir = tempfile::tempdir().unwrap();
     example_folder(dir.path(), 6);
     let out = dir.path().join("retrain-output");
-
     let o = retrain_limited(dir.path(), 1 << 20, &args("1"));
     assert!(o.status.success(), "{}", stderr(&o));
     let before = files(&out);
+    (dir, out, before)
+}
+
+#[test]
+fn a_full_disk_stops_the_run_naming_the_file_and_keeps_earlier_outputs() {
+    let (dir, out, before) = finished_run();
     // A limit the report (thumbnails inside) exceeds and every other output fits in.
     let limit = before["report.html"].0 - 1024;
     let others = before.iter().filter(|(n, _)| *n != "report.html");
@@ -86,19 +94,14 @@ fn a_full_disk_stops_the_run_naming_the_file_and_keeps_earlier_outputs() {
         after["report.html"], before["report.html"],
         "the old report is intact"
     );
-    let names = |m: &BTreeMap<String, (usize, u64)>| m.keys().cloned().collect::<Vec<_>>();
+    let names = |m: &Files| m.keys().cloned().collect::<Vec<_>>();
     assert_eq!(names(&after), names(&before), "no temporary file is left");
     retrain::head::classifier::Classifier::read(&out.join("model.safetensors")).unwrap();
 }
 
 #[test]
 fn a_read_only_output_folder_stops_the_run_and_keeps_what_is_there() {
-    let dir = tempfile::tempdir().unwrap();
-    example_folder(dir.path(), 6);
-    let out = dir.path().join("retrain-output");
-    let o = retrain_limited(dir.path(), 1 << 20, &args("1"));
-    assert!(o.status.success(), "{}", stderr(&o));
-    let before = files(&out);
+    let (dir, out, before) = finished_run();
 
     let chattr = |flag: &str| {
         let s = Command::new("chattr")
