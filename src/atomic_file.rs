@@ -4,12 +4,14 @@
 
 use anyhow::{Context, Result};
 use std::collections::HashSet;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
+use tempfile::NamedTempFile;
 
 /// Temporary files start with this.
-pub const PREFIX: &str = ".retrain-";
+const PREFIX: &str = ".retrain-";
 /// A temporary file this old was left by a process killed while writing
 /// (a live writer renames its file within seconds).
 const ABANDONED_AFTER: Duration = Duration::from_secs(60 * 60);
@@ -18,6 +20,25 @@ const ABANDONED_AFTER: Duration = Duration::from_secs(60 * 60);
 /// then renames it over `path`. On error the temporary file is removed and
 /// `path` is untouched.
 pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let (dir, temp) = temporary_beside(path)?;
+    write(temp.path()).with_context(|| format!("cannot write {}", path.display()))?;
+    sync(temp.path())?;
+    temp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    sync_folder(dir)
+}
+
+/// A new, empty file that takes `path`'s name at once, for a file written as
+/// it goes (a log): the old one is replaced whole, never cut short in place.
+pub fn fresh_file(path: &Path) -> Result<File> {
+    let (_, temp) = temporary_beside(path)?;
+    temp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `path`'s folder (created if needed) and a temporary file in it, readable
+/// by all once renamed (as a file the user writes would be).
+fn temporary_beside(path: &Path) -> Result<(&Path, NamedTempFile)> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -28,17 +49,13 @@ pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     let temp = tempfile::Builder::new()
         .prefix(PREFIX)
         .tempfile_in(dir)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
-    write(temp.path()).with_context(|| format!("cannot write {}", path.display()))?;
-    sync(temp.path())?;
+        .with_context(|| format!("cannot write {}", path.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o644))?;
     }
-    temp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    sync_folder(dir)
+    Ok((dir, temp))
 }
 
 /// Removes the temporary files that killed processes left in `dir`, the

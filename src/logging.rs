@@ -4,7 +4,7 @@
 //! (progress.rs) so that lines and bars never tear each other. A run of
 //! `retrain` also keeps every line of its own, DEBUG included, in train.log.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use std::fs::File;
 use std::io::{LineWriter, Write};
@@ -85,20 +85,7 @@ pub fn init(verbosity: &str) {
 /// it: a new file takes the name (the old log is never cut short in place),
 /// so a folder that cannot be written fails here, before any work.
 pub fn also_to_file(path: &Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let file = tempfile::Builder::new()
-        .prefix(crate::atomic_file::PREFIX)
-        .tempfile_in(dir)
-        .and_then(|t| t.persist(path).map_err(|e| e.error))
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    }
+    let file = crate::atomic_file::fresh_file(path)?;
     *FILE.lock().unwrap_or_else(|e| e.into_inner()) = Some(LineWriter::new(file));
     log::set_max_level(LevelFilter::Debug);
     Ok(())

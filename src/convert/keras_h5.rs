@@ -55,19 +55,9 @@ type Dataset = (String, Vec<usize>, Vec<f32>);
 /// group linked into itself.
 const MAX_GROUP_DEPTH: usize = 16;
 
-/// What `datasets` may still read: values are counted against what the file
-/// can hold, before they are allocated.
-struct Budget {
-    bytes: u64,
-}
-
-/// Every dataset under `group`.
-fn datasets(
-    group: &Group,
-    prefix: &str,
-    out: &mut Vec<Dataset>,
-    budget: &mut Budget,
-) -> Result<()> {
+/// Every dataset under `group`; `budget` is the bytes they may still take,
+/// each dataset's declared size counted against it before it is read.
+fn datasets(group: &Group, prefix: &str, out: &mut Vec<Dataset>, budget: &mut u64) -> Result<()> {
     if prefix.matches('/').count() > MAX_GROUP_DEPTH {
         bail!("groups nest deeper than {MAX_GROUP_DEPTH} levels at {prefix}");
     }
@@ -76,13 +66,13 @@ fn datasets(
         let shape: Vec<usize> = ds.shape()?.iter().map(|&d| d as usize).collect();
         let bytes = (shape.iter())
             .try_fold(4u64, |n, &d| n.checked_mul(d as u64))
-            .filter(|&b| b <= budget.bytes)
+            .filter(|&b| b <= *budget)
             .ok_or_else(|| {
                 anyhow!(
                     "dataset {prefix}{name} declares shape {shape:?}, more than the file can hold"
                 )
             })?;
-        budget.bytes -= bytes;
+        *budget -= bytes;
         let data = ds
             .read_f32()
             .map_err(|e| anyhow!("dataset {prefix}{name} is not readable as float32: {e}"))?;
@@ -177,9 +167,7 @@ pub fn read_file(
 ) -> Result<SourceWeights> {
     let mut all = Vec::new();
     // Float32 data, possibly deflated: a hundred times the file is beyond any real one.
-    let mut budget = Budget {
-        bytes: stored_bytes.saturating_mul(100),
-    };
+    let mut budget = stored_bytes.saturating_mul(100);
     datasets(&file.root(), "", &mut all, &mut budget).map_err(|e| {
         anyhow!("{what}: cannot read the HDF5 contents (truncated or damaged?): {e:#}")
     })?;

@@ -45,8 +45,8 @@ pub struct StepPlan {
 struct GradientPlan {
     slot_of: Vec<Option<usize>>,
     sizes: Vec<u64>,
-    /// Per step, the gradients that begin there.
-    begins: Vec<Vec<TensorId>>,
+    /// Per step, the slots of the gradients that begin there and their bytes.
+    clears: Vec<Vec<(usize, u64)>>,
 }
 
 impl GradientPlan {
@@ -79,15 +79,15 @@ impl GradientPlan {
             .collect();
         let (slots, sizes) = share_slots(&lives);
         let mut slot_of = vec![None; graph.shapes.len()];
-        let mut begins = vec![Vec::new(); n + 1];
+        let mut clears = vec![Vec::new(); n + 1];
         for ((t, slot), life) in tensors.into_iter().zip(slots).zip(&lives) {
             slot_of[t.0] = Some(slot);
-            begins[life.first].push(t);
+            clears[life.first].push((slot, life.bytes));
         }
         GradientPlan {
             slot_of,
             sizes,
-            begins,
+            clears,
         }
     }
 }
@@ -175,13 +175,6 @@ impl StepPlan {
         for op in graph.ops.iter().rev() {
             backward.push(backward_dispatches(gpu, net, op, batch, cut, &act, &grad));
         }
-        let clears = (plan.begins.iter())
-            .map(|begins| {
-                let bytes = |t: &TensorId| graph.shape(*t).elements() * batch as u64 * 4;
-                let slot = |t: &TensorId| plan.slot_of[t.0].expect("a gradient");
-                begins.iter().map(|t| (slot(t), bytes(t))).collect()
-            })
-            .collect();
         let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("fine-tuning readback"),
             size: batch as u64 * (classes + 1) * 4,
@@ -199,7 +192,7 @@ impl StepPlan {
             forward,
             classify,
             backward,
-            clears,
+            clears: plan.clears,
             staging,
         }
     }
@@ -424,7 +417,7 @@ mod tests {
                     let (a, b) = (life(t), life(u));
                     assert!(a.1 < b.0 || b.1 < a.0, "{from}: {t} {a:?} and {u} {b:?}");
                 }
-                assert!(plan.begins[life(t).0].contains(&TensorId(t)));
+                assert!(plan.clears[life(t).0].contains(&(slot, bytes(t))));
             }
         }
     }

@@ -163,26 +163,14 @@ pub fn refresh(
     rows: &[u32],
 ) -> Result<()> {
     let dim = b.dim;
-    let mut vectors: Vec<Option<Vec<f32>>> = vec![None; b.examples.len()];
-    let mut pending = Vec::new();
-    for &r in rows {
-        let e = &b.examples[r as usize];
-        let entry = cache.entry_path(&dataset.classes[e.class].folder, &e.path)?;
-        vectors[r as usize] = cached(cache, &entry, dim);
-        if vectors[r as usize].is_none() {
-            pending.push(Pending {
-                index: r as usize,
-                entry,
-                cut_entry: None,
-            });
-        }
-    }
-    let mut cuts = vec![None; b.examples.len()];
-    let mut found = Found {
-        vectors: &mut vectors,
-        cuts: &mut cuts,
-    };
-    compute(engine, cache, None, &b.examples, &pending, &mut found)?;
+    let entries = (rows.iter())
+        .map(|&r| {
+            let e = &b.examples[r as usize];
+            let entry = cache.entry_path(&dataset.classes[e.class].folder, &e.path)?;
+            Ok((r as usize, entry))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (mut vectors, _) = read_or_compute(engine, cache, &b.examples, entries)?;
     for &r in rows {
         let Some(v) = vectors[r as usize].take() else {
             anyhow::bail!(
@@ -218,10 +206,8 @@ pub fn of_images(
     cache: &BottleneckCache,
     paths: &[PathBuf],
 ) -> Result<(Vec<Option<Vec<f32>>>, usize)> {
-    let dim = engine.bottleneck_size();
     let mut examples = Vec::new();
-    let mut vectors = Vec::new();
-    let mut pending = Vec::new();
+    let mut entries = Vec::new();
     for (index, path) in paths.iter().enumerate() {
         let folder = (path.parent().and_then(|p| p.file_name()))
             .map_or(String::new(), |n| n.to_string_lossy().into_owned());
@@ -230,15 +216,28 @@ pub fn of_images(
             set: Set::Training,
             path: path.clone(),
         });
-        let entry = match cache.entry_path(&folder, path) {
-            Ok(e) => e,
-            Err(e) => {
-                log::warn!("skipping {}: {e:#}", path.display());
-                vectors.push(None);
-                continue;
-            }
-        };
-        vectors.push(cached(cache, &entry, dim));
+        match cache.entry_path(&folder, path) {
+            Ok(entry) => entries.push((index, entry)),
+            Err(e) => log::warn!("skipping {}: {e:#}", path.display()),
+        }
+    }
+    read_or_compute(engine, cache, &examples, entries)
+}
+
+/// The bottleneck of each example `index` whose entry is given, read from
+/// `cache` or computed and cached (None for the others, and for images that
+/// cannot be read), and how many were computed.
+fn read_or_compute(
+    engine: &mut Engine,
+    cache: &BottleneckCache,
+    examples: &[Example],
+    entries: Vec<(usize, PathBuf)>,
+) -> Result<(Vec<Option<Vec<f32>>>, usize)> {
+    let dim = engine.bottleneck_size();
+    let mut vectors = vec![None; examples.len()];
+    let mut pending = Vec::new();
+    for (index, entry) in entries {
+        vectors[index] = cached(cache, &entry, dim);
         if vectors[index].is_none() {
             pending.push(Pending {
                 index,
@@ -247,12 +246,12 @@ pub fn of_images(
             });
         }
     }
-    let mut cuts = vec![None; paths.len()];
+    let mut cuts = vec![None; examples.len()];
     let mut found = Found {
         vectors: &mut vectors,
         cuts: &mut cuts,
     };
-    let computed = compute(engine, cache, None, &examples, &pending, &mut found)?;
+    let computed = compute(engine, cache, None, examples, &pending, &mut found)?;
     Ok((vectors, computed))
 }
 

@@ -206,7 +206,6 @@ fn snapshot(
     c
 }
 
-/// The bottleneck cache of `file`'s network at the engine's input size.
 /// Trains the configured heads on cached or distorted batches, with the
 /// progress bar, the log lines and the intermediate classifiers.
 fn train(
