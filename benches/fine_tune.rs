@@ -15,7 +15,7 @@ use retrain::engine::Engine;
 use retrain::fine_tune::blocks::{TrainableBlocks, DEFAULT_FROM};
 use retrain::fine_tune::network::TrainableNetwork;
 use retrain::fine_tune::settings::{FineTuneSettings, Rule};
-use retrain::fine_tune::step::StepPlan;
+use retrain::fine_tune::step::{Pass, StepPlan};
 use retrain::gpu::timer::GpuTimer;
 use retrain::gpu::Gpu;
 use retrain::model::weights::WeightFile;
@@ -46,6 +46,7 @@ fn main() {
         rule: Rule::Adam,
         weight_decay: 1e-4,
         batch_size: batch,
+        dropout: 0.3,
         patience: 0,
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
@@ -62,10 +63,14 @@ fn main() {
     plan.load(&gpu, &values, &labels);
 
     let forward = wall_secs(|| {
-        plan.run(&gpu, false).expect("forward");
+        plan.run(&gpu, Pass::Evaluate).expect("forward");
     });
     let step = wall_secs(|| {
-        plan.run(&gpu, true).expect("step");
+        let pass = Pass::Train {
+            dropout: 0.3,
+            seed: 1,
+        };
+        plan.run(&gpu, pass).expect("step");
         net.update(&gpu, 1e-4);
         gpu.device
             .poll(wgpu::PollType::wait_indefinitely())

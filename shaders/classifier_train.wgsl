@@ -3,13 +3,16 @@
 // and cross-entropy, and the gradients of the batch's mean cross-entropy with
 // respect to its weights, its biases and its input rows. `scale` is 1 / the
 // rows of the whole step (a step split into micro-batches sums their
-// gradients).
+// gradients). While training, dropout zeroes each input value with
+// probability drop_below / 2^32 and scales the kept ones by keep_scale; the
+// mask m[r, d] is a hash of (seed, r·dim + d), so every entry point (and the
+// CPU reference) draws the same one. drop_below = 0, keep_scale = 1: none.
 //
-//   forward:         probabilities[r, c] = softmax_c(Σ_d features[r, d]·weights[d, c] + biases[c])
+//   forward:         probabilities[r, c] = softmax_c(Σ_d x[r, d]·weights[d, c] + biases[c])
 //                    losses[r] = −ln probabilities[r, labels[r]]
-//   weight_grads:    grad_weights[d, c] += Σ_r features[r, d]·δ[r, c];  grad_biases[c] += Σ_r δ[r, c]
-//   feature_grads:   grad_features[r, d] = Σ_c δ[r, c]·weights[d, c]
-//   with δ[r, c] = (probabilities[r, c] − [c = labels[r]])·scale
+//   weight_grads:    grad_weights[d, c] += Σ_r x[r, d]·δ[r, c];  grad_biases[c] += Σ_r δ[r, c]
+//   feature_grads:   grad_features[r, d] = m[r, d]·Σ_c δ[r, c]·weights[d, c]
+//   with x[r, d] = m[r, d]·features[r, d], δ[r, c] = (probabilities[r, c] − [c = labels[r]])·scale
 //
 // Bindings:
 //   0 params         (uniform)  struct Params
@@ -27,7 +30,16 @@
 // (dim·classes + classes); feature_grads: one per input value (rows·dim).
 // 256-wide workgroups on a 2-D grid.
 
-struct Params { rows: u32, dim: u32, classes: u32, scale: f32 }
+struct Params {
+    rows: u32,
+    dim: u32,
+    classes: u32,
+    scale: f32,
+    drop_below: u32,
+    keep_scale: f32,
+    seed: u32,
+    _pad: u32,
+}
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> features: array<f32>;
@@ -44,6 +56,19 @@ fn element_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return gid.x + gid.y * groups.x * 256u;
 }
 
+// A 32-bit integer hash (PCG's output permutation of one LCG step).
+fn hash(x: u32) -> u32 {
+    let state = x * 747796405u + 2891336453u;
+    let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
+    return (word >> 22u) ^ word;
+}
+
+// Dropout's factor for input value d of row r: 0 or keep_scale.
+fn mask(r: u32, d: u32) -> f32 {
+    let dropped = hash(p.seed ^ hash(r * p.dim + d)) < p.drop_below;
+    return select(p.keep_scale, 0.0, dropped);
+}
+
 @compute @workgroup_size(256)
 fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let r = element_index(gid, groups);
@@ -56,7 +81,7 @@ fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     for (var c = 0u; c < p.classes; c++) {
         var logit = biases[c];
         for (var d = 0u; d < p.dim; d++) {
-            logit = fma(features[r * p.dim + d], weights[d * p.classes + c], logit);
+            logit = fma(features[r * p.dim + d] * mask(r, d), weights[d * p.classes + c], logit);
         }
         probabilities[out + c] = logit;
         top = max(top, logit);
@@ -89,7 +114,7 @@ fn weight_grads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         let c = index % p.classes;
         var acc = 0.0;
         for (var r = 0u; r < p.rows; r++) {
-            acc = fma(features[r * p.dim + d], delta(r, c), acc);
+            acc = fma(features[r * p.dim + d] * mask(r, d), delta(r, c), acc);
         }
         grad_weights[index] += acc;
     } else {
@@ -114,5 +139,5 @@ fn feature_grads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     for (var c = 0u; c < p.classes; c++) {
         acc = fma(delta(r, c), weights[d * p.classes + c], acc);
     }
-    grad_features[index] = acc;
+    grad_features[index] = acc * mask(r, d);
 }

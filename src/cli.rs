@@ -296,6 +296,15 @@ pub struct TrainArgs {
         help_heading = "Fine-tuning"
     )]
     pub fine_tune_batch_size: u32,
+    /// Dropout on the classifier's input while fine-tuning: the probability
+    /// that each of its features is zeroed in a training step (0: none).
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.3,
+        help_heading = "Fine-tuning"
+    )]
+    pub fine_tune_dropout: f32,
     /// Epochs without a better validation result before fine-tuning stops (0: never).
     #[arg(
         long,

@@ -23,7 +23,7 @@ use retrain::cpu_reference::network::{loss_and_gradients, Parameters};
 use retrain::fine_tune::blocks::TrainableBlocks;
 use retrain::fine_tune::network::{TrainableNetwork, HEAD_BIASES, HEAD_WEIGHTS};
 use retrain::fine_tune::settings::{FineTuneSettings, Rule};
-use retrain::fine_tune::step::StepPlan;
+use retrain::fine_tune::step::{Pass, StepPlan};
 use retrain::gpu::backward::{
     optimizer_uniform, BackwardKernels, ClassifierBuffers, OptimizerBuffers,
 };
@@ -354,19 +354,18 @@ fn global_pool_gradient_matches_the_reference() {
 #[test]
 fn classifier_pass_matches_the_reference() {
     let gpu = &gpu().0;
-    for seed in 0..3 {
+    // Seeds 0 and 1 without dropout, 2 to 4 with (each mask drawn anew).
+    for seed in 0..5 {
         let mut rng = rng(400 + seed);
         let (rows, dim, classes) = (
             rng.random_range(1..20),
             rng.random_range(1..70),
             rng.random_range(2..6),
         );
-        let p = ClassifierTrainParams {
-            rows,
-            dim,
-            classes,
-            scale: 1.0 / (rows + 3) as f32,
-        };
+        let mut p = ClassifierTrainParams::new(rows, dim, classes, 1.0 / (rows + 3) as f32);
+        if seed >= 2 {
+            p = p.with_dropout(rng.random_range(0.1..0.6), rng.random());
+        }
         let features = random_vec(&mut rng, (rows * dim) as usize);
         let weights = random_vec(&mut rng, (dim * classes) as usize);
         let biases = random_vec(&mut rng, classes as usize);
@@ -393,6 +392,7 @@ fn classifier_pass_matches_the_reference() {
         let losses = poisoned(gpu, rows as usize);
         let (bgw, bgb) = (upload(gpu, &grad_w), upload(gpu, &grad_b));
         let grad_features = poisoned(gpu, features.len());
+        let uniform = gpu.uniform_buffer("classifier params", &p);
         let buffers = ClassifierBuffers {
             features: &b[0],
             weights: &b[1],
@@ -404,7 +404,8 @@ fn classifier_pass_matches_the_reference() {
             grad_biases: &bgb,
             grad_features: &grad_features,
         };
-        let [forward, weight_grads, feature_grads] = backward().classifier(gpu, &p, &buffers);
+        let [forward, weight_grads, feature_grads] =
+            backward().classifier(gpu, (&p, &uniform), &buffers);
         submit(gpu, &[&forward, &weight_grads, &feature_grads]);
         let pairs = [
             (
@@ -660,6 +661,7 @@ fn settings(rule: Rule) -> FineTuneSettings {
         rule,
         weight_decay: 0.01,
         batch_size: BATCH,
+        dropout: 0.0,
         patience: 0,
     }
 }
@@ -698,7 +700,12 @@ fn gpu_step_matches_the_reference() {
             let rows = (m * half) as usize..((m + 1) * half) as usize;
             let cut = as_f32(&input[rows.start * per_image..rows.end * per_image]);
             plan.load(gpu, &cut, &labels[rows]);
-            plan.run(gpu, true).unwrap();
+            // No dropout: the reference's classifier keeps every feature.
+            let pass = Pass::Train {
+                dropout: 0.0,
+                seed: 7,
+            };
+            plan.run(gpu, pass).unwrap();
         }
         for (name, expected) in flatten(&grads) {
             let actual = parameter(&net, &name, true);

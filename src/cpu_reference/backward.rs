@@ -164,8 +164,25 @@ pub fn global_avg_pool_grad(p: &GlobalPoolParams, grad_out: &[f64], grad_in: &mu
     }
 }
 
-/// The classifier's pass over a batch: probabilities, per-row cross-entropy,
-/// and the gradients of Σ cross-entropy · scale.
+/// shaders/classifier_train.wgsl's hash (PCG's output permutation of one LCG step).
+fn hash(x: u32) -> u32 {
+    let state = x.wrapping_mul(747796405).wrapping_add(2891336453);
+    let word = ((state >> ((state >> 28) + 4)) ^ state).wrapping_mul(277803737);
+    (word >> 22) ^ word
+}
+
+/// Dropout's factor for input value `d` of row `r`: 0 or keep_scale.
+pub fn dropout_mask(p: &ClassifierTrainParams, r: u32, d: u32) -> f64 {
+    let dropped = hash(p.seed ^ hash(r.wrapping_mul(p.dim).wrapping_add(d))) < p.drop_below;
+    if dropped {
+        0.0
+    } else {
+        p.keep_scale as f64
+    }
+}
+
+/// The classifier's pass over a batch (its input dropped out as `p` says):
+/// probabilities, per-row cross-entropy, and the gradients of Σ cross-entropy · scale.
 pub struct ClassifierPass {
     pub probabilities: Vec<f64>,
     pub losses: Vec<f64>,
@@ -189,7 +206,10 @@ pub fn classifier(
         grad_features: vec![0.0; rows * dim],
     };
     for r in 0..rows {
-        let x = &features[r * dim..(r + 1) * dim];
+        let mask: Vec<f64> = (0..dim)
+            .map(|d| dropout_mask(p, r as u32, d as u32))
+            .collect();
+        let x: Vec<f64> = (0..dim).map(|d| features[r * dim + d] * mask[d]).collect();
         let logits: Vec<f64> = (0..classes)
             .map(|c| {
                 biases[c]
@@ -208,7 +228,7 @@ pub fn classifier(
             pass.grad_biases[c] += delta;
             for d in 0..dim {
                 pass.grad_weights[d * classes + c] += x[d] * delta;
-                pass.grad_features[r * dim + d] += delta * weights[d * classes + c];
+                pass.grad_features[r * dim + d] += delta * weights[d * classes + c] * mask[d];
             }
         }
         pass.losses[r] = -pass.probabilities[r * classes + label].ln();
@@ -238,5 +258,30 @@ pub fn optimizer_step(
             parameters[i] =
                 w - p.step_size as f64 * first[i] / (second[i].sqrt() + p.epsilon as f64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_drops_at_its_rate_and_scales_the_rest() {
+        for (rate, seed) in [(0.0, 1), (0.1, 2), (0.3, 3), (0.5, 4)] {
+            let p = ClassifierTrainParams::new(64, 2048, 2, 1.0).with_dropout(rate, seed);
+            let masks: Vec<f64> = (0..64 * 2048)
+                .map(|i| dropout_mask(&p, i / 2048, i % 2048))
+                .collect();
+            let dropped = masks.iter().filter(|&&m| m == 0.0).count() as f64 / masks.len() as f64;
+            assert!((dropped - rate as f64).abs() < 0.01, "{rate}: {dropped}");
+            let kept = 1.0 / (1.0 - rate as f64);
+            assert!(masks.iter().all(|&m| m == 0.0 || (m - kept).abs() < 1e-6));
+        }
+        // Another seed draws another mask.
+        let [a, b] = [5, 6].map(|seed| {
+            let p = ClassifierTrainParams::new(1, 256, 2, 1.0).with_dropout(0.5, seed);
+            (0..256).map(|d| dropout_mask(&p, 0, d)).collect::<Vec<_>>()
+        });
+        assert_ne!(a, b);
     }
 }

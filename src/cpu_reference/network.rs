@@ -81,12 +81,12 @@ pub fn loss_and_gradients(
     let values = forward(graph, batch, input, params);
     let features = graph.ops.last().expect("ops").output();
     let (weights, biases) = &params.head;
-    let p = ClassifierTrainParams {
-        rows: batch,
-        dim: graph.shape(features).channels,
-        classes: biases.len() as u32,
-        scale: 1.0 / batch as f32,
-    };
+    let p = ClassifierTrainParams::new(
+        batch,
+        graph.shape(features).channels,
+        biases.len() as u32,
+        1.0 / batch as f32,
+    );
     let head = backward::classifier(&p, &values[features.0], (weights, biases), labels);
     let loss = head.losses.iter().sum::<f64>() / batch as f64;
     let mut grads = params.zeros_like();

@@ -20,6 +20,8 @@ pub struct FineTuneSettings {
     pub weight_decay: f32,
     /// Images per optimiser step.
     pub batch_size: u32,
+    /// Dropout's probability on the classifier's input while training.
+    pub dropout: f32,
     /// Epochs without a better validation cross-entropy before stopping (0: never).
     pub patience: u32,
 }
@@ -63,6 +65,7 @@ mod tests {
             rule: Rule::Adam,
             weight_decay: 0.0,
             batch_size: 16,
+            dropout: 0.3,
             patience: 0,
         };
         let lr: Vec<f32> = (0..100).map(|t| s.learning_rate_at(t, 100)).collect();

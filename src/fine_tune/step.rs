@@ -29,6 +29,9 @@ pub struct StepPlan {
     losses: wgpu::Buffer,
     forward: Vec<Dispatch>,
     classify: Dispatch,
+    /// The classifier's pass without dropout, and the uniform its kernels read.
+    head_params: ClassifierTrainParams,
+    head_uniform: wgpu::Buffer,
     /// The backward pass's dispatches, step by step (GradientPlan's steps).
     backward: Vec<Vec<Labelled>>,
     /// Per backward step: the gradient slots cleared before it (slot, bytes).
@@ -108,6 +111,14 @@ fn labelled(family: &'static str, flops: f64, dispatch: Dispatch) -> Labelled {
     }
 }
 
+/// What a pass does: evaluate, or train with dropout of the classifier's
+/// input at `dropout` (a probability), its mask drawn from `seed`.
+#[derive(Clone, Copy, Debug)]
+pub enum Pass {
+    Evaluate,
+    Train { dropout: f32, seed: u32 },
+}
+
 /// What one pass gives back: each image's class probabilities and cross-entropy.
 pub struct PassResult {
     pub probabilities: Vec<f32>,
@@ -143,12 +154,9 @@ impl StepPlan {
         let probabilities = gpu.storage_buffer("probabilities", batch as u64 * classes * 4);
         let losses = gpu.storage_buffer("losses", batch as u64 * 4);
         let features = graph.ops.last().expect("ops").output();
-        let p = ClassifierTrainParams {
-            rows: batch,
-            dim: graph.shape(features).channels,
-            classes: net.classes,
-            scale,
-        };
+        let head_params =
+            ClassifierTrainParams::new(batch, graph.shape(features).channels, net.classes, scale);
+        let head_uniform = gpu.uniform_buffer("classifier params", &head_params);
         let head = |name| &net.parameter(name).values;
         let head_grad = |name| &net.parameter(name).gradients;
         let buffers = ClassifierBuffers {
@@ -162,7 +170,9 @@ impl StepPlan {
             grad_biases: head_grad(HEAD_BIASES),
             grad_features: grad(features),
         };
-        let [classify, weight_grads, feature_grads] = net.backward.classifier(gpu, &p, &buffers);
+        let [classify, weight_grads, feature_grads] =
+            net.backward
+                .classifier(gpu, (&head_params, &head_uniform), &buffers);
         let forward = graph
             .ops
             .iter()
@@ -191,6 +201,8 @@ impl StepPlan {
             losses,
             forward,
             classify,
+            head_params,
+            head_uniform,
             backward,
             clears: plan.clears,
             staging,
@@ -205,16 +217,23 @@ impl StepPlan {
             .write_buffer(&self.labels, 0, bytemuck::cast_slice(labels));
     }
 
-    /// Runs the loaded batch forward and, when `train`, backward (adding into
-    /// the parameters' gradients); returns the probabilities and losses.
-    pub fn run(&self, gpu: &Gpu, train: bool) -> Result<PassResult> {
+    /// Runs the loaded batch forward and, when training, backward (adding into
+    /// the parameters' gradients); returns the probabilities and losses (with
+    /// the training pass's dropout).
+    pub fn run(&self, gpu: &Gpu, pass: Pass) -> Result<PassResult> {
+        let head = match pass {
+            Pass::Evaluate => self.head_params,
+            Pass::Train { dropout, seed } => self.head_params.with_dropout(dropout, seed),
+        };
+        gpu.queue
+            .write_buffer(&self.head_uniform, 0, bytemuck::bytes_of(&head));
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        let mut pass = encoder.begin_compute_pass(&Default::default());
+        let mut compute = encoder.begin_compute_pass(&Default::default());
         for d in self.forward.iter().chain([&self.classify]) {
-            d.record(&mut pass);
+            d.record(&mut compute);
         }
-        drop(pass);
-        if train {
+        drop(compute);
+        if matches!(pass, Pass::Train { .. }) {
             self.record_backward(&mut encoder);
         }
         let probability_bytes = self.probabilities.size();

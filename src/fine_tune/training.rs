@@ -7,7 +7,7 @@
 
 use super::network::{TrainableNetwork, HEAD_BIASES, HEAD_WEIGHTS};
 use super::settings::FineTuneSettings;
-use super::step::StepPlan;
+use super::step::{Pass, StepPlan};
 use crate::gpu::Gpu;
 use crate::model::weights::Tensor;
 use crate::progress::progress_bar;
@@ -15,6 +15,7 @@ use anyhow::Result;
 use half::f16;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -140,7 +141,7 @@ impl Plans {
         (gpu, net): (&Gpu, &TrainableNetwork),
         data: &CutData,
         (rows, cut): (&[u32], &[f32]),
-        train: bool,
+        pass: Pass,
         t: &mut Tally,
     ) -> Result<()> {
         let labels: Vec<u32> = rows.iter().map(|&r| data.labels[r as usize]).collect();
@@ -148,7 +149,7 @@ impl Plans {
         let plan = (self.by_size.entry(rows.len() as u32))
             .or_insert_with(|| StepPlan::new(gpu, net, rows.len() as u32, scale));
         plan.load(gpu, cut, &labels);
-        let result = plan.run(gpu, train)?;
+        let result = plan.run(gpu, pass)?;
         t.add(&result.probabilities, &result.losses, &labels);
         Ok(())
     }
@@ -162,7 +163,8 @@ impl Plans {
     ) -> Result<(f32, f32)> {
         let mut t = Tally::default();
         for chunk in rows.chunks(micro as usize) {
-            self.run(on, data, (chunk, &data.cached(chunk)), false, &mut t)?;
+            let cut = data.cached(chunk);
+            self.run(on, data, (chunk, &cut), Pass::Evaluate, &mut t)?;
         }
         Ok(t.means())
     }
@@ -221,7 +223,11 @@ pub fn fine_tune(
         for rows in train.chunks_exact(batch as usize) {
             for chunk in rows.chunks(micro as usize) {
                 let cut = source.cut(chunk, rng)?;
-                plans.run((gpu, net), data, (chunk, &cut), true, &mut tally)?;
+                let pass = Pass::Train {
+                    dropout: settings.dropout,
+                    seed: rng.random(),
+                };
+                plans.run((gpu, net), data, (chunk, &cut), pass, &mut tally)?;
             }
             lr = settings.learning_rate_at(step, total_steps);
             net.update(gpu, lr);

@@ -248,14 +248,15 @@ impl BackwardKernels {
     }
 
     /// The classifier's forward pass, its parameter gradients and its input
-    /// gradients, in that order.
+    /// gradients, in that order, for the pass `p` describes; they read their
+    /// parameters from `uniform`, which the caller fills (and may rewrite
+    /// between passes, e.g. for a new dropout mask).
     pub fn classifier(
         &self,
         gpu: &Gpu,
-        p: &ClassifierTrainParams,
+        (p, uniform): (&ClassifierTrainParams, &wgpu::Buffer),
         b: &ClassifierBuffers,
     ) -> [Dispatch; 3] {
-        let uniform = gpu.uniform_buffer("classifier params", p);
         let buffers = [
             (1, b.features),
             (2, b.weights),
@@ -279,7 +280,7 @@ impl BackwardKernels {
         };
         let launch = |pipeline, bindings: &[u32], count| {
             let groups = grid(count, POOL_GROUP, self.max_groups);
-            Dispatch::bind(gpu, pipeline, &uniform, &pick(bindings), groups)
+            Dispatch::bind(gpu, pipeline, uniform, &pick(bindings), groups)
         };
         [
             launch(&self.classifier_forward, &[1, 2, 3, 4, 5, 6], rows),

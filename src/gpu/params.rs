@@ -212,13 +212,47 @@ wgsl_struct! {
 }
 
 wgsl_struct! {
-    /// One classifier's forward and backward pass over a batch of rows
-    /// (shaders/classifier_train.wgsl).
+    /// One classifier's forward and backward pass over a batch of rows, with
+    /// dropout on its input while training (shaders/classifier_train.wgsl).
     pub struct ClassifierTrainParams in super::shader::CLASSIFIER_TRAIN => {
         pub rows: u32,
         pub dim: u32,
         pub classes: u32,
         /// 1 / the rows of the whole step.
         pub scale: f32,
+        /// Dropout: an input value is dropped when its hash is below this
+        /// (probability drop_below / 2^32; 0 while evaluating).
+        pub drop_below: u32,
+        /// Dropout: the kept values' factor, 1 / (1 − probability).
+        pub keep_scale: f32,
+        /// Dropout: the mask's seed, new for every pass.
+        pub seed: u32,
+        pub _pad: u32,
+    }
+}
+
+impl ClassifierTrainParams {
+    /// A pass over `rows` rows of `dim` values into `classes` classes, its
+    /// gradients scaled by `scale`, without dropout.
+    pub fn new(rows: u32, dim: u32, classes: u32, scale: f32) -> Self {
+        ClassifierTrainParams {
+            rows,
+            dim,
+            classes,
+            scale,
+            keep_scale: 1.0,
+            ..Default::default()
+        }
+    }
+
+    /// The same pass dropping each input value with probability `rate`
+    /// (0 ≤ rate < 1), with the mask drawn from `seed`.
+    pub fn with_dropout(self, rate: f32, seed: u32) -> Self {
+        ClassifierTrainParams {
+            drop_below: (rate as f64 * 4294967296.0).min(u32::MAX as f64) as u32,
+            keep_scale: 1.0 / (1.0 - rate),
+            seed,
+            ..self
+        }
     }
 }

@@ -55,6 +55,9 @@ pub struct FineTuningMetrics {
     pub optimizer: String,
     pub learning_rate: f32,
     pub weight_decay: f32,
+    /// Dropout's probability on the classifier's input while training.
+    #[serde(default)]
+    pub dropout: f32,
     pub batch_size: u32,
     /// Images per pass (a step's gradients summed over its passes).
     pub micro_batch: u32,

@@ -226,7 +226,7 @@ pub fn fine_tuning(m: &RunMetrics) -> String {
         return String::new();
     };
     let mut html = format!(
-        "<section id=\"fine-tuning\">\n<h2>Fine-tuning</h2>\n<p class=\"note\">From {} up ({} conv layers and the head, {} parameters) on the cached {} activations ({:.1} MiB, {}); {}, peak learning rate {}, weight decay {}, {} images per step ({} per pass); epoch 0 is the frozen head. Kept: epoch {}.</p>\n",
+        "<section id=\"fine-tuning\">\n<h2>Fine-tuning</h2>\n<p class=\"note\">From {} up ({} conv layers and the head, {} parameters) on the cached {} activations ({:.1} MiB, {}); {}, peak learning rate {}, weight decay {}, dropout {}, {} images per step ({} per pass); epoch 0 is the frozen head. Kept: epoch {}.</p>\n",
         escape(&f.from),
         f.trained_layers,
         f.parameters,
@@ -236,6 +236,7 @@ pub fn fine_tuning(m: &RunMetrics) -> String {
         escape(&f.optimizer),
         f.learning_rate,
         f.weight_decay,
+        f.dropout,
         f.batch_size,
         f.micro_batch,
         f.best_epoch

@@ -93,6 +93,12 @@ fn validate_fine_tuning(a: &TrainArgs) -> Result<()> {
             a.fine_tune_weight_decay
         );
     }
+    if !(0.0..1.0).contains(&a.fine_tune_dropout) {
+        bail!(
+            "--fine-tune-dropout must be at least 0 and below 1 (got {})",
+            a.fine_tune_dropout
+        );
+    }
     Ok(())
 }
 
@@ -110,6 +116,7 @@ pub fn fine_tune_settings(a: &TrainArgs) -> Option<FineTuneSettings> {
         },
         weight_decay: a.fine_tune_weight_decay,
         batch_size: a.fine_tune_batch_size,
+        dropout: a.fine_tune_dropout,
         patience: a.fine_tune_patience,
     })
 }

@@ -180,6 +180,7 @@ impl Prepared {
             },
             learning_rate: settings.learning_rate,
             weight_decay: settings.weight_decay,
+            dropout: settings.dropout,
             batch_size: settings.batch_size,
             micro_batch: tuned.micro_batch,
             epochs_asked: settings.epochs,
