@@ -13,13 +13,14 @@ use rand::{Rng, SeedableRng};
 use retrain::convert::default_weights;
 use retrain::engine::Engine;
 use retrain::fine_tune::blocks::{TrainableBlocks, DEFAULT_FROM};
-use retrain::fine_tune::network::TrainableNetwork;
+use retrain::fine_tune::network::{StandardizedHead, TrainableNetwork};
 use retrain::fine_tune::settings::{FineTuneSettings, Rule};
 use retrain::fine_tune::step::{Pass, StepPlan};
 use retrain::gpu::timer::GpuTimer;
 use retrain::gpu::Gpu;
 use retrain::model::weights::WeightFile;
 use retrain::model::Architecture;
+use retrain::train::standardize::Standardization;
 use std::collections::BTreeMap;
 
 mod common;
@@ -53,8 +54,12 @@ fn main() {
     let head_weights: Vec<f32> = (0..2048 * 2)
         .map(|_| rng.random_range(-0.01..0.01))
         .collect();
-    let head = (&head_weights[..], &[0.0f32, 0.0][..]);
-    let mut net = TrainableNetwork::new(&gpu, blocks, &file, head, &settings).expect("network");
+    let head = StandardizedHead {
+        weights: head_weights,
+        biases: vec![0.0, 0.0],
+        standardization: Standardization::identity(2048),
+    };
+    let mut net = TrainableNetwork::new(&gpu, blocks, &file, &head, &settings).expect("network");
     let plan = StepPlan::new(&gpu, &net, batch, 1.0 / batch as f32);
     let values: Vec<f32> = (0..cut * batch as usize)
         .map(|_| rng.random_range(0.0..2.0))

@@ -1,5 +1,8 @@
 // classifier_train: one linear softmax classifier (the kept head) on a batch
-// of bottlenecks, forward and backward, for fine-tuning: its probabilities
+// of standardised bottlenecks, forward and backward, for fine-tuning (the
+// head trains on standardised features, as the sweep trained it, which
+// conditions its updates far better than the same head folded onto raw
+// features): its probabilities
 // and cross-entropy, and the gradients of the batch's mean cross-entropy with
 // respect to its weights, its biases and its input rows. `scale` is 1 / the
 // rows of the whole step (a step split into micro-batches sums their
@@ -9,10 +12,11 @@
 // CPU reference) draws the same one. drop_below = 0, keep_scale = 1: none.
 //
 //   forward:         probabilities[r, c] = softmax_c(Σ_d x[r, d]·weights[d, c] + biases[c])
+//                    with x[r, d] = (m[r, d]·features[r, d] − mean[d])·inv_std[d]
 //                    losses[r] = −ln probabilities[r, labels[r]]
 //   weight_grads:    grad_weights[d, c] += Σ_r x[r, d]·δ[r, c];  grad_biases[c] += Σ_r δ[r, c]
-//   feature_grads:   grad_features[r, d] = m[r, d]·Σ_c δ[r, c]·weights[d, c]
-//   with x[r, d] = m[r, d]·features[r, d], δ[r, c] = (probabilities[r, c] − [c = labels[r]])·scale
+//   feature_grads:   grad_features[r, d] = m[r, d]·inv_std[d]·Σ_c δ[r, c]·weights[d, c]
+//   with δ[r, c] = (probabilities[r, c] − [c = labels[r]])·scale
 //
 // Bindings:
 //   0 params         (uniform)  struct Params
@@ -25,6 +29,7 @@
 //   7 grad_weights   (storage)  f32 [dim, classes]    (weight_grads)
 //   8 grad_biases    (storage)  f32 [classes]         (weight_grads)
 //   9 grad_features  (storage)  f32 [rows, dim]       (feature_grads)
+//  10 standardize    (storage)  f32 [2, dim]: mean, then inv_std
 //
 // forward: one invocation per row; weight_grads: one per weight and bias
 // (dim·classes + classes); feature_grads: one per input value (rows·dim).
@@ -51,6 +56,7 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> grad_weights: array<f32>;
 @group(0) @binding(8) var<storage, read_write> grad_biases: array<f32>;
 @group(0) @binding(9) var<storage, read_write> grad_features: array<f32>;
+@group(0) @binding(10) var<storage, read> standardize: array<f32>;
 
 fn element_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return gid.x + gid.y * groups.x * 256u;
@@ -69,6 +75,11 @@ fn mask(r: u32, d: u32) -> f32 {
     return select(p.keep_scale, 0.0, dropped);
 }
 
+// The classifier's input d of row r: dropped out, then standardised.
+fn input(r: u32, d: u32) -> f32 {
+    return (features[r * p.dim + d] * mask(r, d) - standardize[d]) * standardize[p.dim + d];
+}
+
 @compute @workgroup_size(256)
 fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let r = element_index(gid, groups);
@@ -81,7 +92,7 @@ fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     for (var c = 0u; c < p.classes; c++) {
         var logit = biases[c];
         for (var d = 0u; d < p.dim; d++) {
-            logit = fma(features[r * p.dim + d] * mask(r, d), weights[d * p.classes + c], logit);
+            logit = fma(input(r, d), weights[d * p.classes + c], logit);
         }
         probabilities[out + c] = logit;
         top = max(top, logit);
@@ -114,7 +125,7 @@ fn weight_grads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         let c = index % p.classes;
         var acc = 0.0;
         for (var r = 0u; r < p.rows; r++) {
-            acc = fma(features[r * p.dim + d] * mask(r, d), delta(r, c), acc);
+            acc = fma(input(r, d), delta(r, c), acc);
         }
         grad_weights[index] += acc;
     } else {
@@ -139,5 +150,5 @@ fn feature_grads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     for (var c = 0u; c < p.classes; c++) {
         acc = fma(delta(r, c), weights[d * p.classes + c], acc);
     }
-    grad_features[index] = acc * mask(r, d);
+    grad_features[index] = acc * mask(r, d) * standardize[p.dim + d];
 }

@@ -21,7 +21,7 @@ use retrain::cpu_reference::backward as reference;
 use retrain::cpu_reference::backward::optimizer_step;
 use retrain::cpu_reference::network::{loss_and_gradients, Parameters};
 use retrain::fine_tune::blocks::TrainableBlocks;
-use retrain::fine_tune::network::{TrainableNetwork, HEAD_BIASES, HEAD_WEIGHTS};
+use retrain::fine_tune::network::{StandardizedHead, TrainableNetwork, HEAD_BIASES, HEAD_WEIGHTS};
 use retrain::fine_tune::settings::{FineTuneSettings, Rule};
 use retrain::fine_tune::step::{Pass, StepPlan};
 use retrain::gpu::backward::{
@@ -35,6 +35,7 @@ use retrain::gpu::params::{
 use retrain::gpu::Gpu;
 use retrain::model::graph::{Graph, Padding::*, PoolOp};
 use retrain::model::weights::{self, ModelInfo, Normalization, Tensor, WeightFile};
+use retrain::train::standardize::Standardization;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
@@ -372,11 +373,20 @@ fn classifier_pass_matches_the_reference() {
         let labels: Vec<u32> = (0..rows).map(|_| rng.random_range(0..classes)).collect();
         let grad_w = random_vec(&mut rng, weights.len());
         let grad_b = random_vec(&mut rng, biases.len());
+        // A standardisation with a constant dimension or two (inv_std 0).
+        let mean = random_vec(&mut rng, dim as usize);
+        let inv_std: Vec<f32> = (0..dim)
+            .map(|_| match rng.random_bool(0.1) {
+                true => 0.0,
+                false => rng.random_range(0.2..3.0),
+            })
+            .collect();
         let f64s = |v: &[f32]| to_f64(v);
         let expected = reference::classifier(
             &p,
             &f64s(&features),
             (&f64s(&weights), &f64s(&biases)),
+            (&f64s(&mean), &f64s(&inv_std)),
             &labels,
         );
         let add = |start: &[f32], grad: &[f64]| -> Vec<f32> {
@@ -393,7 +403,9 @@ fn classifier_pass_matches_the_reference() {
         let (bgw, bgb) = (upload(gpu, &grad_w), upload(gpu, &grad_b));
         let grad_features = poisoned(gpu, features.len());
         let uniform = gpu.uniform_buffer("classifier params", &p);
+        let standardize = upload(gpu, &[&mean[..], &inv_std[..]].concat());
         let buffers = ClassifierBuffers {
+            standardize: &standardize,
             features: &b[0],
             weights: &b[1],
             biases: &b[2],
@@ -677,6 +689,47 @@ fn parameter(net: &TrainableNetwork, name: &str, gradients: bool) -> Vec<f32> {
     common::download(gpu, buffer, p.shape.iter().product())
 }
 
+/// The reference's head, on features the classifier does not standardise.
+fn unstandardized_head(params: &Parameters) -> StandardizedHead {
+    StandardizedHead {
+        weights: as_f32(&params.head.0),
+        biases: as_f32(&params.head.1),
+        standardization: Standardization::identity(params.head.0.len() / params.head.1.len()),
+    }
+}
+
+#[test]
+fn the_head_trains_standardized_and_comes_back_folded() {
+    let gpu = &gpu().0;
+    let dir = tempfile::tempdir().unwrap();
+    let network = small_inception();
+    let g = trainable(&network);
+    let params = random_parameters(&g, 5);
+    let file = weight_file(dir.path(), &params);
+    let mut rng = rng(900);
+    let mut head = unstandardized_head(&params);
+    let dim = head.standardization.mean.len();
+    head.standardization = Standardization {
+        mean: random_vec(&mut rng, dim),
+        inv_std: (0..dim).map(|_| rng.random_range(0.2..3.0)).collect(),
+    };
+    let blocks = TrainableBlocks::new(&network, "mixed0").unwrap();
+    let net = TrainableNetwork::new(gpu, blocks, &file, &head, &settings(Rule::Adam)).unwrap();
+    // On the GPU: the standardised head and its standardisation.
+    let on_gpu = |name| parameter(&net, name, false);
+    assert_eq!(on_gpu(HEAD_WEIGHTS), head.weights);
+    assert_eq!(on_gpu(HEAD_BIASES), head.biases);
+    let s = &head.standardization;
+    let standardize = common::download(gpu, &net.standardize, 2 * dim);
+    assert_eq!(standardize, [&s.mean[..], &s.inv_std[..]].concat());
+    // Downloaded: folded for raw features, as classify applies it.
+    let (weights, biases) = s.fold(&head.weights, &head.biases);
+    let tensors = net.download(gpu).unwrap();
+    let downloaded = |name| &tensors.iter().find(|t| t.name == name).unwrap().data;
+    assert_eq!(downloaded(HEAD_WEIGHTS), &weights);
+    assert_eq!(downloaded(HEAD_BIASES), &biases);
+}
+
 #[test]
 fn gpu_step_matches_the_reference() {
     let gpu = &gpu().0;
@@ -689,9 +742,9 @@ fn gpu_step_matches_the_reference() {
     let file = weight_file(dir.path(), &params);
     for rule in [Rule::Sgd { momentum: 0.9 }, Rule::Adam] {
         let blocks = TrainableBlocks::new(&network, "mixed0").unwrap();
-        let head = (as_f32(&params.head.0), as_f32(&params.head.1));
         let s = settings(rule);
-        let mut net = TrainableNetwork::new(gpu, blocks, &file, (&head.0, &head.1), &s).unwrap();
+        let head = unstandardized_head(&params);
+        let mut net = TrainableNetwork::new(gpu, blocks, &file, &head, &s).unwrap();
         // The batch as two micro-batches whose gradients add up.
         let half = BATCH / 2;
         let plan = StepPlan::new(gpu, &net, half, 1.0 / BATCH as f32);

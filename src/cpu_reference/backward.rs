@@ -181,8 +181,9 @@ pub fn dropout_mask(p: &ClassifierTrainParams, r: u32, d: u32) -> f64 {
     }
 }
 
-/// The classifier's pass over a batch (its input dropped out as `p` says):
-/// probabilities, per-row cross-entropy, and the gradients of Σ cross-entropy · scale.
+/// The classifier's pass over a batch (its input dropped out as `p` says,
+/// then standardised: (x − mean)·inv_std): probabilities, per-row
+/// cross-entropy, and the gradients of Σ cross-entropy · scale.
 pub struct ClassifierPass {
     pub probabilities: Vec<f64>,
     pub losses: Vec<f64>,
@@ -195,6 +196,7 @@ pub fn classifier(
     p: &ClassifierTrainParams,
     features: &[f64],
     (weights, biases): (&[f64], &[f64]),
+    (mean, inv_std): (&[f64], &[f64]),
     labels: &[u32],
 ) -> ClassifierPass {
     let (rows, dim, classes) = (p.rows as usize, p.dim as usize, p.classes as usize);
@@ -209,7 +211,9 @@ pub fn classifier(
         let mask: Vec<f64> = (0..dim)
             .map(|d| dropout_mask(p, r as u32, d as u32))
             .collect();
-        let x: Vec<f64> = (0..dim).map(|d| features[r * dim + d] * mask[d]).collect();
+        let x: Vec<f64> = (0..dim)
+            .map(|d| (features[r * dim + d] * mask[d] - mean[d]) * inv_std[d])
+            .collect();
         let logits: Vec<f64> = (0..classes)
             .map(|c| {
                 biases[c]
@@ -228,7 +232,8 @@ pub fn classifier(
             pass.grad_biases[c] += delta;
             for d in 0..dim {
                 pass.grad_weights[d * classes + c] += x[d] * delta;
-                pass.grad_features[r * dim + d] += delta * weights[d * classes + c] * mask[d];
+                pass.grad_features[r * dim + d] +=
+                    delta * weights[d * classes + c] * mask[d] * inv_std[d];
             }
         }
         pass.losses[r] = -pass.probabilities[r * classes + label].ln();

@@ -87,7 +87,10 @@ pub fn loss_and_gradients(
         biases.len() as u32,
         1.0 / batch as f32,
     );
-    let head = backward::classifier(&p, &values[features.0], (weights, biases), labels);
+    // Unstandardised features: mean 0, inv_std 1.
+    let dim = p.dim as usize;
+    let identity = (&vec![0.0; dim][..], &vec![1.0; dim][..]);
+    let head = backward::classifier(&p, &values[features.0], (weights, biases), identity, labels);
     let loss = head.losses.iter().sum::<f64>() / batch as f64;
     let mut grads = params.zeros_like();
     grads.head = (head.grad_weights, head.grad_biases);

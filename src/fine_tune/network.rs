@@ -1,7 +1,8 @@
 //! The trainable blocks' parameters on the GPU — each conv's weights and bias
 //! (batch norm folded, in f32 whatever the base file stores) and the kept
-//! classifier's — with their accumulated gradients and optimiser state, and
-//! the update that applies one step (shaders/optimizer.wgsl).
+//! classifier's, on standardised features as the sweep trained it — with
+//! their accumulated gradients and optimiser state, and the update that
+//! applies one step (shaders/optimizer.wgsl).
 
 use super::blocks::TrainableBlocks;
 use super::settings::{FineTuneSettings, Rule};
@@ -11,6 +12,7 @@ use crate::gpu::params::OptimizerParams;
 use crate::gpu::tuning::Tuning;
 use crate::gpu::Gpu;
 use crate::model::weights::{Tensor, WeightFile};
+use crate::train::standardize::Standardization;
 use anyhow::Result;
 use std::collections::HashMap;
 
@@ -54,9 +56,21 @@ impl Parameter {
     }
 }
 
+/// The classifier fine-tuning starts from: weights [dim, classes] and biases
+/// [classes] on features standardised by `standardization`.
+pub struct StandardizedHead {
+    pub weights: Vec<f32>,
+    pub biases: Vec<f32>,
+    pub standardization: Standardization,
+}
+
 pub struct TrainableNetwork {
     pub blocks: TrainableBlocks,
     pub classes: u32,
+    /// The classifier's input standardisation (fixed), and the same as
+    /// f32 [2, dim] on the GPU: mean, then inv_std.
+    standardization: Standardization,
+    pub standardize: wgpu::Buffer,
     pub kernels: Kernels,
     pub backward: BackwardKernels,
     pub tuning: Tuning,
@@ -69,15 +83,15 @@ pub struct TrainableNetwork {
 }
 
 impl TrainableNetwork {
-    /// The blocks' parameters from `file` and the classifier's (`head`:
-    /// weights [dim, classes] and biases), uploaded as f32.
+    /// The blocks' parameters from `file` and the classifier's, uploaded as f32.
     pub fn new(
         gpu: &Gpu,
         blocks: TrainableBlocks,
         file: &WeightFile,
-        (weights, biases): (&[f32], &[f32]),
+        head: &StandardizedHead,
         settings: &FineTuneSettings,
     ) -> Result<Self> {
+        let (weights, biases) = (&head.weights[..], &head.biases[..]);
         let mut parameters = Vec::new();
         for layer in blocks.layers() {
             let (w, b) = (layer.weight_name(), layer.bias_name());
@@ -112,9 +126,13 @@ impl TrainableNetwork {
         let by_name = (parameters.iter().enumerate())
             .map(|(i, p)| (p.name.clone(), i))
             .collect();
+        let s = &head.standardization;
+        let standardize = [&s.mean[..], &s.inv_std[..]].concat();
         Ok(TrainableNetwork {
             blocks,
             classes: classes as u32,
+            standardization: head.standardization.clone(),
+            standardize: gpu.storage_buffer_with("standardize", bytemuck::cast_slice(&standardize)),
             kernels: Kernels::new(gpu, false),
             backward,
             tuning: Tuning::load(gpu),
@@ -168,10 +186,10 @@ impl TrainableNetwork {
     }
 
     /// Every parameter's current values (the blocks' under their weight-file
-    /// names, the classifier's as HEAD_WEIGHTS and HEAD_BIASES).
+    /// names, the classifier's as HEAD_WEIGHTS and HEAD_BIASES, folded for
+    /// raw features as classify applies it).
     pub fn download(&self, gpu: &Gpu) -> Result<Vec<Tensor>> {
-        self.parameters
-            .iter()
+        let mut tensors = (self.parameters.iter())
             .map(|p| {
                 let bytes = gpu.read_buffer(&p.values, p.count() as u64 * 4)?;
                 Ok(Tensor {
@@ -180,6 +198,14 @@ impl TrainableNetwork {
                     data: bytemuck::pod_collect_to_vec(&bytes),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        let at = |name: &str| tensors.iter().position(|t| t.name == name);
+        let (w, b) = (
+            at(HEAD_WEIGHTS).expect("head"),
+            at(HEAD_BIASES).expect("head"),
+        );
+        let (weights, biases) = (self.standardization).fold(&tensors[w].data, &tensors[b].data);
+        (tensors[w].data, tensors[b].data) = (weights, biases);
+        Ok(tensors)
     }
 }

@@ -169,6 +169,7 @@ impl StepPlan {
             grad_weights: head_grad(HEAD_WEIGHTS),
             grad_biases: head_grad(HEAD_BIASES),
             grad_features: grad(features),
+            standardize: &net.standardize,
         };
         let [classify, weight_grads, feature_grads] =
             net.backward

@@ -85,6 +85,8 @@ pub struct ClassifierBuffers<'a> {
     pub grad_weights: &'a wgpu::Buffer,
     pub grad_biases: &'a wgpu::Buffer,
     pub grad_features: &'a wgpu::Buffer,
+    /// The features' standardisation: f32 [2, dim], mean then inv_std.
+    pub standardize: &'a wgpu::Buffer,
 }
 
 /// A parameter tensor and its optimiser state, for shaders/optimizer.wgsl.
@@ -267,6 +269,7 @@ impl BackwardKernels {
             (7, b.grad_weights),
             (8, b.grad_biases),
             (9, b.grad_features),
+            (10, b.standardize),
         ];
         let rows = p.rows as u64;
         let parameters = (p.dim * p.classes + p.classes) as u64;
@@ -283,9 +286,13 @@ impl BackwardKernels {
             Dispatch::bind(gpu, pipeline, uniform, &pick(bindings), groups)
         };
         [
-            launch(&self.classifier_forward, &[1, 2, 3, 4, 5, 6], rows),
-            launch(&self.classifier_weight_grads, &[1, 4, 5, 7, 8], parameters),
-            launch(&self.classifier_feature_grads, &[2, 4, 5, 9], inputs),
+            launch(&self.classifier_forward, &[1, 2, 3, 4, 5, 6, 10], rows),
+            launch(
+                &self.classifier_weight_grads,
+                &[1, 4, 5, 7, 8, 10],
+                parameters,
+            ),
+            launch(&self.classifier_feature_grads, &[2, 4, 5, 9, 10], inputs),
         ]
     }
 

@@ -41,6 +41,14 @@ impl Standardization {
         Standardization { mean, inv_std }
     }
 
+    /// No standardisation of `dim` features: mean 0, inv_std 1.
+    pub fn identity(dim: usize) -> Self {
+        Standardization {
+            mean: vec![0.0; dim],
+            inv_std: vec![1.0; dim],
+        }
+    }
+
     /// A head for standardised features ([dim, classes] weights, [classes]
     /// biases) turned into the same head for raw features:
     /// W'[k, c] = W[k, c]·inv_std[k], b'[c] = b[c] − Σ_k mean[k]·inv_std[k]·W[k, c].

@@ -82,6 +82,19 @@ impl Trained {
     }
 }
 
+impl Trained {
+    /// The chosen head as it trained, on standardised features (the
+    /// identity standardisation when the features were not standardised):
+    /// weights [dim, classes], biases [classes].
+    pub fn chosen_standardized(&self, gpu: &Gpu) -> Result<(Vec<f32>, Vec<f32>, Standardization)> {
+        let mut weights = self.heads.parameters(gpu, self.chosen)?;
+        let biases = weights.split_off((self.heads.dim * self.heads.classes) as usize);
+        let standardization = (self.standardization.clone())
+            .unwrap_or_else(|| Standardization::identity(self.heads.dim as usize));
+        Ok((weights, biases, standardization))
+    }
+}
+
 /// Head `head`'s current parameters for raw bottlenecks.
 pub fn export_head(
     gpu: &Gpu,

@@ -13,7 +13,7 @@ use crate::data::dataset::{Dataset, Set};
 use crate::engine::Engine;
 use crate::fine_tune::blocks::TrainableBlocks;
 use crate::fine_tune::distorted::DistortedCuts;
-use crate::fine_tune::network::TrainableNetwork;
+use crate::fine_tune::network::{StandardizedHead, TrainableNetwork};
 use crate::fine_tune::settings::{FineTuneSettings, Rule};
 use crate::fine_tune::training::{fine_tune, CutData, CutSource, EpochRecord};
 use crate::head::classifier::Classifier;
@@ -89,14 +89,15 @@ impl Prepared {
         }
     }
 
-    /// Trains the blocks and `classifier`'s head together and puts the result
-    /// in the classifier (its head, and its fine-tuned tensors unless no epoch
-    /// beat the frozen head).
+    /// Trains the blocks and the head (the classifier's, as the sweep trained
+    /// it on standardised features) together and puts the result in the
+    /// classifier (its head, and its fine-tuned tensors unless no epoch beat
+    /// the frozen head).
     pub fn run(
         self,
         (engine, file): (&mut Engine, &WeightFile),
         args: &TrainArgs,
-        classifier: &mut Classifier,
+        (classifier, head): (&mut Classifier, StandardizedHead),
         b: &Bottlenecks,
         (train, validation): (&[Vec<u32>], &[Vec<u32>]),
         rng: &mut StdRng,
@@ -109,8 +110,7 @@ impl Prepared {
         let (from, cut) = (blocks.from.clone(), blocks.cut.clone());
         let trained_layers = blocks.layers().count();
         let gpu = &engine.gpu.clone();
-        let head = (&classifier.weights[..], &classifier.biases[..]);
-        let mut net = TrainableNetwork::new(gpu, blocks, file, head, &settings)?;
+        let mut net = TrainableNetwork::new(gpu, blocks, file, &head, &settings)?;
         log::info!(
             "Fine-tuning from {from} up ({trained_layers} conv layers and the head, {} parameters) on the cached {cut} activations ({} MiB on disk, f16), {} epochs of {} images",
             net.parameter_count(),
