@@ -24,8 +24,8 @@
 //                            transpose_weights, read by input_grad)
 //
 // transpose_weights: one invocation per weight; input_grad: one per group of
-// TILE input pixels and TILE channels;
-// weight_grad: one per tap and TILE×TILE block of (input, output) channels;
+// PIXELS input pixels and TILE channels;
+// weight_grad: one per tap and block of TILE input × 2·TILE output channels;
 // bias_grad: one per output channel. The 1-D index is spread over a 2-D grid
 // of 256-wide workgroups (x + y·groups_x·256).
 
@@ -65,9 +65,10 @@ fn store_weight_t(i: u32, v: f32) {
 }
 // OPERANDS END
 
-// Channels (and input_grad's pixels) per invocation along each tiled axis:
-// the four lanes of a vec4.
+// Channels per invocation along each tiled axis: the four lanes of a vec4.
 const TILE: u32 = 4u;
+// input_grad's pixels per invocation: each weight read serves all of them.
+const PIXELS: u32 = 8u;
 
 fn element_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return gid.x + gid.y * groups.x * 256u;
@@ -99,7 +100,7 @@ fn transpose_weights(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     store_weight_t(index, weights[(tap * p.in_c + ci) * p.out_c + co]);
 }
 
-// input_grad: each invocation sums TILE input channels of TILE consecutive
+// input_grad: each invocation sums TILE input channels of PIXELS consecutive
 // input pixels (flattened NHW order), reading the transposed weights: per
 // tap and output channel, TILE contiguous weights and one gradient per pixel.
 @compute @workgroup_size(256)
@@ -107,29 +108,29 @@ fn input_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     let index = element_index(gid, groups);
     let channel_groups = (p.in_c + TILE - 1u) / TILE;
     let pixels = p.batch * p.in_h * p.in_w;
-    let pixel_groups = (pixels + TILE - 1u) / TILE;
+    let pixel_groups = (pixels + PIXELS - 1u) / PIXELS;
     if (index >= pixel_groups * channel_groups) {
         return;
     }
     let ci0 = (index % channel_groups) * TILE;
-    let pixel0 = (index / channel_groups) * TILE;
-    var iy: array<u32, TILE>;
-    var ix: array<u32, TILE>;
-    var img: array<u32, TILE>;
-    for (var i = 0u; i < TILE; i++) {
+    let pixel0 = (index / channel_groups) * PIXELS;
+    var iy: array<u32, PIXELS>;
+    var ix: array<u32, PIXELS>;
+    var img: array<u32, PIXELS>;
+    for (var i = 0u; i < PIXELS; i++) {
         let pixel = min(pixel0 + i, pixels - 1u);
         ix[i] = pixel % p.in_w;
         iy[i] = (pixel / p.in_w) % p.in_h;
         img[i] = pixel / (p.in_w * p.in_h);
     }
     // acc[i][j]: pixel i, channel ci0 + j (past in_c: computed, not written).
-    var acc: array<vec4<f32>, TILE>;
+    var acc: array<vec4<f32>, PIXELS>;
     for (var ky = 0u; ky < p.kernel_h; ky++) {
         for (var kx = 0u; kx < p.kernel_w; kx++) {
             // Each pixel's output gradient row for this tap, if it has one.
-            var g0: array<u32, TILE>;
-            var valid: array<bool, TILE>;
-            for (var i = 0u; i < TILE; i++) {
+            var g0: array<u32, PIXELS>;
+            var valid: array<bool, PIXELS>;
+            for (var i = 0u; i < PIXELS; i++) {
                 let oy = output_coord(iy[i], ky, p.pad_top, p.stride_h, p.out_h);
                 let ox = output_coord(ix[i], kx, p.pad_left, p.stride_w, p.out_w);
                 let inside = oy >= 0 && ox >= 0;
@@ -139,14 +140,14 @@ fn input_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
             let w_tap = (ky * p.kernel_w + kx) * p.out_c;
             for (var co = 0u; co < p.out_c; co++) {
                 let w = weights_t_quad((w_tap + co) * p.in_c, ci0, p.in_c);
-                for (var i = 0u; i < TILE; i++) {
+                for (var i = 0u; i < PIXELS; i++) {
                     let g = select(0.0, grad_at(g0[i] + co), valid[i]);
                     acc[i] = fma(vec4<f32>(g), w, acc[i]);
                 }
             }
         }
     }
-    for (var i = 0u; i < TILE; i++) {
+    for (var i = 0u; i < PIXELS; i++) {
         if (pixel0 + i >= pixels) {
             break;
         }
@@ -159,25 +160,27 @@ fn input_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     }
 }
 
-// weight_grad: each invocation sums a TILE×TILE block (input channels ×
-// output channels) of one tap over every output pixel, walking the pixels
+// weight_grad: each invocation sums a block of TILE input channels × 2·TILE
+// output channels of one tap over every output pixel, walking the pixels
 // image by image and row by row (no division in the loop).
 @compute @workgroup_size(256)
 fn weight_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let index = element_index(gid, groups);
-    let co_groups = (p.out_c + TILE - 1u) / TILE;
+    let co_groups = (p.out_c + 2u * TILE - 1u) / (2u * TILE);
     let ci_groups = (p.in_c + TILE - 1u) / TILE;
     if (index >= p.kernel_h * p.kernel_w * ci_groups * co_groups) {
         return;
     }
-    let co0 = (index % co_groups) * TILE;
+    let co0 = (index % co_groups) * 2u * TILE;
     let ci0 = ((index / co_groups) % ci_groups) * TILE;
     let tap = index / (co_groups * ci_groups);
     let kx = tap % p.kernel_w;
     let ky = tap / p.kernel_w;
-    // acc[a][b]: input channel ci0 + a, output channel co0 + b (past in_c or
-    // out_c: computed from repeated values, not written).
+    // acc[a][b] and high[a][b]: input channel ci0 + a, output channel co0 + b
+    // and co0 + TILE + b (past in_c or out_c: computed from repeated values,
+    // not written).
     var acc: array<vec4<f32>, TILE>;
+    var high: array<vec4<f32>, TILE>;
     for (var img = 0u; img < p.batch; img++) {
         for (var oy = 0u; oy < p.out_h; oy++) {
             let iy = i32(oy * p.stride_h + ky) - i32(p.pad_top);
@@ -189,16 +192,22 @@ fn weight_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
                 let g0 = ((img * p.out_h + oy) * p.out_w + ox) * p.out_stride + p.out_offset;
                 let x = input_quad(x0, ci0, p.in_c);
                 let g = grad_quad(g0, co0, p.out_c);
+                let g_high = grad_quad(g0, co0 + TILE, p.out_c);
                 for (var a = 0u; a < TILE; a++) {
                     acc[a] = fma(vec4<f32>(x[a]), g, acc[a]);
+                    high[a] = fma(vec4<f32>(x[a]), g_high, high[a]);
                 }
             }
         }
     }
     for (var a = 0u; a < TILE; a++) {
+        let row = (tap * p.in_c + ci0 + a) * p.out_c + co0;
         for (var b = 0u; b < TILE; b++) {
             if (ci0 + a < p.in_c && co0 + b < p.out_c) {
-                grad_weights[((tap * p.in_c + ci0 + a) * p.out_c) + co0 + b] += acc[a][b];
+                grad_weights[row + b] += acc[a][b];
+            }
+            if (ci0 + a < p.in_c && co0 + TILE + b < p.out_c) {
+                grad_weights[row + TILE + b] += high[a][b];
             }
         }
     }
