@@ -24,8 +24,8 @@
 //                            transpose_weights, read by input_grad)
 //
 // transpose_weights: one invocation per weight; input_grad: one per group of
-// PIXELS input pixels and TILE channels;
-// weight_grad: one per tap and block of TILE input × 2·TILE output channels;
+// PIXELS input pixels and 2·TILE channels;
+// weight_grad: one per tap and block of 2·TILE input × 2·TILE output channels;
 // bias_grad: one per output channel. The 1-D index is spread over a 2-D grid
 // of 256-wide workgroups (x + y·groups_x·256).
 
@@ -100,19 +100,19 @@ fn transpose_weights(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     store_weight_t(index, weights[(tap * p.in_c + ci) * p.out_c + co]);
 }
 
-// input_grad: each invocation sums TILE input channels of PIXELS consecutive
+// input_grad: each invocation sums 2·TILE input channels of PIXELS consecutive
 // input pixels (flattened NHW order), reading the transposed weights: per
 // tap and output channel, TILE contiguous weights and one gradient per pixel.
 @compute @workgroup_size(256)
 fn input_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let index = element_index(gid, groups);
-    let channel_groups = (p.in_c + TILE - 1u) / TILE;
+    let channel_groups = (p.in_c + 2u * TILE - 1u) / (2u * TILE);
     let pixels = p.batch * p.in_h * p.in_w;
     let pixel_groups = (pixels + PIXELS - 1u) / PIXELS;
     if (index >= pixel_groups * channel_groups) {
         return;
     }
-    let ci0 = (index % channel_groups) * TILE;
+    let ci0 = (index % channel_groups) * 2u * TILE;
     let pixel0 = (index / channel_groups) * PIXELS;
     var iy: array<u32, PIXELS>;
     var ix: array<u32, PIXELS>;
@@ -123,8 +123,10 @@ fn input_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
         iy[i] = (pixel / p.in_w) % p.in_h;
         img[i] = pixel / (p.in_w * p.in_h);
     }
-    // acc[i][j]: pixel i, channel ci0 + j (past in_c: computed, not written).
+    // acc[i][j] and high[i][j]: pixel i, channel ci0 + j and ci0 + TILE + j
+    // (past in_c: computed, not written).
     var acc: array<vec4<f32>, PIXELS>;
+    var high: array<vec4<f32>, PIXELS>;
     for (var ky = 0u; ky < p.kernel_h; ky++) {
         for (var kx = 0u; kx < p.kernel_w; kx++) {
             // Each pixel's output gradient row for this tap, if it has one.
@@ -140,9 +142,11 @@ fn input_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
             let w_tap = (ky * p.kernel_w + kx) * p.out_c;
             for (var co = 0u; co < p.out_c; co++) {
                 let w = weights_t_quad((w_tap + co) * p.in_c, ci0, p.in_c);
+                let w_high = weights_t_quad((w_tap + co) * p.in_c, ci0 + TILE, p.in_c);
                 for (var i = 0u; i < PIXELS; i++) {
-                    let g = select(0.0, grad_at(g0[i] + co), valid[i]);
-                    acc[i] = fma(vec4<f32>(g), w, acc[i]);
+                    let g = vec4<f32>(select(0.0, grad_at(g0[i] + co), valid[i]));
+                    acc[i] = fma(g, w, acc[i]);
+                    high[i] = fma(g, w_high, high[i]);
                 }
             }
         }
@@ -156,31 +160,34 @@ fn input_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
             if (ci0 + j < p.in_c) {
                 grad_in[at + j] += acc[i][j];
             }
+            if (ci0 + TILE + j < p.in_c) {
+                grad_in[at + TILE + j] += high[i][j];
+            }
         }
     }
 }
 
-// weight_grad: each invocation sums a block of TILE input channels × 2·TILE
+// weight_grad: each invocation sums a block of 2·TILE input channels × 2·TILE
 // output channels of one tap over every output pixel, walking the pixels
 // image by image and row by row (no division in the loop).
 @compute @workgroup_size(256)
 fn weight_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let index = element_index(gid, groups);
     let co_groups = (p.out_c + 2u * TILE - 1u) / (2u * TILE);
-    let ci_groups = (p.in_c + TILE - 1u) / TILE;
+    let ci_groups = (p.in_c + 2u * TILE - 1u) / (2u * TILE);
     if (index >= p.kernel_h * p.kernel_w * ci_groups * co_groups) {
         return;
     }
     let co0 = (index % co_groups) * 2u * TILE;
-    let ci0 = ((index / co_groups) % ci_groups) * TILE;
+    let ci0 = ((index / co_groups) % ci_groups) * 2u * TILE;
     let tap = index / (co_groups * ci_groups);
     let kx = tap % p.kernel_w;
     let ky = tap / p.kernel_w;
-    // acc[a][b] and high[a][b]: input channel ci0 + a, output channel co0 + b
-    // and co0 + TILE + b (past in_c or out_c: computed from repeated values,
-    // not written).
-    var acc: array<vec4<f32>, TILE>;
-    var high: array<vec4<f32>, TILE>;
+    // acc[a][b] and high[a][b]: input channel ci0 + a (a < 2·TILE), output
+    // channel co0 + b and co0 + TILE + b (past in_c or out_c: computed from
+    // repeated values, not written).
+    var acc: array<vec4<f32>, 2 * TILE>;
+    var high: array<vec4<f32>, 2 * TILE>;
     for (var img = 0u; img < p.batch; img++) {
         for (var oy = 0u; oy < p.out_h; oy++) {
             let iy = i32(oy * p.stride_h + ky) - i32(p.pad_top);
@@ -191,16 +198,19 @@ fn weight_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
                 let x0 = ((img * p.in_h + u32(iy)) * p.in_w + u32(ix)) * p.in_stride + p.in_offset;
                 let g0 = ((img * p.out_h + oy) * p.out_w + ox) * p.out_stride + p.out_offset;
                 let x = input_quad(x0, ci0, p.in_c);
+                let x_high = input_quad(x0, ci0 + TILE, p.in_c);
                 let g = grad_quad(g0, co0, p.out_c);
                 let g_high = grad_quad(g0, co0 + TILE, p.out_c);
                 for (var a = 0u; a < TILE; a++) {
                     acc[a] = fma(vec4<f32>(x[a]), g, acc[a]);
                     high[a] = fma(vec4<f32>(x[a]), g_high, high[a]);
+                    acc[TILE + a] = fma(vec4<f32>(x_high[a]), g, acc[TILE + a]);
+                    high[TILE + a] = fma(vec4<f32>(x_high[a]), g_high, high[TILE + a]);
                 }
             }
         }
     }
-    for (var a = 0u; a < TILE; a++) {
+    for (var a = 0u; a < 2u * TILE; a++) {
         let row = (tap * p.in_c + ci0 + a) * p.out_c + co0;
         for (var b = 0u; b < TILE; b++) {
             if (ci0 + a < p.in_c && co0 + b < p.out_c) {

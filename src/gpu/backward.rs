@@ -13,8 +13,8 @@ use super::params::{
 use super::shader::{self, swap_block};
 use bytemuck::Pod;
 
-/// conv2d_backward.wgsl's TILE: channels per invocation along each tiled
-/// axis (weight_grad's output channels: twice that).
+/// conv2d_backward.wgsl's TILE: a vec4's channels. input_grad and weight_grad
+/// take twice that per invocation along each channel axis.
 const CONV_TILE: u32 = 4;
 /// conv2d_backward.wgsl's PIXELS: input_grad's pixels per invocation.
 const CONV_PIXELS: u64 = 8;
@@ -31,10 +31,10 @@ fn grad_quad(base: u32, c0: u32, count: u32) -> vec4<f32> {
     return grad_out[(base + min(c0, count - 4u)) >> 2u];
 }
 fn input_quad(base: u32, c0: u32, count: u32) -> vec4<f32> {
-    return input[(base + c0) >> 2u];
+    return input[(base + min(c0, count - 4u)) >> 2u];
 }
 fn weights_t_quad(base: u32, c0: u32, count: u32) -> vec4<f32> {
-    return weights_t[(base + c0) >> 2u];
+    return weights_t[(base + min(c0, count - 4u)) >> 2u];
 }
 fn store_weight_t(i: u32, v: f32) {
     weights_t[i >> 2u][i & 3u] = v;
@@ -177,7 +177,7 @@ impl BackwardKernels {
         let weight_count = (p.kernel_h * p.kernel_w * p.in_c * p.out_c) as u64;
         let transpose = [(2, weights), (7, weights_t)];
         let pixels = p.batch as u64 * p.in_h as u64 * p.in_w as u64;
-        let count = pixels.div_ceil(CONV_PIXELS) * p.in_c.div_ceil(CONV_TILE) as u64;
+        let count = pixels.div_ceil(CONV_PIXELS) * p.in_c.div_ceil(2 * CONV_TILE) as u64;
         let buffers = [(1, grad_out), (7, weights_t), (4, grad_in)];
         let pipelines = self.conv_pipelines(p);
         [
@@ -195,7 +195,7 @@ impl BackwardKernels {
         grad_out: &wgpu::Buffer,
         (grad_weights, grad_bias): (&wgpu::Buffer, &wgpu::Buffer),
     ) -> [Dispatch; 2] {
-        let blocks = (p.in_c.div_ceil(CONV_TILE) * p.out_c.div_ceil(2 * CONV_TILE)) as u64;
+        let blocks = (p.in_c.div_ceil(2 * CONV_TILE) * p.out_c.div_ceil(2 * CONV_TILE)) as u64;
         let weights = (p.kernel_h * p.kernel_w) as u64 * blocks;
         let buffers = [(1, grad_out), (3, input), (5, grad_weights)];
         let bias_buffers = [(1, grad_out), (6, grad_bias)];
