@@ -1,0 +1,200 @@
+"""Cross-validated fine-tuning of Inception V3's mixed9 + mixed10 in PyTorch on
+the cut activations a retrain run cached: a fast replica of `retrain
+--fine-tune` for comparing recipes (see README.md)."""
+import argparse, glob, json, math, os, struct, sys, time
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+DEFAULT_WEIGHTS = os.path.expanduser('~/.cache/retrain/inception_v3-nsfwjs-4.4.0-f32.safetensors')
+
+
+def read_entry(path):
+    """One cache entry's values: magic, u32 count, values (f16 or f32), sha256."""
+    b = open(path, 'rb').read()
+    magic, n = b[:8], struct.unpack('<I', b[8:12])[0]
+    if magic == b'RTACTF16':
+        return np.frombuffer(b[12:12 + 2 * n], dtype='<f2').astype(np.float32)
+    assert magic == b'RTBNECK1', f'{path}: not a retrain cache entry'
+    return np.frombuffer(b[12:12 + 4 * n], dtype='<f4').copy()
+
+
+def dataset(cache):
+    """Every image with a cached mixed8 entry: (cuts, bottlenecks, labels)."""
+    cuts, bottlenecks, labels = [], [], []
+    classes = sorted(d for d in os.listdir(cache) if os.path.isdir(os.path.join(cache, d)))
+    for label, cls in enumerate(classes):
+        for f in sorted(glob.glob(os.path.join(cache, cls, '*.mixed8.f16'))):
+            image = os.path.basename(f).rsplit('.', 3)[0]
+            bottleneck = glob.glob(os.path.join(cache, cls, glob.escape(image) + '.*.bottleneck'))
+            cuts.append(read_entry(f))
+            bottlenecks.append(read_entry(bottleneck[0]))
+            labels.append(label)
+    return np.stack(cuts), np.stack(bottlenecks), np.array(labels)
+
+
+def top_weights(path):
+    """mixed9's and mixed10's tensors from a converted (safetensors) weight file."""
+    f = open(path, 'rb')
+    n = struct.unpack('<Q', f.read(8))[0]
+    header = json.loads(f.read(n))
+    header.pop('__metadata__', None)
+    out = {}
+    for name, t in header.items():
+        if name.startswith(('mixed9/', 'mixed10/')):
+            start, end = t['data_offsets']
+            f.seek(8 + n + start)
+            out[name] = np.frombuffer(f.read(end - start), dtype='<f4').reshape(t['shape']).copy()
+    return out
+
+
+class Conv(nn.Module):
+    """A conv with its batch norm folded in, then ReLU (HWIO weights from the file)."""
+    def __init__(self, w, b):
+        super().__init__()
+        self.weight = nn.Parameter(torch.tensor(w).permute(3, 2, 0, 1).contiguous())
+        self.bias = nn.Parameter(torch.tensor(b))
+
+    def forward(self, x):
+        return F.relu(F.conv2d(x, self.weight, self.bias, padding='same'))
+
+
+class InceptionE(nn.Module):
+    """mixed9 / mixed10, branches concatenated in Keras's order."""
+    def __init__(self, W, name):
+        super().__init__()
+        c = lambda n: Conv(W[f'{name}/{n}.weight'], W[f'{name}/{n}.bias'])
+        self.b1 = c('branch1x1')
+        self.b3_1, self.b3_2a, self.b3_2b = c('branch3x3_1'), c('branch3x3_2a'), c('branch3x3_2b')
+        self.bd_1, self.bd_2 = c('branch3x3dbl_1'), c('branch3x3dbl_2')
+        self.bd_3a, self.bd_3b = c('branch3x3dbl_3a'), c('branch3x3dbl_3b')
+        self.pool = c('branch_pool')
+
+    def forward(self, x):
+        b3, bd = self.b3_1(x), self.bd_2(self.bd_1(x))
+        pooled = F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+        return torch.cat([self.b1(x), self.b3_2a(b3), self.b3_2b(b3),
+                          self.bd_3a(bd), self.bd_3b(bd), self.pool(pooled)], 1)
+
+
+class Top(nn.Module):
+    """mixed8's output (NHWC, flattened) -> mixed10 -> global average pool."""
+    def __init__(self, W):
+        super().__init__()
+        self.mixed9, self.mixed10 = InceptionE(W, 'mixed9'), InceptionE(W, 'mixed10')
+
+    def forward(self, cut):
+        side = int(round(math.sqrt(cut.shape[1] / 1280)))
+        x = cut.view(-1, side, side, 1280).permute(0, 3, 1, 2)
+        return self.mixed10(self.mixed9(x)).mean((2, 3))
+
+
+def frozen_head(f, y, l2):
+    """Standardised logistic regression with penalty l2·‖W‖² (LBFGS)."""
+    mu, sd = f.mean(0), f.std(0) + 1e-6
+    z = (f - mu) / sd
+    w = torch.zeros(f.shape[1], int(y.max()) + 1, requires_grad=True)
+    b = torch.zeros(w.shape[1], requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=500, line_search_fn='strong_wolfe')
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z @ w + b, y) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return mu, sd, w.detach(), b.detach()
+
+
+def accuracy(logits, y):
+    return (logits.argmax(1) == y).float().mean().item()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument('--cache', required=True, help="retrain's --bottleneck-dir after a --fine-tune run")
+    p.add_argument('--weights', default=DEFAULT_WEIGHTS)
+    p.add_argument('--opt', default='adam', choices=['adam', 'sgd'])
+    p.add_argument('--lr', type=float, default=3e-4)
+    p.add_argument('--epochs', type=int, default=8)
+    p.add_argument('--dropout', type=float, default=0.5)
+    p.add_argument('--wd', type=float, default=1e-4)
+    p.add_argument('--batch', type=int, default=16)
+    p.add_argument('--head', default='standardised', choices=['standardised', 'folded', 'fresh'])
+    p.add_argument('--folds', type=int, default=5)
+    p.add_argument('--frozen-only', action='store_true')
+    a = p.parse_args()
+    torch.set_num_threads(os.cpu_count())
+    cuts, bottlenecks, labels = dataset(a.cache)
+    W = top_weights(a.weights)
+    X, Y = torch.tensor(cuts), torch.tensor(labels)
+    with torch.no_grad():
+        check = Top(W)(X[:16]).numpy()
+    error = np.linalg.norm(check - bottlenecks[:16]) / np.linalg.norm(bottlenecks[:16])
+    print(f'{len(labels)} images; replica vs cached bottlenecks: relative L2 {error:.1e}')
+    assert error < 1e-3, 'the replica does not reproduce the cached bottlenecks'
+    rng = np.random.default_rng(0)
+    order = np.concatenate([rng.permutation(np.where(labels == c)[0]) for c in np.unique(labels)])
+    fold_of = np.empty(len(labels), int)
+    fold_of[order] = np.arange(len(labels)) % a.folds
+    frozen, curves, started = [], [], time.time()
+    for k in range(a.folds):
+        tr, va = np.where(fold_of != k)[0], np.where(fold_of == k)[0]
+        net = Top(W)
+        with torch.no_grad():
+            ftr, fva = net(X[tr]), net(X[va])
+        inner = np.arange(len(tr)) % 4 == 0
+        scores = []
+        for l2 in [1e-4, 1e-3, 1e-2, 3e-2, 1e-1]:
+            mu, sd, w, b = frozen_head(ftr[~inner], Y[tr][~inner], l2)
+            scores.append((accuracy(((ftr[inner] - mu) / sd) @ w + b, Y[tr][inner]), l2))
+        mu, sd, w, b = frozen_head(ftr, Y[tr], max(scores)[1])
+        frozen.append(accuracy(((fva - mu) / sd) @ w + b, Y[va]))
+        if a.frozen_only:
+            continue
+        if a.head == 'folded':
+            hw, hb = nn.Parameter(w / sd[:, None]), nn.Parameter(b - (mu / sd) @ w)
+            head = lambda f: f @ hw + hb
+        else:
+            start = (w, b) if a.head == 'standardised' else (torch.zeros_like(w), torch.zeros_like(b))
+            hw, hb = nn.Parameter(start[0].clone()), nn.Parameter(start[1].clone())
+            head = lambda f: ((f - mu) / sd) @ hw + hb
+        named = list(net.named_parameters())
+        groups = [{'params': [q for n, q in named if n.endswith('weight')] + [hw], 'weight_decay': a.wd},
+                  {'params': [q for n, q in named if n.endswith('bias')] + [hb], 'weight_decay': 0.0}]
+        opt = (torch.optim.AdamW(groups, lr=a.lr) if a.opt == 'adam'
+               else torch.optim.SGD(groups, lr=a.lr, momentum=0.9))
+        steps = len(tr) // a.batch
+        total, warm, step = steps * a.epochs, max(steps * a.epochs // 10, 1), 0
+        g = torch.Generator().manual_seed(k)
+        curve = []
+        for _ in range(a.epochs):
+            perm = tr[torch.randperm(len(tr), generator=g).numpy()]
+            for s in range(steps):
+                rows = perm[s * a.batch:(s + 1) * a.batch]
+                lr = (a.lr * (step + 1) / warm if step < warm else
+                      a.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1))))
+                for group in opt.param_groups:
+                    group['lr'] = lr
+                f = F.dropout(net(X[rows]), a.dropout, True)
+                loss = F.cross_entropy(head(f), Y[rows])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                step += 1
+            with torch.no_grad():
+                curve.append(accuracy(head(net(X[va])), Y[va]))
+        curves.append(curve)
+        print(f'fold {k}: frozen {frozen[-1]:.3f}, epochs ' + ' '.join(f'{v:.3f}' for v in curve), flush=True)
+    line = f"{' '.join(sys.argv[1:])}: frozen {np.mean(frozen):.3f}"
+    if curves:
+        line += ' | epochs ' + ' '.join(f'{v:.3f}' for v in np.mean(curves, 0))
+    line += f' | {time.time() - started:.0f} s'
+    print(line)
+    with open('results.txt', 'a') as out:
+        out.write(line + '\n')
+
+
+if __name__ == '__main__':
+    main()
