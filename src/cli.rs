@@ -264,7 +264,7 @@ pub struct TrainArgs {
     #[arg(
         long,
         value_name = "RATE",
-        default_value_t = 1e-4,
+        default_value_t = 3e-4,
         help_heading = "Fine-tuning"
     )]
     pub fine_tune_learning_rate: f32,
@@ -301,15 +301,18 @@ pub struct TrainArgs {
     #[arg(
         long,
         value_name = "P",
-        default_value_t = 0.3,
+        default_value_t = 0.5,
         help_heading = "Fine-tuning"
     )]
     pub fine_tune_dropout: f32,
-    /// Epochs without a better validation result before fine-tuning stops (0: never).
+    /// Epochs without a better validation result before fine-tuning stops
+    /// (0, the default: never, as the learning rate decays to zero over the
+    /// epochs asked; never in the first half of the epochs either, where the
+    /// peak learning rate makes validation dip before it climbs).
     #[arg(
         long,
         value_name = "N",
-        default_value_t = 3,
+        default_value_t = 0,
         help_heading = "Fine-tuning"
     )]
     pub fine_tune_patience: u32,

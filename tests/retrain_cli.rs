@@ -381,6 +381,10 @@ const FINE_TUNE: &[&str] = &[
     "8",
     "--fine-tune-patience",
     "0",
+    // Epoch 0's loss is the frozen head's without dropout; the later epochs'
+    // are measured as they train, so they compare only without it.
+    "--fine-tune-dropout",
+    "0",
 ];
 
 #[test]
@@ -399,6 +403,7 @@ fn fine_tuning_trains_exports_and_classifies_as_tested() {
     let f = &metrics["fine_tuning"];
     assert_eq!(f["from"], "mixed9");
     assert_eq!(f["cut"], "mixed8");
+    assert_eq!(f["dropout"], 0.0);
     let epochs = f["epochs"].as_array().unwrap();
     assert_eq!(epochs.len(), 5, "epoch 0 and four epochs: {f}");
     let loss = |e: &Value| e["train_cross_entropy"].as_f64().unwrap();
@@ -485,6 +490,12 @@ fn bad_fine_tuning_flags_are_refused_before_any_work() {
     let o = run(&["--fine-tune", "--fine-tune-epochs", "0"]);
     assert!(
         stderr(&o).contains("--fine-tune-epochs must be at least 1"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["--fine-tune", "--fine-tune-dropout", "1"]);
+    assert!(
+        stderr(&o).contains("--fine-tune-dropout must be at least 0 and below 1"),
         "{}",
         stderr(&o)
     );

@@ -22,7 +22,8 @@ pub struct FineTuneSettings {
     pub batch_size: u32,
     /// Dropout's probability on the classifier's input while training.
     pub dropout: f32,
-    /// Epochs without a better validation cross-entropy before stopping (0: never).
+    /// Epochs without a better validation result before stopping (0: never;
+    /// never in the first half of the epochs either).
     pub patience: u32,
 }
 
@@ -37,6 +38,18 @@ impl FineTuneSettings {
 
     pub fn beta2(&self) -> f32 {
         0.999
+    }
+
+    /// Whether training stops after `epoch`, the best so far being `best`:
+    /// after `patience` epochs without a better one, but not in the first
+    /// half of the epochs — at the peak learning rate the blocks first
+    /// drift, and validation often dips below the frozen head before the
+    /// decay brings it back up.
+    pub fn stops_after(&self, epoch: u32, best: u32) -> bool {
+        self.patience > 0
+            && epoch - best >= self.patience
+            && 2 * epoch >= self.epochs
+            && epoch < self.epochs
     }
 
     /// The learning rate at `step` of `total`: a linear warm-up over the
@@ -73,5 +86,28 @@ mod tests {
         assert!((lr[9] - 0.01).abs() < 1e-7);
         assert!(lr[10..].windows(2).all(|w| w[1] <= w[0]));
         assert!(lr[99] < 1e-5);
+    }
+
+    #[test]
+    fn patience_stops_only_in_the_second_half() {
+        let s = FineTuneSettings {
+            from: "mixed9".into(),
+            epochs: 8,
+            learning_rate: 0.01,
+            rule: Rule::Adam,
+            weight_decay: 0.0,
+            batch_size: 16,
+            dropout: 0.5,
+            patience: 3,
+        };
+        // Epoch 0 best: epochs 1-3 dip, no stop before epoch 4.
+        assert!(!s.stops_after(3, 0));
+        assert!(s.stops_after(4, 0));
+        assert!(!s.stops_after(6, 4));
+        assert!(s.stops_after(7, 4));
+        // The last epoch ends training anyway.
+        assert!(!s.stops_after(8, 0));
+        let never = FineTuneSettings { patience: 0, ..s };
+        assert!(!never.stops_after(7, 0));
     }
 }

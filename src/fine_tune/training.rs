@@ -246,10 +246,7 @@ pub fn fine_tune(
         if improved {
             best_epoch = epoch;
             best = net.download(gpu)?;
-        } else if settings.patience > 0
-            && epoch - best_epoch >= settings.patience
-            && epoch < settings.epochs
-        {
+        } else if settings.stops_after(epoch, best_epoch) {
             log::info!(
                 "Fine-tuning stopped early: no better validation for {} epochs",
                 settings.patience
