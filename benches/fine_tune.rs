@@ -13,14 +13,14 @@ use rand::{Rng, SeedableRng};
 use retrain::convert::default_weights;
 use retrain::engine::Engine;
 use retrain::fine_tune::blocks::{TrainableBlocks, DEFAULT_FROM};
-use retrain::fine_tune::network::{StandardizedHead, TrainableNetwork};
+use retrain::fine_tune::network::TrainableNetwork;
 use retrain::fine_tune::settings::{FineTuneSettings, Rule};
 use retrain::fine_tune::step::{Pass, StepPlan};
 use retrain::gpu::timer::GpuTimer;
 use retrain::gpu::Gpu;
 use retrain::model::weights::WeightFile;
 use retrain::model::Architecture;
-use retrain::train::standardize::Standardization;
+use retrain::train::standardize::{Standardization, StandardizedHead};
 use std::collections::BTreeMap;
 
 mod common;

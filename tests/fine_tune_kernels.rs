@@ -21,7 +21,7 @@ use retrain::cpu_reference::backward as reference;
 use retrain::cpu_reference::backward::optimizer_step;
 use retrain::cpu_reference::network::{loss_and_gradients, Parameters};
 use retrain::fine_tune::blocks::TrainableBlocks;
-use retrain::fine_tune::network::{StandardizedHead, TrainableNetwork, HEAD_BIASES, HEAD_WEIGHTS};
+use retrain::fine_tune::network::{TrainableNetwork, HEAD_BIASES, HEAD_WEIGHTS};
 use retrain::fine_tune::settings::{FineTuneSettings, Rule};
 use retrain::fine_tune::step::{Pass, StepPlan};
 use retrain::gpu::backward::{
@@ -35,7 +35,7 @@ use retrain::gpu::params::{
 use retrain::gpu::Gpu;
 use retrain::model::graph::{Graph, Padding::*, PoolOp};
 use retrain::model::weights::{self, ModelInfo, Normalization, Tensor, WeightFile};
-use retrain::train::standardize::Standardization;
+use retrain::train::standardize::{Standardization, StandardizedHead};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 

@@ -12,7 +12,7 @@ use crate::gpu::params::OptimizerParams;
 use crate::gpu::tuning::Tuning;
 use crate::gpu::Gpu;
 use crate::model::weights::{Tensor, WeightFile};
-use crate::train::standardize::Standardization;
+use crate::train::standardize::{Standardization, StandardizedHead};
 use anyhow::Result;
 use std::collections::HashMap;
 
@@ -54,14 +54,6 @@ impl Parameter {
     fn count(&self) -> usize {
         self.shape.iter().product()
     }
-}
-
-/// The classifier fine-tuning starts from: weights [dim, classes] and biases
-/// [classes] on features standardised by `standardization`.
-pub struct StandardizedHead {
-    pub weights: Vec<f32>,
-    pub biases: Vec<f32>,
-    pub standardization: Standardization,
 }
 
 pub struct TrainableNetwork {

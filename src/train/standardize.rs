@@ -67,6 +67,14 @@ impl Standardization {
     }
 }
 
+/// A head as the sweep trains it: weights [dim, classes] and biases [classes]
+/// on features standardised by `standardization`.
+pub struct StandardizedHead {
+    pub weights: Vec<f32>,
+    pub biases: Vec<f32>,
+    pub standardization: Standardization,
+}
+
 /// The kernels and statistics that standardise the heads' bottlenecks in place.
 pub struct Standardizer {
     pub standardization: Standardization,

@@ -10,7 +10,7 @@ use super::batches::BatchSource;
 use super::config::TrainingConfig;
 use super::rows::TrainingData;
 use super::sampling;
-use super::standardize::{Standardization, Standardizer};
+use super::standardize::{Standardization, StandardizedHead, Standardizer};
 use crate::gpu::Gpu;
 use crate::head::optimizer::HeadSettings;
 use crate::head::{GpuHeads, Metrics};
@@ -80,19 +80,26 @@ impl Trained {
     pub fn export(&self, gpu: &Gpu) -> Result<(Vec<f32>, Vec<f32>)> {
         export_head(gpu, &self.heads, self.chosen, self.standardization.as_ref())
     }
-}
 
-impl Trained {
     /// The chosen head as it trained, on standardised features (the
-    /// identity standardisation when the features were not standardised):
-    /// weights [dim, classes], biases [classes].
-    pub fn chosen_standardized(&self, gpu: &Gpu) -> Result<(Vec<f32>, Vec<f32>, Standardization)> {
-        let mut weights = self.heads.parameters(gpu, self.chosen)?;
-        let biases = weights.split_off((self.heads.dim * self.heads.classes) as usize);
+    /// identity standardisation when the features were not standardised).
+    pub fn chosen_standardized(&self, gpu: &Gpu) -> Result<StandardizedHead> {
+        let (weights, biases) = head_parameters(gpu, &self.heads, self.chosen)?;
         let standardization = (self.standardization.clone())
             .unwrap_or_else(|| Standardization::identity(self.heads.dim as usize));
-        Ok((weights, biases, standardization))
+        Ok(StandardizedHead {
+            weights,
+            biases,
+            standardization,
+        })
     }
+}
+
+/// Head `head`'s current parameters as it trains: weights [dim, classes], biases [classes].
+fn head_parameters(gpu: &Gpu, heads: &GpuHeads, head: u32) -> Result<(Vec<f32>, Vec<f32>)> {
+    let mut weights = heads.parameters(gpu, head)?;
+    let biases = weights.split_off((heads.dim * heads.classes) as usize);
+    Ok((weights, biases))
 }
 
 /// Head `head`'s current parameters for raw bottlenecks.
@@ -102,11 +109,10 @@ pub fn export_head(
     head: u32,
     standardization: Option<&Standardization>,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
-    let mut params = heads.parameters(gpu, head)?;
-    let biases = params.split_off((heads.dim * heads.classes) as usize);
+    let (weights, biases) = head_parameters(gpu, heads, head)?;
     Ok(match standardization {
-        Some(s) => s.fold(&params, &biases),
-        None => (params, biases),
+        Some(s) => s.fold(&weights, &biases),
+        None => (weights, biases),
     })
 }
 

@@ -14,7 +14,6 @@ use crate::cli::TrainArgs;
 use crate::convert::default_weights;
 use crate::data::dataset::Dataset;
 use crate::engine::Engine;
-use crate::fine_tune::network::StandardizedHead;
 use crate::gpu::Gpu;
 use crate::head::classifier::{write_labels, write_saved_model, Classifier};
 use crate::logging::{self, LOG_FILE};
@@ -100,12 +99,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let fine_tuned = match fine_tune {
         Some(f) => {
             let sets = (&sets[0][..], &sets[1][..]);
-            let (weights, biases, standardization) = trained.chosen_standardized(&engine.gpu)?;
-            let head = StandardizedHead {
-                weights,
-                biases,
-                standardization,
-            };
+            let head = trained.chosen_standardized(&engine.gpu)?;
             let base = (&mut engine, &file);
             Some(f.run(base, args, (&mut classifier, head), &b, sets, &mut rng)?)
         }
