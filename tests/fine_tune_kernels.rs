@@ -44,6 +44,14 @@ fn backward() -> &'static BackwardKernels {
     KERNELS.get_or_init(|| BackwardKernels::new(&gpu().0))
 }
 
+/// The conv gradient kernels with (where the device has subgroups) and
+/// without conv2d_backward_subgroup.wgsl.
+fn conv_backward(subgroups: bool) -> &'static BackwardKernels {
+    static KERNELS: [OnceLock<BackwardKernels>; 2] = [OnceLock::new(), OnceLock::new()];
+    KERNELS[subgroups as usize]
+        .get_or_init(|| BackwardKernels::with_subgroup_convs(&gpu().0, subgroups))
+}
+
 fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
@@ -143,6 +151,26 @@ fn random_conv(
 }
 
 fn check_conv(seed: u64, kernel: (u32, u32), stride: u32, padded: bool, aligned: bool) {
+    for subgroups in [false, true] {
+        check_conv_with(
+            conv_backward(subgroups),
+            seed,
+            kernel,
+            stride,
+            padded,
+            aligned,
+        );
+    }
+}
+
+fn check_conv_with(
+    kernels: &BackwardKernels,
+    seed: u64,
+    kernel: (u32, u32),
+    stride: u32,
+    padded: bool,
+    aligned: bool,
+) {
     let gpu = &gpu().0;
     let mut rng = rng(seed);
     let p = random_conv(&mut rng, kernel, stride, padded, aligned);
@@ -178,9 +206,13 @@ fn check_conv(seed: u64, kernel: (u32, u32), stride: u32, padded: bool, aligned:
         upload(gpu, &grad_w),
         upload(gpu, &grad_b),
     );
-    let what = format!("conv {kernel:?} stride {stride} padded {padded} aligned {aligned}: {p:?}");
+    let what = format!(
+        "conv {kernel:?} stride {stride} padded {padded} aligned {aligned} \
+         subgroup kernels {}: {p:?}",
+        kernels.has_subgroup_convs()
+    );
     let transposed = poisoned(gpu, weights.len());
-    let [t, d] = backward().conv_input_grad(gpu, &p, &bgo, (&bw, &transposed), &bgi);
+    let [t, d] = kernels.conv_input_grad(gpu, &p, &bgo, (&bw, &transposed), &bgi);
     check(
         gpu,
         &[&t, &d],
@@ -188,7 +220,7 @@ fn check_conv(seed: u64, kernel: (u32, u32), stride: u32, padded: bool, aligned:
         &keep_poison(&grad_in, &expected_in),
         &format!("input grad of {what}"),
     );
-    let [dw, db] = backward().conv_parameter_grads(gpu, &p, &bin, &bgo, (&bgw, &bgb));
+    let [dw, db] = kernels.conv_parameter_grads(gpu, &p, &bin, &bgo, (&bgw, &bgb));
     check(
         gpu,
         &[&dw],
@@ -208,12 +240,17 @@ fn check_conv(seed: u64, kernel: (u32, u32), stride: u32, padded: bool, aligned:
 /// Every conv shape Inception V3's blocks contain, stride 1 and 2, SAME and VALID.
 #[test]
 fn conv_gradients_match_the_reference() {
+    assert_eq!(
+        conv_backward(true).has_subgroup_convs(),
+        gpu().0.has_subgroups_of_8()
+    );
     let shapes = [(1, 1), (3, 3), (1, 3), (3, 1), (1, 7), (7, 1), (5, 5)];
     let mut seed = 0;
     for kernel in shapes {
         for stride in [1, 2] {
             for padded in [false, true] {
-                // Unaligned channels run the scalar kernels, aligned ones the vec4 kernels.
+                // Unaligned channels run the scalar kernels, aligned ones the
+                // vec4 kernels and (where the device has subgroups) the subgroup ones.
                 for aligned in [false, true] {
                     seed += 1;
                     check_conv(seed, kernel, stride, padded, aligned);

@@ -40,6 +40,7 @@ fn check<T: WgslStruct>(source: &str) {
 fn parameter_blocks_match_their_shaders() {
     check::<ConvParams>(ConvParams::SHADER);
     check::<ConvParams>(shader::CONV2D_DIRECT);
+    check::<ConvParams>(shader::CONV2D_SUBGROUP);
     check::<DepthwiseParams>(DepthwiseParams::SHADER);
     check::<PoolParams>(PoolParams::SHADER);
     check::<GlobalPoolParams>(GlobalPoolParams::SHADER);
@@ -47,6 +48,7 @@ fn parameter_blocks_match_their_shaders() {
     check::<HeadParams>(HeadParams::SHADER);
     check::<StandardizeParams>(StandardizeParams::SHADER);
     check::<ConvParams>(shader::CONV2D_BACKWARD);
+    check::<ConvParams>(shader::CONV2D_BACKWARD_SUBGROUP);
     check::<PoolParams>(shader::POOL_BACKWARD);
     check::<GlobalPoolParams>(shader::GLOBAL_AVG_POOL_BACKWARD);
     check::<ActivationGradParams>(ActivationGradParams::SHADER);

@@ -56,7 +56,7 @@ pub fn gemm_ceiling(
     let flops = 2.0 * (n as f64).powi(3);
     ConvVariant::CANDIDATES
         .iter()
-        .filter(|v| v.fits(&p, gpu.limits.max_compute_workgroups_per_dimension))
+        .filter(|v| v.fits(&p, gpu))
         .map(|&v| {
             let d = engine
                 .kernels()

@@ -5,7 +5,7 @@
 //! caller zeroes gradient buffers once per step and sums into them.
 
 use super::context::Gpu;
-use super::kernels::{grid, pipeline, vec4_aligned, Dispatch, PoolKind, POOL_GROUP};
+use super::kernels::{grid, pipeline, pipeline_with, vec4_aligned, Dispatch, PoolKind, POOL_GROUP};
 use super::params::{
     ActivationGradParams, ClassifierTrainParams, ConvParams, GlobalPoolParams, OptimizerParams,
     PoolParams,
@@ -18,6 +18,14 @@ use bytemuck::Pod;
 const CONV_TILE: u32 = 4;
 /// conv2d_backward.wgsl's PIXELS: input_grad's pixels per invocation.
 const CONV_PIXELS: u64 = 8;
+
+/// conv2d_backward_subgroup.wgsl's tiles: input_grad's pixels per invocation,
+/// the channel quads shared by a workgroup, and the workgroup size.
+const SUBGROUP_ROWS: u32 = 4;
+const SUBGROUP_COLS: u32 = 16;
+const SUBGROUP_GROUP: u32 = 8;
+/// conv2d_backward_subgroup.wgsl's QUADS: weight_grad's input channel quads per invocation.
+const SUBGROUP_QUADS: u32 = 2;
 
 /// conv2d_backward.wgsl's operands as vec4s, for channels aligned to 4.
 const VEC4_OPERANDS: &str = "
@@ -41,6 +49,18 @@ fn store_weight_t(i: u32, v: f32) {
 }
 ";
 
+/// Whether every channel count, stride and offset of conv `p` is a multiple of 4.
+fn conv_aligned(p: &ConvParams) -> bool {
+    vec4_aligned(&[
+        p.in_c,
+        p.in_stride,
+        p.in_offset,
+        p.out_c,
+        p.out_stride,
+        p.out_offset,
+    ])
+}
+
 /// conv2d_backward.wgsl's entry points, compiled from one variant of its source.
 struct ConvPipelines {
     transpose: wgpu::ComputePipeline,
@@ -61,10 +81,20 @@ impl ConvPipelines {
     }
 }
 
+/// conv2d_backward_subgroup.wgsl's input_grad and weight_grad.
+struct SubgroupConvPipelines {
+    input: wgpu::ComputePipeline,
+    weight: wgpu::ComputePipeline,
+}
+
 pub struct BackwardKernels {
     /// Reading one f32 at a time, and one vec4 (channels, strides and offsets aligned to 4).
     conv_scalar: ConvPipelines,
     conv_vec4: ConvPipelines,
+    /// On CPU drivers with subgroups of 8 or more, the gradients of aligned
+    /// convs share operands through the subgroup (several times faster there;
+    /// GPUs keep conv2d_backward.wgsl, the only one measured on them).
+    conv_subgroup: Option<SubgroupConvPipelines>,
     activation: wgpu::ComputePipeline,
     max_pool: wgpu::ComputePipeline,
     avg_pool: wgpu::ComputePipeline,
@@ -101,13 +131,38 @@ pub struct OptimizerBuffers<'a> {
 }
 
 impl BackwardKernels {
+    /// The kernels for `gpu`: on a CPU driver with subgroups of 8 or more,
+    /// conv2d_backward_subgroup.wgsl for aligned convs.
     pub fn new(gpu: &Gpu) -> Self {
+        let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
+        Self::with_subgroup_convs(gpu, cpu)
+    }
+
+    /// The kernels for `gpu`, with the subgroup conv gradients when `wanted`
+    /// and the device has subgroups of 8 or more (tests run both on one device).
+    pub fn with_subgroup_convs(gpu: &Gpu, wanted: bool) -> Self {
         let vec4_source = swap_block(shader::CONV2D_BACKWARD, "OPERANDS", VEC4_OPERANDS);
         let pool = |entry: &str| pipeline(gpu, entry, shader::POOL_BACKWARD, entry);
         let classifier = |entry: &str| pipeline(gpu, entry, shader::CLASSIFIER_TRAIN, entry);
         BackwardKernels {
             conv_scalar: ConvPipelines::new(gpu, shader::CONV2D_BACKWARD),
             conv_vec4: ConvPipelines::new(gpu, &vec4_source),
+            conv_subgroup: (wanted && gpu.has_subgroups_of_8()).then(|| {
+                let entry = |name: &str| {
+                    let constants = [("GROUP", SUBGROUP_GROUP as f64)];
+                    pipeline_with(
+                        gpu,
+                        name,
+                        shader::CONV2D_BACKWARD_SUBGROUP,
+                        name,
+                        &constants,
+                    )
+                };
+                SubgroupConvPipelines {
+                    input: entry("input_grad"),
+                    weight: entry("weight_grad"),
+                }
+            }),
             activation: pipeline(
                 gpu,
                 "activation_backward",
@@ -131,21 +186,29 @@ impl BackwardKernels {
         }
     }
 
+    /// Whether aligned convs' gradients run conv2d_backward_subgroup.wgsl.
+    pub fn has_subgroup_convs(&self) -> bool {
+        self.conv_subgroup.is_some()
+    }
+
     /// The conv gradient pipelines for `p`: vec4 reads when its channels,
     /// strides and offsets allow.
     fn conv_pipelines(&self, p: &ConvParams) -> &ConvPipelines {
-        let channels = [
-            p.in_c,
-            p.in_stride,
-            p.in_offset,
-            p.out_c,
-            p.out_stride,
-            p.out_offset,
-        ];
-        match vec4_aligned(&channels) {
+        match conv_aligned(p) {
             true => &self.conv_vec4,
             false => &self.conv_scalar,
         }
+    }
+
+    /// The subgroup gradient pipelines, where the device has them, `p` is
+    /// aligned and its grids fit.
+    fn subgroup_pipelines(&self, p: &ConvParams) -> Option<&SubgroupConvPipelines> {
+        let pixels = p.batch * p.in_h * p.in_w;
+        let fits = pixels.div_ceil(SUBGROUP_ROWS * SUBGROUP_GROUP) <= self.max_groups
+            && p.kernel_h * p.kernel_w <= self.max_groups;
+        self.conv_subgroup
+            .as_ref()
+            .filter(|_| conv_aligned(p) && fits)
     }
 
     /// A launch of one invocation per element of `count`, its parameters in a
@@ -180,10 +243,20 @@ impl BackwardKernels {
         let count = pixels.div_ceil(CONV_PIXELS) * p.in_c.div_ceil(2 * CONV_TILE) as u64;
         let buffers = [(1, grad_out), (7, weights_t), (4, grad_in)];
         let pipelines = self.conv_pipelines(p);
-        [
-            self.launch(gpu, &pipelines.transpose, p, &transpose, weight_count),
-            self.launch(gpu, &pipelines.input, p, &buffers, count),
-        ]
+        let transpose = self.launch(gpu, &pipelines.transpose, p, &transpose, weight_count);
+        let gradient = match self.subgroup_pipelines(p) {
+            Some(subgroup) => {
+                let groups = [
+                    (pixels as u32).div_ceil(SUBGROUP_ROWS * SUBGROUP_GROUP),
+                    (p.in_c / 4).div_ceil(SUBGROUP_COLS),
+                    1,
+                ];
+                let uniform = gpu.uniform_buffer("backward params", p);
+                Dispatch::bind(gpu, &subgroup.input, &uniform, &buffers, groups)
+            }
+            None => self.launch(gpu, &pipelines.input, p, &buffers, count),
+        };
+        [transpose, gradient]
     }
 
     /// grad_weights and grad_bias += the conv's parameter gradients.
@@ -200,8 +273,20 @@ impl BackwardKernels {
         let buffers = [(1, grad_out), (3, input), (5, grad_weights)];
         let bias_buffers = [(1, grad_out), (6, grad_bias)];
         let pipelines = self.conv_pipelines(p);
+        let weight = match self.subgroup_pipelines(p) {
+            Some(subgroup) => {
+                let groups = [
+                    (p.in_c / 4).div_ceil(SUBGROUP_GROUP * SUBGROUP_QUADS),
+                    (p.out_c / 4).div_ceil(SUBGROUP_COLS),
+                    p.kernel_h * p.kernel_w,
+                ];
+                let uniform = gpu.uniform_buffer("backward params", p);
+                Dispatch::bind(gpu, &subgroup.weight, &uniform, &buffers, groups)
+            }
+            None => self.launch(gpu, &pipelines.weight, p, &buffers, weights),
+        };
         [
-            self.launch(gpu, &pipelines.weight, p, &buffers, weights),
+            weight,
             self.launch(gpu, &pipelines.bias, p, &bias_buffers, p.out_c as u64),
         ]
     }

@@ -56,7 +56,8 @@ impl Gpu {
         }
         // The engine binds whole activation buffers, so ask for all the adapter allows.
         let limits = adapter.limits();
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        let features =
+            adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("retrain"),
             required_features: features,
@@ -96,6 +97,12 @@ impl Gpu {
             Some(what) => Err(anyhow!("{what}")),
             None => Ok(()),
         }
+    }
+
+    /// Whether kernels may share values through subgroups of at least 8
+    /// invocations (conv2d_subgroup.wgsl broadcasts eight weight rows).
+    pub fn has_subgroups_of_8(&self) -> bool {
+        self.features.contains(wgpu::Features::SUBGROUP) && self.info.subgroup_min_size >= 8
     }
 
     /// How many shader modules this device has compiled.

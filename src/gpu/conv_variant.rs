@@ -1,22 +1,27 @@
 //! The conv kernel variants the autotuner chooses among: conv2d.wgsl's
-//! workgroup-memory tiles and conv2d_direct.wgsl's register tiles of several
-//! sizes, and which of them can run a given conv.
+//! workgroup-memory tiles, conv2d_direct.wgsl's register tiles of several
+//! sizes, conv2d_subgroup.wgsl's register tiles with weights shared through
+//! the subgroup, and which of them can run a given conv on a given device.
 
 use super::kernels::vec4_aligned;
 use super::params::ConvParams;
+use super::Gpu;
 
-/// How a conv is computed: conv2d.wgsl's workgroup-memory tiles, or
-/// conv2d_direct.wgsl's register tiles of `rows` pixels × 4·`cols` channels
-/// in workgroups of `group` invocations.
+/// How a conv is computed: conv2d.wgsl's workgroup-memory tiles, or register
+/// tiles of `rows` pixels × 4·`cols` channels in workgroups of `group`
+/// invocations — conv2d_direct.wgsl's (neighbouring invocations take
+/// neighbouring channels) or conv2d_subgroup.wgsl's (neighbouring invocations
+/// take neighbouring pixels and share the weights).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ConvVariant {
     Tiled,
     Direct { rows: u32, cols: u32, group: u32 },
+    Subgroup { rows: u32, cols: u32, group: u32 },
 }
 
 impl ConvVariant {
     /// What the autotuner tries.
-    pub const CANDIDATES: [ConvVariant; 6] = [
+    pub const CANDIDATES: [ConvVariant; 9] = [
         ConvVariant::Tiled,
         ConvVariant::Direct {
             rows: 4,
@@ -43,21 +48,42 @@ impl ConvVariant {
             cols: 2,
             group: 16,
         },
+        ConvVariant::Subgroup {
+            rows: 4,
+            cols: 8,
+            group: 8,
+        },
+        ConvVariant::Subgroup {
+            rows: 4,
+            cols: 16,
+            group: 8,
+        },
+        ConvVariant::Subgroup {
+            rows: 4,
+            cols: 32,
+            group: 8,
+        },
     ];
 
-    /// Whether this variant can run the conv `p` (the direct one needs the
-    /// output channel count and slices aligned to 4, and its grid within the limit).
-    pub fn fits(&self, p: &ConvParams, max_groups: u32) -> bool {
+    /// Whether this variant can run the conv `p` on `gpu` (the register
+    /// tiles need the output channel count and slices aligned to 4 and their
+    /// grid within the limit; the subgroup tiles also subgroups of 8 or more).
+    pub fn fits(&self, p: &ConvParams, gpu: &Gpu) -> bool {
+        let residual = match p.residual {
+            0 => [0, 0],
+            _ => [p.res_stride, p.res_offset],
+        };
+        let aligned =
+            vec4_aligned(&[p.out_c, p.out_stride, p.out_offset]) && vec4_aligned(&residual);
+        let max_groups = gpu.limits.max_compute_workgroups_per_dimension;
         match *self {
             ConvVariant::Tiled => true,
-            ConvVariant::Direct { rows, .. } => {
-                let residual = match p.residual {
-                    0 => [0, 0],
-                    _ => [p.res_stride, p.res_offset],
-                };
-                vec4_aligned(&[p.out_c, p.out_stride, p.out_offset])
-                    && vec4_aligned(&residual)
-                    && p.m.div_ceil(rows) <= max_groups
+            ConvVariant::Direct { rows, .. } => aligned && p.m.div_ceil(rows) <= max_groups,
+            ConvVariant::Subgroup { rows, cols, group } => {
+                aligned
+                    && gpu.has_subgroups_of_8()
+                    && p.m.div_ceil(rows * group) <= max_groups
+                    && (p.out_c / 4).div_ceil(cols) <= max_groups
             }
         }
     }

@@ -147,8 +147,9 @@ pub struct Kernels {
     /// Conv weights are f16 (read with unpack2x16float) rather than f32.
     half_weights: bool,
     conv2d: wgpu::ComputePipeline,
-    /// conv2d_direct.wgsl pipelines by variant and whether the input is vec4-aligned.
-    direct: Mutex<HashMap<(ConvVariant, bool), wgpu::ComputePipeline>>,
+    /// conv2d_direct.wgsl and conv2d_subgroup.wgsl pipelines by variant and
+    /// whether the input is vec4-aligned.
+    register_tiles: Mutex<HashMap<(ConvVariant, bool), wgpu::ComputePipeline>>,
     /// pool.wgsl reading one f32 at a time, and one vec4 (aligned channels).
     pool_scalar: PoolPipelines,
     pool_vec4: PoolPipelines,
@@ -168,7 +169,7 @@ pub(super) fn pipeline(gpu: &Gpu, name: &str, source: &str, entry: &str) -> wgpu
 }
 
 /// A pipeline with values for the shader's `override` constants.
-fn pipeline_with(
+pub(super) fn pipeline_with(
     gpu: &Gpu,
     name: &str,
     source: &str,
@@ -223,7 +224,7 @@ impl Kernels {
         Kernels {
             half_weights,
             conv2d: pipeline(gpu, "conv2d", &conv_src, "main"),
-            direct: Mutex::default(),
+            register_tiles: Mutex::default(),
             pool_scalar: PoolPipelines::new(gpu, shader::POOL),
             pool_vec4: PoolPipelines::new(gpu, &pool_vec4_src),
             depthwise_sources: [depthwise_src, depthwise_vec4_src],
@@ -274,10 +275,15 @@ impl Kernels {
         let residual = residual.unwrap_or(&self.no_residual);
         let buffers = [input, weights, bias, output, residual];
         match variant {
-            ConvVariant::Direct { rows, cols, group } if variant.fits(p, self.max_groups) => {
-                let pipeline = self.direct_pipeline(gpu, variant, input_aligned(p));
+            ConvVariant::Direct { rows, cols, group } if variant.fits(p, gpu) => {
+                let pipeline = self.register_tile_pipeline(gpu, variant, input_aligned(p));
                 let column_groups = (p.out_c / 4).div_ceil(cols);
                 let groups = [column_groups.div_ceil(group), p.m.div_ceil(rows), 1];
+                Self::dispatch(gpu, &pipeline, p, &buffers, groups)
+            }
+            ConvVariant::Subgroup { rows, cols, group } if variant.fits(p, gpu) => {
+                let pipeline = self.register_tile_pipeline(gpu, variant, input_aligned(p));
+                let groups = [p.m.div_ceil(rows * group), (p.out_c / 4).div_ceil(cols), 1];
                 Self::dispatch(gpu, &pipeline, p, &buffers, groups)
             }
             _ => {
@@ -287,22 +293,32 @@ impl Kernels {
         }
     }
 
-    /// conv2d_direct.wgsl with the variant's tile constants (and scalar input
-    /// reads unless `aligned`), compiled on first use.
-    fn direct_pipeline(
+    /// conv2d_direct.wgsl or conv2d_subgroup.wgsl with the variant's tile
+    /// constants (and scalar input reads unless `aligned`), compiled on first use.
+    fn register_tile_pipeline(
         &self,
         gpu: &Gpu,
         variant: ConvVariant,
         aligned: bool,
     ) -> wgpu::ComputePipeline {
-        let ConvVariant::Direct { rows, cols, group } = variant else {
-            unreachable!("only direct variants are compiled here")
+        let (name, source, rows, cols, group) = match variant {
+            ConvVariant::Direct { rows, cols, group } => {
+                ("conv2d_direct", shader::CONV2D_DIRECT, rows, cols, group)
+            }
+            ConvVariant::Subgroup { rows, cols, group } => (
+                "conv2d_subgroup",
+                shader::CONV2D_SUBGROUP,
+                rows,
+                cols,
+                group,
+            ),
+            ConvVariant::Tiled => unreachable!("only register tiles are compiled here"),
         };
-        let mut cache = self.direct.lock().expect("pipeline cache");
+        let mut cache = self.register_tiles.lock().expect("pipeline cache");
         cache
             .entry((variant, aligned))
             .or_insert_with(|| {
-                let source = set_const(shader::CONV2D_DIRECT, "ROWS", rows);
+                let source = set_const(source, "ROWS", rows);
                 let mut source = set_const(&source, "COLS", cols);
                 if !aligned {
                     source = swap_block(&source, "INPUT", SCALAR_INPUT);
@@ -311,7 +327,7 @@ impl Kernels {
                     source = swap_block(&source, "WEIGHTS", HALF_WEIGHTS_DIRECT);
                 }
                 let constants = [("GROUP", group as f64)];
-                pipeline_with(gpu, "conv2d_direct", &source, "main", &constants)
+                pipeline_with(gpu, name, &source, "main", &constants)
             })
             .clone()
     }

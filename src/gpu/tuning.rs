@@ -101,6 +101,7 @@ fn device_key(gpu: &Gpu) -> String {
         [
             super::shader::CONV2D,
             super::shader::CONV2D_DIRECT,
+            super::shader::CONV2D_SUBGROUP,
             super::shader::DEPTHWISE,
             &format!("{:?} {DEPTHWISE_GROUPS:?}", ConvVariant::CANDIDATES),
         ]
@@ -246,9 +247,15 @@ impl Tuning {
     }
 }
 
-/// Before measuring: register tiles for CPU drivers, workgroup tiles for GPUs.
+/// Before measuring: register tiles for CPU drivers (sharing weights through
+/// the subgroup where it can), workgroup tiles for GPUs.
 pub fn default_variant(gpu: &Gpu) -> ConvVariant {
     match gpu.info.device_type {
+        wgpu::DeviceType::Cpu if gpu.has_subgroups_of_8() => ConvVariant::Subgroup {
+            rows: 4,
+            cols: 16,
+            group: 8,
+        },
         wgpu::DeviceType::Cpu => ConvVariant::Direct {
             rows: 8,
             cols: 2,
@@ -345,7 +352,7 @@ fn fastest(gpu: &Gpu, kernels: &Kernels, p: &ConvParams) -> Result<(ConvVariant,
     let mut best = (ConvVariant::Tiled, f64::INFINITY);
     for v in ConvVariant::CANDIDATES
         .into_iter()
-        .filter(|v| v.fits(p, gpu.limits.max_compute_workgroups_per_dimension))
+        .filter(|v| v.fits(p, gpu))
     {
         let t = time_variant(gpu, kernels, p, v, buffers.all())?;
         if t < best.1 {

@@ -1,0 +1,156 @@
+// conv2d_subgroup: the same convolution as conv2d_direct.wgsl (implicit GEMM,
+// bias, residual add and activation fused, channel slices in and out), with the
+// roles of the invocations swapped and the weights shared through the subgroup.
+// The host uses it only where the device has subgroups of at least 8
+// invocations (wgpu's SUBGROUP feature; naga takes the subgroup builtins without
+// an `enable subgroups;`, which it does not parse yet).
+//
+// Each invocation computes ROWS output pixels × 4·COLS output channels; all
+// invocations of a workgroup share one block of output channels, so they need
+// the same weights. Walking K eight input channels at a time, invocation l of
+// each subgroup reads weight row l of the eight and subgroupBroadcast hands
+// every row to every invocation: each weight is read once per subgroup instead
+// of once per invocation. On CPU drivers (lavapipe), where each invocation is a
+// SIMD lane and every storage-buffer read is a per-lane scalar load, this cuts
+// the loads per multiply-add by 2–4× against conv2d_direct.wgsl.
+//
+// Control flow stays uniform up to the stores (subgroup operations need every
+// invocation): invocations past the last pixel compute a clamped copy and store nothing.
+//
+// Needs out_c, out_stride and out_offset (and res_stride, res_offset with a
+// residual) to be multiples of 4, as conv2d_direct.wgsl; input channels are read
+// as vec4s when in_c, in_stride and in_offset are multiples of 4, otherwise the
+// host swaps in the scalar reader (block INPUT), and f16 weights swap the block WEIGHTS.
+//
+// Bindings (as conv2d_direct.wgsl):
+//   0 params  (uniform)  struct Params of shaders/common/conv_params.wgsl
+//   1 input   (storage)  NHWC vec4 [batch, in_h, in_w, in_stride/4] (or f32)
+//   2 weights (storage)  HWIO vec4 [kernel_h, kernel_w, in_c, out_c/4] (or f16 pairs)
+//   3 bias    (storage)  vec4 [out_c/4]
+//   4 output  (storage)  NHWC vec4 [batch, out_h, out_w, out_stride/4]
+//   5 residual (storage) NHWC vec4 [batch, out_h, out_w, res_stride/4], added when p.residual is 1
+//
+// Grid: x over pixel groups (m / (ROWS·GROUP)), y over channel blocks (out_c / (4·COLS)).
+
+@group(0) @binding(0) var<uniform> p: Params;
+// INPUT BEGIN
+@group(0) @binding(1) var<storage, read> input: array<vec4<f32>>;
+// Channels 4·c4 .. 4·c4+3 of the input pixel whose channel 0 is at `pixel`.
+fn input_quad(pixel: u32, c4: u32) -> vec4<f32> {
+    return input[pixel / 4u + c4];
+}
+// INPUT END
+// WEIGHTS BEGIN
+@group(0) @binding(2) var<storage, read> weights: array<vec4<f32>>;
+fn weight4_at(i: u32) -> vec4<f32> {
+    return weights[i];
+}
+// WEIGHTS END
+@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> output: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> residual: array<vec4<f32>>;
+
+const ROWS: u32 = 4u;
+const COLS: u32 = 4u;
+override GROUP: u32 = 64u;
+
+@compute @workgroup_size(GROUP, 1, 1)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+) {
+    let groups_n = p.out_c / 4u;
+    let g0 = wg.y * COLS;
+    let r0 = (wg.x * GROUP + lid) * ROWS;
+
+    // Top-left input corner of each row's receptive field (rows past m: the last row).
+    var iy0: array<i32, ROWS>;
+    var ix0: array<i32, ROWS>;
+    var base: array<u32, ROWS>;
+    for (var i = 0u; i < ROWS; i++) {
+        let row = min(r0 + i, p.m - 1u);
+        let ox = row % p.out_w;
+        let oy = (row / p.out_w) % p.out_h;
+        let img = row / (p.out_w * p.out_h);
+        iy0[i] = i32(oy * p.stride_h) - i32(p.pad_top);
+        ix0[i] = i32(ox * p.stride_w) - i32(p.pad_left);
+        base[i] = img * p.in_h;
+    }
+
+    var acc: array<array<vec4<f32>, COLS>, ROWS>;
+    let in_c4 = (p.in_c + 3u) / 4u;
+    let last_weight = arrayLength(&weights) - 1u;
+    // This invocation's row among each eight input channels read together.
+    let k_lane = sg_lane % 8u;
+    for (var ky = 0u; ky < p.kernel_h; ky++) {
+        for (var kx = 0u; kx < p.kernel_w; kx++) {
+            var pixel: array<u32, ROWS>;
+            var inside: array<bool, ROWS>;
+            for (var i = 0u; i < ROWS; i++) {
+                let iy = iy0[i] + i32(ky);
+                let ix = ix0[i] + i32(kx);
+                inside[i] = iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
+                pixel[i] = select(0u, ((base[i] + u32(iy)) * p.in_w + u32(ix)) * p.in_stride + p.in_offset, inside[i]);
+            }
+            let tap = (ky * p.kernel_w + kx) * p.in_c;
+            for (var c8 = 0u; c8 < in_c4; c8 += 2u) {
+                // Weight row c8·4 + k_lane of this tap (zero past in_c), COLS quads.
+                let k = c8 * 4u + k_lane;
+                let w_row = (tap + min(k, p.in_c - 1u)) * groups_n;
+                var w: array<vec4<f32>, COLS>;
+                for (var j = 0u; j < COLS; j++) {
+                    let q = weight4_at(min(w_row + min(g0 + j, groups_n - 1u), last_weight));
+                    w[j] = select(vec4<f32>(0.0), q, k < p.in_c);
+                }
+                // The eight input channels of each row (zero past in_c).
+                var lo: array<vec4<f32>, ROWS>;
+                var hi: array<vec4<f32>, ROWS>;
+                let c_hi = min(c8 + 1u, in_c4 - 1u);
+                for (var i = 0u; i < ROWS; i++) {
+                    lo[i] = select(vec4<f32>(0.0), input_quad(pixel[i], c8), inside[i]);
+                    hi[i] = select(vec4<f32>(0.0), input_quad(pixel[i], c_hi), inside[i] && c8 + 1u < in_c4);
+                }
+                for (var j = 0u; j < COLS; j++) {
+                    // Weight rows c8·4 … c8·4+7, each from the invocation that read it.
+                    let b = array<vec4<f32>, 8>(
+                        subgroupBroadcast(w[j], 0u), subgroupBroadcast(w[j], 1u),
+                        subgroupBroadcast(w[j], 2u), subgroupBroadcast(w[j], 3u),
+                        subgroupBroadcast(w[j], 4u), subgroupBroadcast(w[j], 5u),
+                        subgroupBroadcast(w[j], 6u), subgroupBroadcast(w[j], 7u),
+                    );
+                    for (var i = 0u; i < ROWS; i++) {
+                        var a = acc[i][j];
+                        a = fma(vec4<f32>(lo[i].x), b[0], a);
+                        a = fma(vec4<f32>(lo[i].y), b[1], a);
+                        a = fma(vec4<f32>(lo[i].z), b[2], a);
+                        a = fma(vec4<f32>(lo[i].w), b[3], a);
+                        a = fma(vec4<f32>(hi[i].x), b[4], a);
+                        a = fma(vec4<f32>(hi[i].y), b[5], a);
+                        a = fma(vec4<f32>(hi[i].z), b[6], a);
+                        a = fma(vec4<f32>(hi[i].w), b[7], a);
+                        acc[i][j] = a;
+                    }
+                }
+            }
+        }
+    }
+
+    for (var i = 0u; i < ROWS; i++) {
+        let r = r0 + i;
+        if (r >= p.m) {
+            break;
+        }
+        for (var j = 0u; j < COLS; j++) {
+            let g = g0 + j;
+            if (g >= groups_n) {
+                break;
+            }
+            var v = acc[i][j] + bias[g];
+            if (p.residual != 0u) {
+                v += residual[(r * p.res_stride + p.res_offset) / 4u + g];
+            }
+            output[(r * p.out_stride + p.out_offset) / 4u + g] = activate4(v, p.activation);
+        }
+    }
+}
