@@ -5,8 +5,9 @@
 // subgroup reads row l of eight, and each row is handed to all eight. On CPU
 // drivers (lavapipe), where every storage-buffer read is a per-lane scalar
 // load, this cuts the loads per multiply-add by ~4×. The host uses it only
-// where the device has subgroups of at least 8 and every channel count,
-// stride and offset is a multiple of 4 (all operands are read as vec4s).
+// where its workgroups are made of whole subgroups of at least 8 invocations
+// and every channel count, stride and offset is a multiple of 4 (all operands
+// are read as vec4s).
 //
 //   input_grad:  grad_in[n, iy, ix, ci] += Σ_{ky,kx,co} grad_out[n, oy, ox, co] · w[ky, kx, ci, co]
 //                over the taps with iy = oy·stride + ky − pad (and likewise x);

@@ -1,9 +1,9 @@
 // conv2d_subgroup: the same convolution as conv2d_direct.wgsl (implicit GEMM,
 // bias, residual add and activation fused, channel slices in and out), with the
 // roles of the invocations swapped and the weights shared through the subgroup.
-// The host uses it only where the device has subgroups of at least 8
-// invocations (wgpu's SUBGROUP feature; naga takes the subgroup builtins without
-// an `enable subgroups;`, which it does not parse yet).
+// The host uses it only where its workgroups are made of whole subgroups of
+// at least 8 invocations (wgpu's SUBGROUP feature; naga takes the subgroup
+// builtins without an `enable subgroups;`, which it does not parse yet).
 //
 // Each invocation computes ROWS output pixels × 4·COLS output channels; all
 // invocations of a workgroup share one block of output channels, so they need

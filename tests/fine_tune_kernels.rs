@@ -242,7 +242,7 @@ fn check_conv_with(
 fn conv_gradients_match_the_reference() {
     assert_eq!(
         conv_backward(true).has_subgroup_convs(),
-        gpu().0.has_subgroups_of_8()
+        gpu().0.whole_subgroups_of_8(8)
     );
     let shapes = [(1, 1), (3, 3), (1, 3), (3, 1), (1, 7), (7, 1), (5, 5)];
     let mut seed = 0;

@@ -91,7 +91,7 @@ pub struct BackwardKernels {
     /// Reading one f32 at a time, and one vec4 (channels, strides and offsets aligned to 4).
     conv_scalar: ConvPipelines,
     conv_vec4: ConvPipelines,
-    /// On CPU drivers with subgroups of 8 or more, the gradients of aligned
+    /// On CPU drivers whose subgroups (8 or more) fill its workgroups, the gradients of aligned
     /// convs share operands through the subgroup (several times faster there;
     /// GPUs keep conv2d_backward.wgsl, the only one measured on them).
     conv_subgroup: Option<SubgroupConvPipelines>,
@@ -131,7 +131,7 @@ pub struct OptimizerBuffers<'a> {
 }
 
 impl BackwardKernels {
-    /// The kernels for `gpu`: on a CPU driver with subgroups of 8 or more,
+    /// The kernels for `gpu`: on a CPU driver with subgroups of 8,
     /// conv2d_backward_subgroup.wgsl for aligned convs.
     pub fn new(gpu: &Gpu) -> Self {
         let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
@@ -139,7 +139,7 @@ impl BackwardKernels {
     }
 
     /// The kernels for `gpu`, with the subgroup conv gradients when `wanted`
-    /// and the device has subgroups of 8 or more (tests run both on one device).
+    /// and the device's subgroups fill their workgroups (tests run both on one device).
     pub fn with_subgroup_convs(gpu: &Gpu, wanted: bool) -> Self {
         let vec4_source = swap_block(shader::CONV2D_BACKWARD, "OPERANDS", VEC4_OPERANDS);
         let pool = |entry: &str| pipeline(gpu, entry, shader::POOL_BACKWARD, entry);
@@ -147,7 +147,7 @@ impl BackwardKernels {
         BackwardKernels {
             conv_scalar: ConvPipelines::new(gpu, shader::CONV2D_BACKWARD),
             conv_vec4: ConvPipelines::new(gpu, &vec4_source),
-            conv_subgroup: (wanted && gpu.has_subgroups_of_8()).then(|| {
+            conv_subgroup: (wanted && gpu.whole_subgroups_of_8(SUBGROUP_GROUP)).then(|| {
                 let entry = |name: &str| {
                     let constants = [("GROUP", SUBGROUP_GROUP as f64)];
                     pipeline_with(

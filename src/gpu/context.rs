@@ -99,10 +99,15 @@ impl Gpu {
         }
     }
 
-    /// Whether kernels may share values through subgroups of at least 8
-    /// invocations (conv2d_subgroup.wgsl broadcasts eight weight rows).
-    pub fn has_subgroups_of_8(&self) -> bool {
-        self.features.contains(wgpu::Features::SUBGROUP) && self.info.subgroup_min_size >= 8
+    /// Whether a workgroup of `group` invocations is made of whole subgroups
+    /// of at least 8 invocations, which is what the subgroup kernels assume
+    /// (invocations 0–7 of every subgroup exist and hand out eight rows).
+    pub fn whole_subgroups_of_8(&self, group: u32) -> bool {
+        let (min, max) = (self.info.subgroup_min_size, self.info.subgroup_max_size);
+        self.features.contains(wgpu::Features::SUBGROUP)
+            && min >= 8
+            && max >= min
+            && group.is_multiple_of(max)
     }
 
     /// How many shader modules this device has compiled.

@@ -67,7 +67,8 @@ impl ConvVariant {
 
     /// Whether this variant can run the conv `p` on `gpu` (the register
     /// tiles need the output channel count and slices aligned to 4 and their
-    /// grid within the limit; the subgroup tiles also subgroups of 8 or more).
+    /// grid within the limit; the subgroup tiles also workgroups of whole
+    /// subgroups of 8 or more).
     pub fn fits(&self, p: &ConvParams, gpu: &Gpu) -> bool {
         let residual = match p.residual {
             0 => [0, 0],
@@ -81,7 +82,7 @@ impl ConvVariant {
             ConvVariant::Direct { rows, .. } => aligned && p.m.div_ceil(rows) <= max_groups,
             ConvVariant::Subgroup { rows, cols, group } => {
                 aligned
-                    && gpu.has_subgroups_of_8()
+                    && gpu.whole_subgroups_of_8(group)
                     && p.m.div_ceil(rows * group) <= max_groups
                     && (p.out_c / 4).div_ceil(cols) <= max_groups
             }

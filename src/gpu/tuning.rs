@@ -251,7 +251,7 @@ impl Tuning {
 /// the subgroup where it can), workgroup tiles for GPUs.
 pub fn default_variant(gpu: &Gpu) -> ConvVariant {
     match gpu.info.device_type {
-        wgpu::DeviceType::Cpu if gpu.has_subgroups_of_8() => ConvVariant::Subgroup {
+        wgpu::DeviceType::Cpu if gpu.whole_subgroups_of_8(8) => ConvVariant::Subgroup {
             rows: 4,
             cols: 16,
             group: 8,
