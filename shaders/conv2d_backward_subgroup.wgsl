@@ -4,7 +4,7 @@
 // conv2d_subgroup.wgsl does for the forward pass: invocation l of each
 // subgroup reads row l of eight, and each row is handed to all eight. On CPU
 // drivers (lavapipe), where every storage-buffer read is a per-lane scalar
-// load, this cuts the loads per multiply-add by ~4×. The host uses it only
+// load, this cuts the loads per multiply-add by 5–8×. The host uses it only
 // where its workgroups are made of whole subgroups of at least 8 invocations
 // and every channel count, stride and offset is a multiple of 4 (all operands
 // are read as vec4s).

@@ -104,6 +104,9 @@ fn run_conv_with(
         false => p,
     };
     let device = &gpu().0;
+    // lavapipe's subgroups are 8 wide: there, every variant must really run.
+    let lavapipe = device.info.driver == "llvmpipe";
+    assert!(!lavapipe || device.whole_subgroups_of_8(8));
     let fitting = ConvVariant::CANDIDATES
         .iter()
         .filter(|v| v.fits(&p, device))
@@ -212,6 +215,38 @@ fn conv_reads_and_writes_channel_slices() {
         run_conv(400 + i as u64, k, 1, true, true);
         run_conv(500 + i as u64, k, 2, false, true);
     }
+}
+
+/// The subgroup tiles' edges: an odd number of input channel quads (more
+/// than two steps of eight channels), output quads neither a multiple of the
+/// tile nor within one (17 against 8, 16 and 32), and a pixel count that is
+/// not a multiple of any workgroup's pixels, with channel slices.
+#[test]
+fn conv_register_tile_edges() {
+    let mut rng = rng(9);
+    let p = ConvParams {
+        batch: 3,
+        in_h: 7,
+        in_w: 5,
+        in_c: 76,
+        out_h: 7,
+        out_w: 5,
+        out_c: 68,
+        m: 3 * 7 * 5,
+        kernel_h: 3,
+        kernel_w: 3,
+        stride_h: 1,
+        stride_w: 1,
+        pad_top: 1,
+        pad_left: 1,
+        in_stride: 84,
+        in_offset: 4,
+        out_stride: 76,
+        out_offset: 8,
+        activation: 1,
+        ..Default::default()
+    };
+    check_conv(&p, &mut rng);
 }
 
 #[test]

@@ -1,6 +1,7 @@
-// conv_params: the parameter block of both conv kernels (conv2d.wgsl and
-// conv2d_direct.wgsl), prepended to each by the host at build time
-// (src/gpu/shader.rs); Rust's twin is gpu::params::ConvParams.
+// conv_params: the parameter block of every conv kernel (conv2d.wgsl,
+// conv2d_direct.wgsl, conv2d_subgroup.wgsl, and the gradients in
+// conv2d_backward.wgsl and conv2d_backward_subgroup.wgsl), prepended to each
+// by the host at build time (src/gpu/shader.rs); Rust's twin is gpu::params::ConvParams.
 //
 // GEMM view: m = batch·out_h·out_w output pixels. Input channels
 // in_offset..in_offset+in_c of pixels in_stride channels wide; output

@@ -10,7 +10,7 @@ use super::params::{
     ActivationGradParams, ClassifierTrainParams, ConvParams, GlobalPoolParams, OptimizerParams,
     PoolParams,
 };
-use super::shader::{self, swap_block};
+use super::shader::{self, set_const, swap_block};
 use bytemuck::Pod;
 
 /// conv2d_backward.wgsl's TILE: a vec4's channels. input_grad and weight_grad
@@ -19,13 +19,15 @@ const CONV_TILE: u32 = 4;
 /// conv2d_backward.wgsl's PIXELS: input_grad's pixels per invocation.
 const CONV_PIXELS: u64 = 8;
 
-/// conv2d_backward_subgroup.wgsl's tiles: input_grad's pixels per invocation,
-/// the channel quads shared by a workgroup, and the workgroup size.
+/// conv2d_backward_subgroup.wgsl's tiles, set in its source: input_grad's
+/// pixels per invocation (ROWS), the channel quads a workgroup shares (COLS),
+/// weight_grad's input channel quads per invocation (QUADS), and the
+/// workgroup size (GROUP, one subgroup of 8). Measured on lavapipe with
+/// `cargo bench --bench fine_tune` (BENCHMARKS.md).
 const SUBGROUP_ROWS: u32 = 4;
 const SUBGROUP_COLS: u32 = 16;
-const SUBGROUP_GROUP: u32 = 8;
-/// conv2d_backward_subgroup.wgsl's QUADS: weight_grad's input channel quads per invocation.
 const SUBGROUP_QUADS: u32 = 2;
+const SUBGROUP_GROUP: u32 = 8;
 
 /// conv2d_backward.wgsl's operands as vec4s, for channels aligned to 4.
 const VEC4_OPERANDS: &str = "
@@ -87,11 +89,44 @@ struct SubgroupConvPipelines {
     weight: wgpu::ComputePipeline,
 }
 
+impl SubgroupConvPipelines {
+    fn new(gpu: &Gpu) -> Self {
+        let source = set_const(shader::CONV2D_BACKWARD_SUBGROUP, "ROWS", SUBGROUP_ROWS);
+        let source = set_const(&source, "COLS", SUBGROUP_COLS);
+        let source = set_const(&source, "QUADS", SUBGROUP_QUADS);
+        let constants = [("GROUP", SUBGROUP_GROUP as f64)];
+        let entry = |name: &str| pipeline_with(gpu, name, &source, name, &constants);
+        SubgroupConvPipelines {
+            input: entry("input_grad"),
+            weight: entry("weight_grad"),
+        }
+    }
+
+    /// input_grad's grid: pixel groups × blocks of input channels.
+    fn input_grid(p: &ConvParams) -> [u32; 3] {
+        let pixels = p.batch * p.in_h * p.in_w;
+        [
+            pixels.div_ceil(SUBGROUP_ROWS * SUBGROUP_GROUP),
+            (p.in_c / 4).div_ceil(SUBGROUP_COLS),
+            1,
+        ]
+    }
+
+    /// weight_grad's grid: input channel groups × output channel blocks × taps.
+    fn weight_grid(p: &ConvParams) -> [u32; 3] {
+        [
+            (p.in_c / 4).div_ceil(SUBGROUP_QUADS * SUBGROUP_GROUP),
+            (p.out_c / 4).div_ceil(SUBGROUP_COLS),
+            p.kernel_h * p.kernel_w,
+        ]
+    }
+}
+
 pub struct BackwardKernels {
     /// Reading one f32 at a time, and one vec4 (channels, strides and offsets aligned to 4).
     conv_scalar: ConvPipelines,
     conv_vec4: ConvPipelines,
-    /// On CPU drivers whose subgroups (8 or more) fill its workgroups, the gradients of aligned
+    /// On CPU drivers with subgroups exactly 8 wide (lavapipe), the gradients of aligned
     /// convs share operands through the subgroup (several times faster there;
     /// GPUs keep conv2d_backward.wgsl, the only one measured on them).
     conv_subgroup: Option<SubgroupConvPipelines>,
@@ -131,7 +166,7 @@ pub struct OptimizerBuffers<'a> {
 }
 
 impl BackwardKernels {
-    /// The kernels for `gpu`: on a CPU driver with subgroups of 8,
+    /// The kernels for `gpu`: on a CPU driver with subgroups 8 wide,
     /// conv2d_backward_subgroup.wgsl for aligned convs.
     pub fn new(gpu: &Gpu) -> Self {
         let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
@@ -139,7 +174,7 @@ impl BackwardKernels {
     }
 
     /// The kernels for `gpu`, with the subgroup conv gradients when `wanted`
-    /// and the device's subgroups fill their workgroups (tests run both on one device).
+    /// and the device's subgroups are 8 wide (tests run both on one device).
     pub fn with_subgroup_convs(gpu: &Gpu, wanted: bool) -> Self {
         let vec4_source = swap_block(shader::CONV2D_BACKWARD, "OPERANDS", VEC4_OPERANDS);
         let pool = |entry: &str| pipeline(gpu, entry, shader::POOL_BACKWARD, entry);
@@ -147,22 +182,8 @@ impl BackwardKernels {
         BackwardKernels {
             conv_scalar: ConvPipelines::new(gpu, shader::CONV2D_BACKWARD),
             conv_vec4: ConvPipelines::new(gpu, &vec4_source),
-            conv_subgroup: (wanted && gpu.whole_subgroups_of_8(SUBGROUP_GROUP)).then(|| {
-                let entry = |name: &str| {
-                    let constants = [("GROUP", SUBGROUP_GROUP as f64)];
-                    pipeline_with(
-                        gpu,
-                        name,
-                        shader::CONV2D_BACKWARD_SUBGROUP,
-                        name,
-                        &constants,
-                    )
-                };
-                SubgroupConvPipelines {
-                    input: entry("input_grad"),
-                    weight: entry("weight_grad"),
-                }
-            }),
+            conv_subgroup: (wanted && gpu.whole_subgroups_of_8(SUBGROUP_GROUP))
+                .then(|| SubgroupConvPipelines::new(gpu)),
             activation: pipeline(
                 gpu,
                 "activation_backward",
@@ -203,9 +224,11 @@ impl BackwardKernels {
     /// The subgroup gradient pipelines, where the device has them, `p` is
     /// aligned and its grids fit.
     fn subgroup_pipelines(&self, p: &ConvParams) -> Option<&SubgroupConvPipelines> {
-        let pixels = p.batch * p.in_h * p.in_w;
-        let fits = pixels.div_ceil(SUBGROUP_ROWS * SUBGROUP_GROUP) <= self.max_groups
-            && p.kernel_h * p.kernel_w <= self.max_groups;
+        let grids = [
+            SubgroupConvPipelines::input_grid(p),
+            SubgroupConvPipelines::weight_grid(p),
+        ];
+        let fits = grids.iter().flatten().all(|&g| g <= self.max_groups);
         self.conv_subgroup
             .as_ref()
             .filter(|_| conv_aligned(p) && fits)
@@ -221,8 +244,19 @@ impl BackwardKernels {
         buffers: &[(u32, &wgpu::Buffer)],
         count: u64,
     ) -> Dispatch {
-        let uniform = gpu.uniform_buffer("backward params", params);
         let groups = grid(count, POOL_GROUP, self.max_groups);
+        Self::launch_grid(gpu, pipeline, params, buffers, groups)
+    }
+
+    /// A launch of `groups` workgroups, its parameters in a new uniform buffer.
+    fn launch_grid<P: Pod>(
+        gpu: &Gpu,
+        pipeline: &wgpu::ComputePipeline,
+        params: &P,
+        buffers: &[(u32, &wgpu::Buffer)],
+        groups: [u32; 3],
+    ) -> Dispatch {
+        let uniform = gpu.uniform_buffer("backward params", params);
         Dispatch::bind(gpu, pipeline, &uniform, buffers, groups)
     }
 
@@ -246,13 +280,8 @@ impl BackwardKernels {
         let transpose = self.launch(gpu, &pipelines.transpose, p, &transpose, weight_count);
         let gradient = match self.subgroup_pipelines(p) {
             Some(subgroup) => {
-                let groups = [
-                    (pixels as u32).div_ceil(SUBGROUP_ROWS * SUBGROUP_GROUP),
-                    (p.in_c / 4).div_ceil(SUBGROUP_COLS),
-                    1,
-                ];
-                let uniform = gpu.uniform_buffer("backward params", p);
-                Dispatch::bind(gpu, &subgroup.input, &uniform, &buffers, groups)
+                let groups = SubgroupConvPipelines::input_grid(p);
+                Self::launch_grid(gpu, &subgroup.input, p, &buffers, groups)
             }
             None => self.launch(gpu, &pipelines.input, p, &buffers, count),
         };
@@ -275,13 +304,8 @@ impl BackwardKernels {
         let pipelines = self.conv_pipelines(p);
         let weight = match self.subgroup_pipelines(p) {
             Some(subgroup) => {
-                let groups = [
-                    (p.in_c / 4).div_ceil(SUBGROUP_GROUP * SUBGROUP_QUADS),
-                    (p.out_c / 4).div_ceil(SUBGROUP_COLS),
-                    p.kernel_h * p.kernel_w,
-                ];
-                let uniform = gpu.uniform_buffer("backward params", p);
-                Dispatch::bind(gpu, &subgroup.weight, &uniform, &buffers, groups)
+                let groups = SubgroupConvPipelines::weight_grid(p);
+                Self::launch_grid(gpu, &subgroup.weight, p, &buffers, groups)
             }
             None => self.launch(gpu, &pipelines.weight, p, &buffers, weights),
         };

@@ -102,6 +102,9 @@ impl Gpu {
     /// Whether a workgroup of `group` invocations is made of whole subgroups
     /// of at least 8 invocations, which is what the subgroup kernels assume
     /// (invocations 0–7 of every subgroup exist and hand out eight rows).
+    /// Vulkan promises whole subgroups only when a pipeline asks for them,
+    /// which wgpu does not; drivers fill them when the workgroup size is a
+    /// multiple of the subgroup size, and the tests check it on lavapipe.
     pub fn whole_subgroups_of_8(&self, group: u32) -> bool {
         let (min, max) = (self.info.subgroup_min_size, self.info.subgroup_max_size);
         self.features.contains(wgpu::Features::SUBGROUP)

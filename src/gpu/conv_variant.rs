@@ -3,7 +3,7 @@
 //! sizes, conv2d_subgroup.wgsl's register tiles with weights shared through
 //! the subgroup, and which of them can run a given conv on a given device.
 
-use super::kernels::vec4_aligned;
+use super::kernels::{vec4_aligned, CONV_TILE};
 use super::params::ConvParams;
 use super::Gpu;
 
@@ -67,8 +67,9 @@ impl ConvVariant {
 
     /// Whether this variant can run the conv `p` on `gpu` (the register
     /// tiles need the output channel count and slices aligned to 4 and their
-    /// grid within the limit; the subgroup tiles also workgroups of whole
-    /// subgroups of 8 or more).
+    /// grid within the limit; the subgroup tiles also workgroups made of
+    /// whole subgroups of 8, which for their 8 invocations means subgroups
+    /// exactly 8 wide).
     pub fn fits(&self, p: &ConvParams, gpu: &Gpu) -> bool {
         let residual = match p.residual {
             0 => [0, 0],
@@ -77,14 +78,26 @@ impl ConvVariant {
         let aligned =
             vec4_aligned(&[p.out_c, p.out_stride, p.out_offset]) && vec4_aligned(&residual);
         let max_groups = gpu.limits.max_compute_workgroups_per_dimension;
+        let grid_fits = self.grid(p).iter().all(|&g| g <= max_groups);
         match *self {
             ConvVariant::Tiled => true,
-            ConvVariant::Direct { rows, .. } => aligned && p.m.div_ceil(rows) <= max_groups,
+            ConvVariant::Direct { .. } => aligned && grid_fits,
+            ConvVariant::Subgroup { group, .. } => {
+                aligned && grid_fits && gpu.whole_subgroups_of_8(group)
+            }
+        }
+    }
+
+    /// The workgroups this variant dispatches for conv `p`.
+    pub fn grid(&self, p: &ConvParams) -> [u32; 3] {
+        let quads = p.out_c / 4;
+        match *self {
+            ConvVariant::Tiled => [p.m.div_ceil(CONV_TILE), p.out_c.div_ceil(CONV_TILE), 1],
+            ConvVariant::Direct { rows, cols, group } => {
+                [quads.div_ceil(cols).div_ceil(group), p.m.div_ceil(rows), 1]
+            }
             ConvVariant::Subgroup { rows, cols, group } => {
-                aligned
-                    && gpu.whole_subgroups_of_8(group)
-                    && p.m.div_ceil(rows * group) <= max_groups
-                    && (p.out_c / 4).div_ceil(cols) <= max_groups
+                [p.m.div_ceil(rows * group), quads.div_ceil(cols), 1]
             }
         }
     }

@@ -191,7 +191,7 @@ pub(super) fn pipeline_with(
         })
 }
 
-const CONV_TILE: u32 = 64;
+pub(super) const CONV_TILE: u32 = 64;
 pub(super) const POOL_GROUP: u32 = 256;
 /// The depthwise kernel's workgroup sizes the autotuner tries.
 pub const DEPTHWISE_GROUPS: [u32; 3] = [64, 128, 256];
@@ -274,20 +274,14 @@ impl Kernels {
         assert_eq!(p.residual != 0, residual.is_some(), "conv residual");
         let residual = residual.unwrap_or(&self.no_residual);
         let buffers = [input, weights, bias, output, residual];
-        match variant {
-            ConvVariant::Direct { rows, cols, group } if variant.fits(p, gpu) => {
+        let registers = !matches!(variant, ConvVariant::Tiled) && variant.fits(p, gpu);
+        match registers {
+            true => {
                 let pipeline = self.register_tile_pipeline(gpu, variant, input_aligned(p));
-                let column_groups = (p.out_c / 4).div_ceil(cols);
-                let groups = [column_groups.div_ceil(group), p.m.div_ceil(rows), 1];
-                Self::dispatch(gpu, &pipeline, p, &buffers, groups)
+                Self::dispatch(gpu, &pipeline, p, &buffers, variant.grid(p))
             }
-            ConvVariant::Subgroup { rows, cols, group } if variant.fits(p, gpu) => {
-                let pipeline = self.register_tile_pipeline(gpu, variant, input_aligned(p));
-                let groups = [p.m.div_ceil(rows * group), (p.out_c / 4).div_ceil(cols), 1];
-                Self::dispatch(gpu, &pipeline, p, &buffers, groups)
-            }
-            _ => {
-                let groups = [p.m.div_ceil(CONV_TILE), p.out_c.div_ceil(CONV_TILE), 1];
+            false => {
+                let groups = ConvVariant::Tiled.grid(p);
                 Self::dispatch(gpu, &self.conv2d, p, &buffers, groups)
             }
         }
