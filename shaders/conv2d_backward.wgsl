@@ -11,6 +11,8 @@
 //   weight_grad: grad_w[ky, kx, ci, co]  += Σ_{n,oy,ox} input[n, iy, ix, ci] · grad_out[n, oy, ox, co]
 //   bias_grad:   grad_b[co]              += Σ_{n,oy,ox} grad_out[n, oy, ox, co]
 //
+// output_coord comes from shaders/common/output_coord.wgsl, prepended by the host.
+//
 // Bindings (struct Params of shaders/common/conv_params.wgsl, prepended by the
 // host; residual and activation fields are not read here):
 //   0 params       (uniform)
@@ -72,17 +74,6 @@ const PIXELS: u32 = 8u;
 
 fn element_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return gid.x + gid.y * groups.x * 256u;
-}
-
-// The output coordinate a tap reaches from input coordinate `i`, or −1 when
-// the tap falls between strides or outside the output.
-fn output_coord(i: u32, k: u32, pad: u32, stride: u32, size: u32) -> i32 {
-    let t = i32(i + pad) - i32(k);
-    if (t < 0 || t % i32(stride) != 0) {
-        return -1;
-    }
-    let o = t / i32(stride);
-    return select(-1, o, o < i32(size));
 }
 
 // transpose_weights: weights_t[ky, kx, co, ci] = weights[ky, kx, ci, co], so

@@ -18,6 +18,9 @@
 //                share 4·COLS output channels of one tap: the output gradient
 //                of eight pixels at a time is broadcast.
 //
+// broadcast8 and fma_rows come from shaders/common/subgroup_rows.wgsl,
+// output_coord from common/output_coord.wgsl, both prepended by the host.
+//
 // Bindings (struct Params of shaders/common/conv_params.wgsl, prepended by the
 // host; residual and activation fields are not read; numbers as conv2d_backward.wgsl):
 //   0 params       (uniform)
@@ -45,28 +48,6 @@ const COLS: u32 = 16u;
 // weight_grad's input channel quads per invocation.
 const QUADS: u32 = 2u;
 override GROUP: u32 = 8u;
-
-// Row k (0..7) of the eight read by the subgroup's first eight invocations, as
-// each invocation's `v` (subgroupBroadcast wants a constant lane).
-fn broadcast8(v: vec4<f32>) -> array<vec4<f32>, 8> {
-    return array<vec4<f32>, 8>(
-        subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u),
-        subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u),
-        subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u),
-        subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u),
-    );
-}
-
-// The output coordinate a tap reaches from input coordinate `i`, or −1 when
-// the tap falls between strides or outside the output.
-fn output_coord(i: u32, k: u32, pad: u32, stride: u32, size: u32) -> i32 {
-    let t = i32(i + pad) - i32(k);
-    if (t < 0 || t % i32(stride) != 0) {
-        return -1;
-    }
-    let o = t / i32(stride);
-    return select(-1, o, o < i32(size));
-}
 
 @compute @workgroup_size(GROUP, 1, 1)
 fn input_grad(
@@ -122,16 +103,7 @@ fn input_grad(
                 for (var j = 0u; j < COLS; j++) {
                     let b = broadcast8(w[j]);
                     for (var i = 0u; i < ROWS; i++) {
-                        var a = acc[i][j];
-                        a = fma(vec4<f32>(lo[i].x), b[0], a);
-                        a = fma(vec4<f32>(lo[i].y), b[1], a);
-                        a = fma(vec4<f32>(lo[i].z), b[2], a);
-                        a = fma(vec4<f32>(lo[i].w), b[3], a);
-                        a = fma(vec4<f32>(hi[i].x), b[4], a);
-                        a = fma(vec4<f32>(hi[i].y), b[5], a);
-                        a = fma(vec4<f32>(hi[i].z), b[6], a);
-                        a = fma(vec4<f32>(hi[i].w), b[7], a);
-                        acc[i][j] = a;
+                        acc[i][j] = fma_rows(acc[i][j], lo[i], hi[i], b);
                     }
                 }
             }
@@ -204,16 +176,9 @@ fn weight_grad(
             let b = broadcast8(g[j]);
             for (var t = 0u; t < QUADS; t++) {
                 for (var a = 0u; a < 4u; a++) {
-                    var s = acc[4u * t + a][j];
-                    s = fma(vec4<f32>(x[t][0][a]), b[0], s);
-                    s = fma(vec4<f32>(x[t][1][a]), b[1], s);
-                    s = fma(vec4<f32>(x[t][2][a]), b[2], s);
-                    s = fma(vec4<f32>(x[t][3][a]), b[3], s);
-                    s = fma(vec4<f32>(x[t][4][a]), b[4], s);
-                    s = fma(vec4<f32>(x[t][5][a]), b[5], s);
-                    s = fma(vec4<f32>(x[t][6][a]), b[6], s);
-                    s = fma(vec4<f32>(x[t][7][a]), b[7], s);
-                    acc[4u * t + a][j] = s;
+                    let lo = vec4<f32>(x[t][0][a], x[t][1][a], x[t][2][a], x[t][3][a]);
+                    let hi = vec4<f32>(x[t][4][a], x[t][5][a], x[t][6][a], x[t][7][a]);
+                    acc[4u * t + a][j] = fma_rows(acc[4u * t + a][j], lo, hi, b);
                 }
             }
         }

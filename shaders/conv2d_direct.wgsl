@@ -15,39 +15,14 @@
 // otherwise). Input channels are read four at a
 // time as one vec4 when in_c, in_stride and in_offset are multiples of 4;
 // otherwise the host swaps in the scalar `input` binding and `input_quad`
-// below (marked INPUT), which read them one by one (the RGB first layer).
+// (block INPUT), which read them one by one (the RGB first layer).
 //
-// Bindings (as conv2d.wgsl, viewed as vec4):
-//   0 params  (uniform)  struct Params of shaders/common/conv_params.wgsl,
-//                        prepended by the host (as for conv2d.wgsl)
-//   1 input   (storage)  NHWC vec4 [batch, in_h, in_w, in_stride/4] (or f32)
-//   2 weights (storage)  HWIO vec4 [kernel_h, kernel_w, in_c, out_c/4]; for f16
-//                        weight files the host swaps in the block marked WEIGHTS
-//                        (vec2<u32>: four f16, read with unpack2x16float)
-//   3 bias    (storage)  vec4 [out_c/4]
-//   4 output  (storage)  NHWC vec4 [batch, out_h, out_w, out_stride/4]
-//   5 residual (storage) NHWC vec4 [batch, out_h, out_w, res_stride/4], added when
-//                        p.residual is 1 (res_stride, res_offset multiples of 4)
+// Bindings, readers and epilogue: shaders/common/conv_register_tiles.wgsl,
+// prepended by the host (params 0, input 1, weights 2 in HWIO vec4
+// [kernel_h, kernel_w, in_c, out_c/4] or four f16 per vec2<u32>, bias 3,
+// output 4 and residual 5 in NHWC vec4 with channel slices).
 //
 // Grid: x over channel groups (out_c / (4·COLS)), y over row groups (m / ROWS).
-
-@group(0) @binding(0) var<uniform> p: Params;
-// INPUT BEGIN
-@group(0) @binding(1) var<storage, read> input: array<vec4<f32>>;
-// Channels 4·c4 .. 4·c4+3 of the input pixel whose channel 0 is at `pixel`.
-fn input_quad(pixel: u32, c4: u32) -> vec4<f32> {
-    return input[pixel / 4u + c4];
-}
-// INPUT END
-// WEIGHTS BEGIN
-@group(0) @binding(2) var<storage, read> weights: array<vec4<f32>>;
-fn weight4_at(i: u32) -> vec4<f32> {
-    return weights[i];
-}
-// WEIGHTS END
-@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> output: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read> residual: array<vec4<f32>>;
 
 const ROWS: u32 = 4u;
 const COLS: u32 = 2u;
@@ -119,11 +94,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             if (g >= groups_n) {
                 break;
             }
-            var v = acc[i][j] + bias[g];
-            if (p.residual != 0u) {
-                v += residual[(r * p.res_stride + p.res_offset) / 4u + g];
-            }
-            output[(r * p.out_stride + p.out_offset) / 4u + g] = activate4(v, p.activation);
+            store_quad(r, g, acc[i][j]);
         }
     }
 }

@@ -22,33 +22,14 @@
 // as vec4s when in_c, in_stride and in_offset are multiples of 4, otherwise the
 // host swaps in the scalar reader (block INPUT), and f16 weights swap the block WEIGHTS.
 //
-// Bindings (as conv2d_direct.wgsl):
-//   0 params  (uniform)  struct Params of shaders/common/conv_params.wgsl
-//   1 input   (storage)  NHWC vec4 [batch, in_h, in_w, in_stride/4] (or f32)
-//   2 weights (storage)  HWIO vec4 [kernel_h, kernel_w, in_c, out_c/4] (or vec2<u32>: four f16)
-//   3 bias    (storage)  vec4 [out_c/4]
-//   4 output  (storage)  NHWC vec4 [batch, out_h, out_w, out_stride/4]
-//   5 residual (storage) NHWC vec4 [batch, out_h, out_w, res_stride/4], added when p.residual is 1
+// broadcast8 and fma_rows come from shaders/common/subgroup_rows.wgsl.
+//
+// Bindings, readers and epilogue: shaders/common/conv_register_tiles.wgsl,
+// prepended by the host, as for conv2d_direct.wgsl (params 0, input 1, weights 2
+// in HWIO vec4 [kernel_h, kernel_w, in_c, out_c/4] or four f16 per vec2<u32>,
+// bias 3, output 4 and residual 5 in NHWC vec4 with channel slices).
 //
 // Grid: x over pixel groups (m / (ROWS·GROUP)), y over channel blocks (out_c / (4·COLS)).
-
-@group(0) @binding(0) var<uniform> p: Params;
-// INPUT BEGIN
-@group(0) @binding(1) var<storage, read> input: array<vec4<f32>>;
-// Channels 4·c4 .. 4·c4+3 of the input pixel whose channel 0 is at `pixel`.
-fn input_quad(pixel: u32, c4: u32) -> vec4<f32> {
-    return input[pixel / 4u + c4];
-}
-// INPUT END
-// WEIGHTS BEGIN
-@group(0) @binding(2) var<storage, read> weights: array<vec4<f32>>;
-fn weight4_at(i: u32) -> vec4<f32> {
-    return weights[i];
-}
-// WEIGHTS END
-@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> output: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read> residual: array<vec4<f32>>;
 
 const ROWS: u32 = 4u;
 const COLS: u32 = 4u;
@@ -113,23 +94,9 @@ fn main(
                 }
                 for (var j = 0u; j < COLS; j++) {
                     // Weight rows c8·4 … c8·4+7, each from the invocation that read it.
-                    let b = array<vec4<f32>, 8>(
-                        subgroupBroadcast(w[j], 0u), subgroupBroadcast(w[j], 1u),
-                        subgroupBroadcast(w[j], 2u), subgroupBroadcast(w[j], 3u),
-                        subgroupBroadcast(w[j], 4u), subgroupBroadcast(w[j], 5u),
-                        subgroupBroadcast(w[j], 6u), subgroupBroadcast(w[j], 7u),
-                    );
+                    let b = broadcast8(w[j]);
                     for (var i = 0u; i < ROWS; i++) {
-                        var a = acc[i][j];
-                        a = fma(vec4<f32>(lo[i].x), b[0], a);
-                        a = fma(vec4<f32>(lo[i].y), b[1], a);
-                        a = fma(vec4<f32>(lo[i].z), b[2], a);
-                        a = fma(vec4<f32>(lo[i].w), b[3], a);
-                        a = fma(vec4<f32>(hi[i].x), b[4], a);
-                        a = fma(vec4<f32>(hi[i].y), b[5], a);
-                        a = fma(vec4<f32>(hi[i].z), b[6], a);
-                        a = fma(vec4<f32>(hi[i].w), b[7], a);
-                        acc[i][j] = a;
+                        acc[i][j] = fma_rows(acc[i][j], lo[i], hi[i], b);
                     }
                 }
             }
@@ -146,11 +113,7 @@ fn main(
             if (g >= groups_n) {
                 break;
             }
-            var v = acc[i][j] + bias[g];
-            if (p.residual != 0u) {
-                v += residual[(r * p.res_stride + p.res_offset) / 4u + g];
-            }
-            output[(r * p.out_stride + p.out_offset) / 4u + g] = activate4(v, p.activation);
+            store_quad(r, g, acc[i][j]);
         }
     }
 }

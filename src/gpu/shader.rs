@@ -17,11 +17,14 @@ pub const CONV2D: &str = shader!(
 pub const CONV2D_DIRECT: &str = shader!(
     "common/conv_params.wgsl",
     "common/activation.wgsl",
+    "common/conv_register_tiles.wgsl",
     "conv2d_direct.wgsl"
 );
 pub const CONV2D_SUBGROUP: &str = shader!(
     "common/conv_params.wgsl",
     "common/activation.wgsl",
+    "common/conv_register_tiles.wgsl",
+    "common/subgroup_rows.wgsl",
     "conv2d_subgroup.wgsl"
 );
 pub const DEPTHWISE: &str = shader!("common/activation.wgsl", "depthwise.wgsl");
@@ -29,9 +32,17 @@ pub const POOL: &str = shader!("pool.wgsl");
 pub const GLOBAL_AVG_POOL: &str = shader!("global_avg_pool.wgsl");
 pub const PREPROCESS: &str = shader!("preprocess.wgsl");
 pub const HEAD: &str = shader!("head.wgsl");
-pub const CONV2D_BACKWARD: &str = shader!("common/conv_params.wgsl", "conv2d_backward.wgsl");
-pub const CONV2D_BACKWARD_SUBGROUP: &str =
-    shader!("common/conv_params.wgsl", "conv2d_backward_subgroup.wgsl");
+pub const CONV2D_BACKWARD: &str = shader!(
+    "common/conv_params.wgsl",
+    "common/output_coord.wgsl",
+    "conv2d_backward.wgsl"
+);
+pub const CONV2D_BACKWARD_SUBGROUP: &str = shader!(
+    "common/conv_params.wgsl",
+    "common/output_coord.wgsl",
+    "common/subgroup_rows.wgsl",
+    "conv2d_backward_subgroup.wgsl"
+);
 pub const ACTIVATION_BACKWARD: &str = shader!("activation_backward.wgsl");
 pub const POOL_BACKWARD: &str = shader!("pool_backward.wgsl");
 pub const GLOBAL_AVG_POOL_BACKWARD: &str = shader!("global_avg_pool_backward.wgsl");

@@ -1,0 +1,41 @@
+// conv_register_tiles: what conv2d_direct.wgsl and conv2d_subgroup.wgsl share —
+// their bindings, the readers the host may swap (block INPUT: scalar reads for
+// input channels not aligned to 4; block WEIGHTS: four f16 in a vec2<u32>),
+// and the epilogue that writes one output channel quad. Prepended after
+// conv_params.wgsl and activation.wgsl by the host (src/gpu/shader.rs).
+//
+// Bindings (viewed as vec4):
+//   0 params  (uniform)  struct Params of conv_params.wgsl
+//   1 input   (storage)  NHWC vec4 [batch, in_h, in_w, in_stride/4] (or f32)
+//   2 weights (storage)  HWIO vec4 [kernel_h, kernel_w, in_c, out_c/4] (or vec2<u32>: four f16)
+//   3 bias    (storage)  vec4 [out_c/4]
+//   4 output  (storage)  NHWC vec4 [batch, out_h, out_w, out_stride/4]
+//   5 residual (storage) NHWC vec4 [batch, out_h, out_w, res_stride/4], added when
+//                        p.residual is 1 (res_stride, res_offset multiples of 4)
+
+@group(0) @binding(0) var<uniform> p: Params;
+// INPUT BEGIN
+@group(0) @binding(1) var<storage, read> input: array<vec4<f32>>;
+// Channels 4·c4 .. 4·c4+3 of the input pixel whose channel 0 is at `pixel`.
+fn input_quad(pixel: u32, c4: u32) -> vec4<f32> {
+    return input[pixel / 4u + c4];
+}
+// INPUT END
+// WEIGHTS BEGIN
+@group(0) @binding(2) var<storage, read> weights: array<vec4<f32>>;
+fn weight4_at(i: u32) -> vec4<f32> {
+    return weights[i];
+}
+// WEIGHTS END
+@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> output: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> residual: array<vec4<f32>>;
+
+// Output pixel r, channels 4·g .. 4·g+3: the sum plus bias (and residual), activated.
+fn store_quad(r: u32, g: u32, sum: vec4<f32>) {
+    var v = sum + bias[g];
+    if (p.residual != 0u) {
+        v += residual[(r * p.res_stride + p.res_offset) / 4u + g];
+    }
+    output[(r * p.out_stride + p.out_offset) / 4u + g] = activate4(v, p.activation);
+}
