@@ -37,18 +37,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
 
-    // Top-left input corner of each row's receptive field.
-    var iy0: array<i32, ROWS>;
-    var ix0: array<i32, ROWS>;
-    var base: array<u32, ROWS>;
+    // Each row's receptive field (rows past m: the last row's).
+    var corners: array<Corner, ROWS>;
     for (var i = 0u; i < ROWS; i++) {
-        let row = min(r0 + i, p.m - 1u);
-        let ox = row % p.out_w;
-        let oy = (row / p.out_w) % p.out_h;
-        let img = row / (p.out_w * p.out_h);
-        iy0[i] = i32(oy * p.stride_h) - i32(p.pad_top);
-        ix0[i] = i32(ox * p.stride_w) - i32(p.pad_left);
-        base[i] = img * p.in_h;
+        corners[i] = corner(min(r0 + i, p.m - 1u));
     }
 
     var acc: array<array<vec4<f32>, COLS>, ROWS>;
@@ -56,19 +48,15 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let last_weight = arrayLength(&weights) - 1u;
     for (var ky = 0u; ky < p.kernel_h; ky++) {
         for (var kx = 0u; kx < p.kernel_w; kx++) {
-            var pixel: array<u32, ROWS>;
-            var inside: array<bool, ROWS>;
+            var taps: array<Tap, ROWS>;
             for (var i = 0u; i < ROWS; i++) {
-                let iy = iy0[i] + i32(ky);
-                let ix = ix0[i] + i32(kx);
-                inside[i] = iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
-                pixel[i] = select(0u, ((base[i] + u32(iy)) * p.in_w + u32(ix)) * p.in_stride + p.in_offset, inside[i]);
+                taps[i] = tap_at(corners[i], ky, kx);
             }
             let tap = (ky * p.kernel_w + kx) * p.in_c;
             for (var c4 = 0u; c4 < in_c4; c4++) {
                 var a: array<vec4<f32>, ROWS>;
                 for (var i = 0u; i < ROWS; i++) {
-                    a[i] = select(vec4<f32>(0.0), input_quad(pixel[i], c4), inside[i]);
+                    a[i] = select(vec4<f32>(0.0), input_quad(taps[i].pixel, c4), taps[i].inside);
                 }
                 for (var kk = 0u; kk < 4u; kk++) {
                     // Past in_c (unaligned input) a[i][kk] is 0; the clamp keeps the read in bounds.

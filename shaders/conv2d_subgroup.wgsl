@@ -45,18 +45,10 @@ fn main(
     let g0 = wg.y * COLS;
     let r0 = (wg.x * GROUP + lid) * ROWS;
 
-    // Top-left input corner of each row's receptive field (rows past m: the last row).
-    var iy0: array<i32, ROWS>;
-    var ix0: array<i32, ROWS>;
-    var base: array<u32, ROWS>;
+    // Each row's receptive field (rows past m: the last row's).
+    var corners: array<Corner, ROWS>;
     for (var i = 0u; i < ROWS; i++) {
-        let row = min(r0 + i, p.m - 1u);
-        let ox = row % p.out_w;
-        let oy = (row / p.out_w) % p.out_h;
-        let img = row / (p.out_w * p.out_h);
-        iy0[i] = i32(oy * p.stride_h) - i32(p.pad_top);
-        ix0[i] = i32(ox * p.stride_w) - i32(p.pad_left);
-        base[i] = img * p.in_h;
+        corners[i] = corner(min(r0 + i, p.m - 1u));
     }
 
     var acc: array<array<vec4<f32>, COLS>, ROWS>;
@@ -66,13 +58,9 @@ fn main(
     let k_lane = sg_lane % 8u;
     for (var ky = 0u; ky < p.kernel_h; ky++) {
         for (var kx = 0u; kx < p.kernel_w; kx++) {
-            var pixel: array<u32, ROWS>;
-            var inside: array<bool, ROWS>;
+            var taps: array<Tap, ROWS>;
             for (var i = 0u; i < ROWS; i++) {
-                let iy = iy0[i] + i32(ky);
-                let ix = ix0[i] + i32(kx);
-                inside[i] = iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
-                pixel[i] = select(0u, ((base[i] + u32(iy)) * p.in_w + u32(ix)) * p.in_stride + p.in_offset, inside[i]);
+                taps[i] = tap_at(corners[i], ky, kx);
             }
             let tap = (ky * p.kernel_w + kx) * p.in_c;
             for (var c8 = 0u; c8 < in_c4; c8 += 2u) {
@@ -89,8 +77,8 @@ fn main(
                 var hi: array<vec4<f32>, ROWS>;
                 let c_hi = min(c8 + 1u, in_c4 - 1u);
                 for (var i = 0u; i < ROWS; i++) {
-                    lo[i] = select(vec4<f32>(0.0), input_quad(pixel[i], c8), inside[i]);
-                    hi[i] = select(vec4<f32>(0.0), input_quad(pixel[i], c_hi), inside[i] && c8 + 1u < in_c4);
+                    lo[i] = select(vec4<f32>(0.0), input_quad(taps[i].pixel, c8), taps[i].inside);
+                    hi[i] = select(vec4<f32>(0.0), input_quad(taps[i].pixel, c_hi), taps[i].inside && c8 + 1u < in_c4);
                 }
                 for (var j = 0u; j < COLS; j++) {
                     // Weight rows c8·4 … c8·4+7, each from the invocation that read it.

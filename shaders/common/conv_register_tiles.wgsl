@@ -1,6 +1,7 @@
 // conv_register_tiles: what conv2d_direct.wgsl and conv2d_subgroup.wgsl share —
 // their bindings, the readers the host may swap (block INPUT: scalar reads for
 // input channels not aligned to 4; block WEIGHTS: four f16 in a vec2<u32>),
+// the receptive field of an output pixel and the input pixel each tap reads,
 // and the epilogue that writes one output channel quad. Prepended after
 // conv_params.wgsl and activation.wgsl by the host (src/gpu/shader.rs).
 //
@@ -30,6 +31,37 @@ fn weight4_at(i: u32) -> vec4<f32> {
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> output: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> residual: array<vec4<f32>>;
+
+// Where output pixel `row`'s receptive field starts: its top-left input
+// coordinates (negative in the padding) and the first input row of its image.
+struct Corner {
+    y: i32,
+    x: i32,
+    image_row: u32,
+}
+
+fn corner(row: u32) -> Corner {
+    let ox = row % p.out_w;
+    let oy = (row / p.out_w) % p.out_h;
+    let image = row / (p.out_w * p.out_h);
+    return Corner(i32(oy * p.stride_h) - i32(p.pad_top), i32(ox * p.stride_w) - i32(p.pad_left), image * p.in_h);
+}
+
+// The input pixel that tap (ky, kx) of a receptive field reads: the index of
+// its first channel in the input slice, and whether it is inside the input
+// (outside, in the padding, the index is 0 and the value is taken as 0).
+struct Tap {
+    pixel: u32,
+    inside: bool,
+}
+
+fn tap_at(c: Corner, ky: u32, kx: u32) -> Tap {
+    let iy = c.y + i32(ky);
+    let ix = c.x + i32(kx);
+    let inside = iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
+    let pixel = ((c.image_row + u32(iy)) * p.in_w + u32(ix)) * p.in_stride + p.in_offset;
+    return Tap(select(0u, pixel, inside), inside);
+}
 
 // Output pixel r, channels 4·g .. 4·g+3: the sum plus bias (and residual), activated.
 fn store_quad(r: u32, g: u32, sum: vec4<f32>) {
