@@ -11,7 +11,8 @@
 //   weight_grad: grad_w[ky, kx, ci, co]  += Σ_{n,oy,ox} input[n, iy, ix, ci] · grad_out[n, oy, ox, co]
 //   bias_grad:   grad_b[co]              += Σ_{n,oy,ox} grad_out[n, oy, ox, co]
 //
-// output_coord comes from shaders/common/output_coord.wgsl, prepended by the host.
+// input_pixel and output_pixel come from shaders/common/input_grad_taps.wgsl,
+// prepended by the host.
 //
 // Bindings (struct Params of shaders/common/conv_params.wgsl, prepended by the
 // host; residual and activation fields are not read here):
@@ -105,14 +106,9 @@ fn input_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     }
     let ci0 = (index % channel_groups) * 2u * TILE;
     let pixel0 = (index / channel_groups) * PIXELS;
-    var iy: array<u32, PIXELS>;
-    var ix: array<u32, PIXELS>;
-    var img: array<u32, PIXELS>;
+    var pixel: array<InputPixel, PIXELS>;
     for (var i = 0u; i < PIXELS; i++) {
-        let pixel = min(pixel0 + i, pixels - 1u);
-        ix[i] = pixel % p.in_w;
-        iy[i] = (pixel / p.in_w) % p.in_h;
-        img[i] = pixel / (p.in_w * p.in_h);
+        pixel[i] = input_pixel(min(pixel0 + i, pixels - 1u));
     }
     // acc[i][j] and high[i][j]: pixel i, channel ci0 + j and ci0 + TILE + j
     // (past in_c: computed, not written).
@@ -124,11 +120,9 @@ fn input_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
             var g0: array<u32, PIXELS>;
             var valid: array<bool, PIXELS>;
             for (var i = 0u; i < PIXELS; i++) {
-                let oy = output_coord(iy[i], ky, p.pad_top, p.stride_h, p.out_h);
-                let ox = output_coord(ix[i], kx, p.pad_left, p.stride_w, p.out_w);
-                let inside = oy >= 0 && ox >= 0;
-                valid[i] = inside;
-                g0[i] = select(0u, ((img[i] * p.out_h + u32(oy)) * p.out_w + u32(ox)) * p.out_stride + p.out_offset, inside);
+                let o = output_pixel(pixel[i], ky, kx);
+                valid[i] = o >= 0;
+                g0[i] = select(0u, u32(o) * p.out_stride + p.out_offset, valid[i]);
             }
             let w_tap = (ky * p.kernel_w + kx) * p.out_c;
             for (var co = 0u; co < p.out_c; co++) {

@@ -19,7 +19,7 @@
 //                of eight pixels at a time is broadcast.
 //
 // broadcast8 and fma_rows come from shaders/common/subgroup_rows.wgsl,
-// output_coord from common/output_coord.wgsl, both prepended by the host.
+// input_pixel and output_pixel from common/input_grad_taps.wgsl, both prepended by the host.
 //
 // Bindings (struct Params of shaders/common/conv_params.wgsl, prepended by the
 // host; residual and activation fields are not read; numbers as conv2d_backward.wgsl):
@@ -60,14 +60,9 @@ fn input_grad(
     let q0 = wg.y * COLS;
     let pixels = p.batch * p.in_h * p.in_w;
     let pixel0 = (wg.x * GROUP + lid) * ROWS;
-    var iy: array<u32, ROWS>;
-    var ix: array<u32, ROWS>;
-    var img: array<u32, ROWS>;
+    var pixel: array<InputPixel, ROWS>;
     for (var i = 0u; i < ROWS; i++) {
-        let pixel = min(pixel0 + i, pixels - 1u);
-        ix[i] = pixel % p.in_w;
-        iy[i] = (pixel / p.in_w) % p.in_h;
-        img[i] = pixel / (p.in_w * p.in_h);
+        pixel[i] = input_pixel(min(pixel0 + i, pixels - 1u));
     }
     var acc: array<array<vec4<f32>, COLS>, ROWS>;
     let k_lane = sg_lane % 8u;
@@ -77,11 +72,9 @@ fn input_grad(
             var g0: array<u32, ROWS>;
             var valid: array<bool, ROWS>;
             for (var i = 0u; i < ROWS; i++) {
-                let oy = output_coord(iy[i], ky, p.pad_top, p.stride_h, p.out_h);
-                let ox = output_coord(ix[i], kx, p.pad_left, p.stride_w, p.out_w);
-                valid[i] = oy >= 0 && ox >= 0;
-                let at = ((img[i] * p.out_h + u32(oy)) * p.out_w + u32(ox)) * p.out_stride + p.out_offset;
-                g0[i] = select(0u, at / 4u, valid[i]);
+                let o = output_pixel(pixel[i], ky, kx);
+                valid[i] = o >= 0;
+                g0[i] = select(0u, (u32(o) * p.out_stride + p.out_offset) / 4u, valid[i]);
             }
             let tap = ky * p.kernel_w + kx;
             for (var co4 = 0u; co4 < out_c4; co4 += 2u) {

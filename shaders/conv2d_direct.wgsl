@@ -72,17 +72,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
 
-    for (var i = 0u; i < ROWS; i++) {
-        let r = r0 + i;
-        if (r >= p.m) {
-            break;
-        }
-        for (var j = 0u; j < COLS; j++) {
-            let g = g0 + j;
-            if (g >= groups_n) {
-                break;
-            }
-            store_quad(r, g, acc[i][j]);
-        }
-    }
+    store_tile(r0, g0, &acc);
 }

@@ -91,17 +91,5 @@ fn main(
         }
     }
 
-    for (var i = 0u; i < ROWS; i++) {
-        let r = r0 + i;
-        if (r >= p.m) {
-            break;
-        }
-        for (var j = 0u; j < COLS; j++) {
-            let g = g0 + j;
-            if (g >= groups_n) {
-                break;
-            }
-            store_quad(r, g, acc[i][j]);
-        }
-    }
+    store_tile(r0, g0, &acc);
 }

@@ -2,7 +2,7 @@
 // their bindings, the readers the host may swap (block INPUT: scalar reads for
 // input channels not aligned to 4; block WEIGHTS: four f16 in a vec2<u32>),
 // the receptive field of an output pixel and the input pixel each tap reads,
-// and the epilogue that writes one output channel quad. Prepended after
+// and the epilogue that writes a tile of output channel quads. Prepended after
 // conv_params.wgsl and activation.wgsl by the host (src/gpu/shader.rs).
 //
 // Bindings (viewed as vec4):
@@ -61,6 +61,24 @@ fn tap_at(c: Corner, ky: u32, kx: u32) -> Tap {
     let inside = iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
     let pixel = ((c.image_row + u32(iy)) * p.in_w + u32(ix)) * p.in_stride + p.in_offset;
     return Tap(select(0u, pixel, inside), inside);
+}
+
+// Writes a tile: output pixels r0 … r0+ROWS−1 × channel quads g0 … g0+COLS−1
+// (ROWS and COLS are the kernel's), those inside the output.
+fn store_tile(r0: u32, g0: u32, acc: ptr<function, array<array<vec4<f32>, COLS>, ROWS>>) {
+    for (var i = 0u; i < ROWS; i++) {
+        let r = r0 + i;
+        if (r >= p.m) {
+            break;
+        }
+        for (var j = 0u; j < COLS; j++) {
+            let g = g0 + j;
+            if (g >= p.out_c / 4u) {
+                break;
+            }
+            store_quad(r, g, (*acc)[i][j]);
+        }
+    }
 }
 
 // Output pixel r, channels 4·g .. 4·g+3: the sum plus bias (and residual), activated.

@@ -34,12 +34,12 @@ pub const PREPROCESS: &str = shader!("preprocess.wgsl");
 pub const HEAD: &str = shader!("head.wgsl");
 pub const CONV2D_BACKWARD: &str = shader!(
     "common/conv_params.wgsl",
-    "common/output_coord.wgsl",
+    "common/input_grad_taps.wgsl",
     "conv2d_backward.wgsl"
 );
 pub const CONV2D_BACKWARD_SUBGROUP: &str = shader!(
     "common/conv_params.wgsl",
-    "common/output_coord.wgsl",
+    "common/input_grad_taps.wgsl",
     "common/subgroup_rows.wgsl",
     "conv2d_backward_subgroup.wgsl"
 );
