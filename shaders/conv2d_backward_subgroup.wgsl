@@ -3,11 +3,14 @@
 // of a subgroup sharing one operand through subgroupBroadcast, as
 // conv2d_subgroup.wgsl does for the forward pass: invocation l of each
 // subgroup reads row l of eight, and each row is handed to all eight. On CPU
-// drivers (lavapipe), where every storage-buffer read is a per-lane scalar
-// load, this cuts the loads per multiply-add by 5–8×. The host uses it only
-// where its workgroups are made of whole subgroups of at least 8 invocations
-// and every channel count, stride and offset is a multiple of 4 (all operands
-// are read as vec4s).
+// drivers (lavapipe) every invocation is a SIMD lane and each read a gather,
+// so this cuts the gathers per multiply-add by 5–8×; and the operands are read
+// from textures (src/gpu/texture_reads.rs: a texel fetch is a vector gather
+// there, ~10× cheaper than a storage-buffer read), copied from their buffers
+// by the host before each dispatch. The host uses it only on CPU adapters
+// whose workgroups are made of whole subgroups of at least 8 invocations, and
+// where every channel count, stride and offset is a multiple of 4 (all
+// operands are read as vec4s).
 //
 //   input_grad:  grad_in[n, iy, ix, ci] += Σ_{ky,kx,co} grad_out[n, oy, ox, co] · w[ky, kx, ci, co]
 //                over the taps with iy = oy·stride + ky − pad (and likewise x);
@@ -19,17 +22,19 @@
 //                of eight pixels at a time is broadcast.
 //
 // broadcast8 and fma_rows come from shaders/common/subgroup_rows.wgsl,
-// input_pixel and output_pixel from common/input_grad_taps.wgsl, both prepended by the host.
+// input_pixel and output_pixel from common/input_grad_taps.wgsl, texel from
+// common/texels.wgsl, all prepended by the host.
 //
 // Bindings (struct Params of shaders/common/conv_params.wgsl, prepended by the
 // host; residual and activation fields are not read; numbers as conv2d_backward.wgsl):
 //   0 params       (uniform)
-//   1 grad_out     (storage) NHWC vec4 [batch, out_h, out_w, out_stride/4], channels out_offset..+out_c
-//   3 input        (storage) NHWC vec4 [batch, in_h, in_w, in_stride/4], channels in_offset..+in_c (weight_grad)
+//   1 grad_out     (texture) NHWC vec4 [batch, out_h, out_w, out_stride/4], channels out_offset..+out_c
+//   3 input        (texture) NHWC vec4 [batch, in_h, in_w, in_stride/4], channels in_offset..+in_c (weight_grad)
 //   4 grad_in      (storage) NHWC vec4 like input                                       (input_grad)
 //   5 grad_weights (storage) vec4 [kernel_h, kernel_w, in_c, out_c/4]                  (weight_grad)
-//   7 weights_t    (storage) vec4 [kernel_h, kernel_w, out_c, in_c/4], written by
+//   7 weights_t    (texture) vec4 [kernel_h, kernel_w, out_c, in_c/4], written by
 //                            conv2d_backward.wgsl's transpose_weights                   (input_grad)
+// (a texture holds its buffer's vec4s row after row, see common/texels.wgsl)
 //
 // Grids (workgroups of GROUP invocations, a multiple of 8):
 //   input_grad:  x over pixel groups (pixels / (ROWS·GROUP)), y over input channel blocks (in_c / (4·COLS));
@@ -37,11 +42,11 @@
 //                channel blocks (out_c / (4·COLS)), z over the taps.
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> grad_out: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> input: array<vec4<f32>>;
+@group(0) @binding(1) var grad_out: texture_2d<f32>;
+@group(0) @binding(3) var input: texture_2d<f32>;
 @group(0) @binding(4) var<storage, read_write> grad_in: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> grad_weights: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read> weights_t: array<vec4<f32>>;
+@group(0) @binding(7) var weights_t: texture_2d<f32>;
 
 const ROWS: u32 = 4u;
 const COLS: u32 = 16u;
@@ -83,15 +88,15 @@ fn input_grad(
                 let w_row = (tap * p.out_c + min(co, p.out_c - 1u)) * in_c4;
                 var w: array<vec4<f32>, COLS>;
                 for (var j = 0u; j < COLS; j++) {
-                    let q = weights_t[w_row + min(q0 + j, in_c4 - 1u)];
+                    let q = texel(weights_t, w_row + min(q0 + j, in_c4 - 1u));
                     w[j] = select(vec4<f32>(0.0), q, co < p.out_c);
                 }
                 var lo: array<vec4<f32>, ROWS>;
                 var hi: array<vec4<f32>, ROWS>;
                 let co4_hi = min(co4 + 1u, out_c4 - 1u);
                 for (var i = 0u; i < ROWS; i++) {
-                    lo[i] = select(vec4<f32>(0.0), grad_out[g0[i] + co4], valid[i]);
-                    hi[i] = select(vec4<f32>(0.0), grad_out[g0[i] + co4_hi], valid[i] && co4 + 1u < out_c4);
+                    lo[i] = select(vec4<f32>(0.0), texel(grad_out, g0[i] + co4), valid[i]);
+                    hi[i] = select(vec4<f32>(0.0), texel(grad_out, g0[i] + co4_hi), valid[i] && co4 + 1u < out_c4);
                 }
                 for (var j = 0u; j < COLS; j++) {
                     let b = broadcast8(w[j]);
@@ -147,7 +152,7 @@ fn weight_grad(
         let g_at = (r * p.out_stride + p.out_offset) / 4u;
         var g: array<vec4<f32>, COLS>;
         for (var j = 0u; j < COLS; j++) {
-            let q = grad_out[g_at + min(q0 + j, out_c4 - 1u)];
+            let q = texel(grad_out, g_at + min(q0 + j, out_c4 - 1u));
             g[j] = select(vec4<f32>(0.0), q, inside);
         }
         // The eight pixels' input channel quads ci4 .. ci4 + QUADS − 1 (zero outside the input).
@@ -162,7 +167,7 @@ fn weight_grad(
             let quad = min(ci4 + t, in_c4 - 1u);
             for (var k = 0u; k < 8u; k++) {
                 let outside = x_rows[k] == 0xffffffffu;
-                x[t][k] = select(input[select(x_rows[k], 0u, outside) + quad], vec4<f32>(0.0), outside);
+                x[t][k] = select(texel(input, select(x_rows[k], 0u, outside) + quad), vec4<f32>(0.0), outside);
             }
         }
         for (var j = 0u; j < COLS; j++) {

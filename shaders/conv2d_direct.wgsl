@@ -45,7 +45,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 
     var acc: array<array<vec4<f32>, COLS>, ROWS>;
     let in_c4 = (p.in_c + 3u) / 4u;
-    let last_weight = arrayLength(&weights) - 1u;
+    let last_weight = weight_quads() - 1u;
     for (var ky = 0u; ky < p.kernel_h; ky++) {
         for (var kx = 0u; kx < p.kernel_w; kx++) {
             var taps: array<Tap, ROWS>;

@@ -53,7 +53,7 @@ fn main(
 
     var acc: array<array<vec4<f32>, COLS>, ROWS>;
     let in_c4 = (p.in_c + 3u) / 4u;
-    let last_weight = arrayLength(&weights) - 1u;
+    let last_weight = weight_quads() - 1u;
     // This invocation's row among each eight input channels read together.
     let k_lane = sg_lane % 8u;
     for (var ky = 0u; ky < p.kernel_h; ky++) {

@@ -209,6 +209,21 @@ fn check_conv_with(kernels: &BackwardKernels, p: &ConvParams, rng: &mut StdRng, 
         &format!("input grad of {what}"),
     );
     let [dw, db] = kernels.conv_parameter_grads(gpu, p, &bin, &bgo, (&bgw, &bgb));
+    // The subgroup kernels read their operands through textures, and only they do.
+    let aligned = [
+        p.in_c,
+        p.in_stride,
+        p.in_offset,
+        p.out_c,
+        p.out_stride,
+        p.out_offset,
+    ]
+    .iter()
+    .all(|v| v % 4 == 0);
+    let subgroup = kernels.has_subgroup_convs() && aligned;
+    for (dispatch, textures) in [(&t, false), (&d, subgroup), (&dw, subgroup), (&db, false)] {
+        assert_eq!(dispatch.copies_into_textures(), textures, "{what}");
+    }
     check(
         gpu,
         &[&dw],

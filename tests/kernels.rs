@@ -126,28 +126,53 @@ fn run_conv_with(
 /// variant and compares each with the CPU reference.
 fn check_conv(p: &ConvParams, rng: &mut rand::rngs::StdRng) {
     for variant in ConvVariant::CANDIDATES {
-        for half in [false, true] {
-            check_conv_variant(p, variant, half, rng);
+        for set in kernel_sets() {
+            check_conv_variant(p, variant, &set, rng);
         }
     }
 }
 
-/// The kernels for f16 weight files.
-fn half_kernels() -> &'static Kernels {
-    static KERNELS: OnceLock<Kernels> = OnceLock::new();
-    KERNELS.get_or_init(|| Kernels::new(&gpu().0, true))
+/// Kernels a conv runs through: f16 or f32 weights, read through textures or not.
+struct KernelSet {
+    kernels: &'static Kernels,
+    half: bool,
+    textures: bool,
 }
 
-/// One conv with `variant`, weights as f32 or (`half`) as f16 — then the
-/// reference uses the f16-rounded weights.
+/// f32 and f16 weights read as this device reads them (through textures on a
+/// CPU adapter such as lavapipe), and there also f32 weights read from the
+/// storage buffers, as GPUs read them.
+fn kernel_sets() -> Vec<KernelSet> {
+    static HALF: OnceLock<Kernels> = OnceLock::new();
+    static STORAGE: OnceLock<Kernels> = OnceLock::new();
+    let (gpu, f32_kernels) = gpu();
+    let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
+    let set = |kernels, half, textures| KernelSet {
+        kernels,
+        half,
+        textures,
+    };
+    let mut sets = vec![
+        set(f32_kernels, false, cpu),
+        set(HALF.get_or_init(|| Kernels::new(gpu, true)), true, cpu),
+    ];
+    if cpu {
+        let storage = STORAGE.get_or_init(|| Kernels::with_texture_reads(gpu, false, false));
+        sets.push(set(storage, false, false));
+    }
+    sets
+}
+
+/// One conv with `variant` and the kernels of `set`, weights as f32 or as
+/// f16 — then the reference uses the f16-rounded weights.
 fn check_conv_variant(
     p: &ConvParams,
     variant: ConvVariant,
-    half: bool,
+    set: &KernelSet,
     rng: &mut rand::rngs::StdRng,
 ) {
-    let (gpu, f32_kernels) = gpu();
-    let kernels = if half { half_kernels() } else { f32_kernels };
+    let gpu = &gpu().0;
+    let (kernels, half) = (set.kernels, set.half);
     let input = random_vec(rng, (p.batch * p.in_h * p.in_w * p.in_stride) as usize);
     let mut weights = random_vec(rng, (p.kernel_h * p.kernel_w * p.in_c * p.out_c) as usize);
     let bias = random_vec(rng, p.out_c as usize);
@@ -170,15 +195,24 @@ fn check_conv_variant(
         gpu.storage_buffer_with("weights", &weight_bytes),
         upload(gpu, &bias),
     );
-    submit(
-        gpu,
-        &[&kernels.conv2d(gpu, p, variant, &bi, (&bw, &bb), &output, br.as_ref())],
-    );
+    let conv = kernels.conv2d(gpu, p, variant, &bi, (&bw, &bb), &output, br.as_ref());
+    submit(gpu, &[&conv]);
+    let textures = conv.copies_into_textures();
     assert_close(
         &download(gpu, &output, out_len),
         &expected,
         1e-5,
-        &format!("conv {variant:?} f16 weights: {half} {p:?}"),
+        &format!("conv {variant:?} f16 weights: {half}, textures: {textures} {p:?}"),
+    );
+    // Register tiles read aligned inputs through textures where the set does.
+    let registers = variant != ConvVariant::Tiled && variant.fits(p, gpu);
+    let aligned = [p.in_c, p.in_stride, p.in_offset]
+        .iter()
+        .all(|v| v % 4 == 0);
+    assert_eq!(
+        textures,
+        set.textures && registers && aligned,
+        "{variant:?} {p:?}"
     );
 }
 

@@ -1,6 +1,7 @@
 // conv_register_tiles: what conv2d_direct.wgsl and conv2d_subgroup.wgsl share —
 // their bindings, the readers the host may swap (block INPUT: scalar reads for
-// input channels not aligned to 4; block WEIGHTS: four f16 in a vec2<u32>),
+// input channels not aligned to 4; block WEIGHTS: four f16 in a vec2<u32>; on
+// CPU adapters both from textures, see src/gpu/texture_reads.rs),
 // the receptive field of an output pixel and the input pixel each tap reads,
 // and the epilogue that writes a tile of output channel quads. Prepended after
 // conv_params.wgsl and activation.wgsl by the host (src/gpu/shader.rs).
@@ -26,6 +27,10 @@ fn input_quad(pixel: u32, c4: u32) -> vec4<f32> {
 @group(0) @binding(2) var<storage, read> weights: array<vec4<f32>>;
 fn weight4_at(i: u32) -> vec4<f32> {
     return weights[i];
+}
+// How many weight quads the binding holds (reads are clamped to it).
+fn weight_quads() -> u32 {
+    return arrayLength(&weights);
 }
 // WEIGHTS END
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;

@@ -8,7 +8,7 @@
 
 use super::network::{TrainableNetwork, HEAD_BIASES, HEAD_WEIGHTS};
 use crate::gpu::backward::ClassifierBuffers;
-use crate::gpu::kernels::Dispatch;
+use crate::gpu::kernels::{record_all, Dispatch};
 use crate::gpu::lowering::{
     activation_grad_params, conv_params, global_pool_params, pool_kind, pool_params,
 };
@@ -229,11 +229,11 @@ impl StepPlan {
         gpu.queue
             .write_buffer(&self.head_uniform, 0, bytemuck::bytes_of(&head));
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        let mut compute = encoder.begin_compute_pass(&Default::default());
-        for d in self.forward.iter().chain([&self.classify]) {
-            d.record(&mut compute);
-        }
-        drop(compute);
+        record_all(
+            &mut encoder,
+            self.forward.iter().chain([&self.classify]),
+            None,
+        );
         if matches!(pass, Pass::Train { .. }) {
             self.record_backward(&mut encoder);
         }
@@ -263,16 +263,13 @@ impl StepPlan {
             for &(slot, bytes) in &self.clears[step] {
                 encoder.clear_buffer(&self.gradients[slot], 0, Some(bytes));
             }
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            loop {
-                for l in &self.backward[step] {
-                    l.dispatch.record(&mut pass);
-                }
+            let first = step;
+            step += 1;
+            while step < self.backward.len() && self.clears[step].is_empty() {
                 step += 1;
-                if step == self.backward.len() || !self.clears[step].is_empty() {
-                    break;
-                }
             }
+            let dispatches = self.backward[first..step].iter().flatten();
+            record_all(encoder, dispatches.map(|l| &l.dispatch), None);
         }
     }
 

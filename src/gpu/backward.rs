@@ -11,6 +11,7 @@ use super::params::{
     PoolParams,
 };
 use super::shader::{self, set_const, swap_block};
+use super::texture_reads::{ScratchTextures, TextureCopy};
 use bytemuck::Pod;
 
 /// conv2d_backward.wgsl's TILE: a vec4's channels. input_grad and weight_grad
@@ -63,6 +64,11 @@ fn conv_aligned(p: &ConvParams) -> bool {
     ])
 }
 
+/// The vec4s of conv `p`'s output (or output gradient) tensor, all channels of its slices.
+fn output_texels(p: &ConvParams) -> u64 {
+    p.m as u64 * p.out_stride as u64 / 4
+}
+
 /// conv2d_backward.wgsl's entry points, compiled from one variant of its source.
 struct ConvPipelines {
     transpose: wgpu::ComputePipeline,
@@ -83,10 +89,12 @@ impl ConvPipelines {
     }
 }
 
-/// conv2d_backward_subgroup.wgsl's input_grad and weight_grad.
+/// conv2d_backward_subgroup.wgsl's input_grad and weight_grad, and the
+/// scratch textures their two operands are copied into.
 struct SubgroupConvPipelines {
     input: wgpu::ComputePipeline,
     weight: wgpu::ComputePipeline,
+    operands: [ScratchTextures; 2],
 }
 
 impl SubgroupConvPipelines {
@@ -99,7 +107,37 @@ impl SubgroupConvPipelines {
         SubgroupConvPipelines {
             input: entry("input_grad"),
             weight: entry("weight_grad"),
+            operands: [0, 1].map(|_| ScratchTextures::new(wgpu::TextureFormat::Rgba32Float)),
         }
+    }
+
+    /// A launch of `pipeline` over `groups` reading `operands` (binding,
+    /// buffer, vec4 count) from the scratch textures and writing `output`
+    /// (binding, buffer); None when an operand does not fit in a texture.
+    fn launch(
+        &self,
+        gpu: &Gpu,
+        (pipeline, groups): (&wgpu::ComputePipeline, [u32; 3]),
+        p: &ConvParams,
+        operands: [(u32, &wgpu::Buffer, u64); 2],
+        output: (u32, &wgpu::Buffer),
+    ) -> Option<Dispatch> {
+        let mut copies = Vec::new();
+        for ((_, buffer, texels), scratch) in operands.iter().zip(&self.operands) {
+            copies.push(scratch.copy_of(gpu, buffer, *texels)?);
+        }
+        let views: Vec<wgpu::TextureView> = copies.iter().map(TextureCopy::view).collect();
+        let uniform = gpu.uniform_buffer("backward params", p);
+        let mut resources = vec![
+            (0, uniform.as_entire_binding()),
+            (output.0, output.1.as_entire_binding()),
+        ];
+        for ((binding, _, _), view) in operands.iter().zip(&views) {
+            resources.push((*binding, wgpu::BindingResource::TextureView(view)));
+        }
+        Some(Dispatch::bind_resources(
+            gpu, pipeline, resources, groups, copies,
+        ))
     }
 
     /// input_grad's grid: pixel groups × blocks of input channels.
@@ -127,8 +165,9 @@ pub struct BackwardKernels {
     conv_scalar: ConvPipelines,
     conv_vec4: ConvPipelines,
     /// On CPU drivers with subgroups exactly 8 wide (lavapipe), the gradients of aligned
-    /// convs share operands through the subgroup (several times faster there;
-    /// GPUs keep conv2d_backward.wgsl, the only one measured on them).
+    /// convs share operands through the subgroup and read them from textures
+    /// (several times faster there; GPUs keep conv2d_backward.wgsl, the only
+    /// one measured on them).
     conv_subgroup: Option<SubgroupConvPipelines>,
     activation: wgpu::ComputePipeline,
     max_pool: wgpu::ComputePipeline,
@@ -245,17 +284,6 @@ impl BackwardKernels {
         count: u64,
     ) -> Dispatch {
         let groups = grid(count, POOL_GROUP, self.max_groups);
-        Self::launch_grid(gpu, pipeline, params, buffers, groups)
-    }
-
-    /// A launch of `groups` workgroups, its parameters in a new uniform buffer.
-    fn launch_grid<P: Pod>(
-        gpu: &Gpu,
-        pipeline: &wgpu::ComputePipeline,
-        params: &P,
-        buffers: &[(u32, &wgpu::Buffer)],
-        groups: [u32; 3],
-    ) -> Dispatch {
         let uniform = gpu.uniform_buffer("backward params", params);
         Dispatch::bind(gpu, pipeline, &uniform, buffers, groups)
     }
@@ -278,13 +306,16 @@ impl BackwardKernels {
         let buffers = [(1, grad_out), (7, weights_t), (4, grad_in)];
         let pipelines = self.conv_pipelines(p);
         let transpose = self.launch(gpu, &pipelines.transpose, p, &transpose, weight_count);
-        let gradient = match self.subgroup_pipelines(p) {
-            Some(subgroup) => {
-                let groups = SubgroupConvPipelines::input_grid(p);
-                Self::launch_grid(gpu, &subgroup.input, p, &buffers, groups)
-            }
-            None => self.launch(gpu, &pipelines.input, p, &buffers, count),
-        };
+        let subgroup = self.subgroup_pipelines(p).and_then(|s| {
+            let operands = [
+                (1, grad_out, output_texels(p)),
+                (7, weights_t, weight_count / 4),
+            ];
+            let kernel = (&s.input, SubgroupConvPipelines::input_grid(p));
+            s.launch(gpu, kernel, p, operands, (4, grad_in))
+        });
+        let gradient =
+            subgroup.unwrap_or_else(|| self.launch(gpu, &pipelines.input, p, &buffers, count));
         [transpose, gradient]
     }
 
@@ -302,13 +333,15 @@ impl BackwardKernels {
         let buffers = [(1, grad_out), (3, input), (5, grad_weights)];
         let bias_buffers = [(1, grad_out), (6, grad_bias)];
         let pipelines = self.conv_pipelines(p);
-        let weight = match self.subgroup_pipelines(p) {
-            Some(subgroup) => {
-                let groups = SubgroupConvPipelines::weight_grid(p);
-                Self::launch_grid(gpu, &subgroup.weight, p, &buffers, groups)
-            }
-            None => self.launch(gpu, &pipelines.weight, p, &buffers, weights),
-        };
+        let subgroup = self.subgroup_pipelines(p).and_then(|s| {
+            let input_texels =
+                p.batch as u64 * p.in_h as u64 * p.in_w as u64 * p.in_stride as u64 / 4;
+            let operands = [(1, grad_out, output_texels(p)), (3, input, input_texels)];
+            let kernel = (&s.weight, SubgroupConvPipelines::weight_grid(p));
+            s.launch(gpu, kernel, p, operands, (5, grad_weights))
+        });
+        let weight =
+            subgroup.unwrap_or_else(|| self.launch(gpu, &pipelines.weight, p, &buffers, weights));
         [
             weight,
             self.launch(gpu, &pipelines.bias, p, &bias_buffers, p.out_c as u64),

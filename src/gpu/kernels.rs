@@ -8,6 +8,7 @@ use super::conv_variant::input_aligned;
 pub use super::conv_variant::ConvVariant;
 use super::params::{ConvParams, DepthwiseParams, GlobalPoolParams, PoolParams, PreprocessParams};
 use super::shader::{self, set_const, swap_block};
+use super::texture_reads::{ScratchTextures, TextureCopy, TEXTURE_INPUT, TEXTURE_WEIGHTS};
 use bytemuck::Pod;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -22,11 +23,13 @@ pub enum PoolKind {
     AverageCountingPadding,
 }
 
-/// One recorded kernel launch: pipeline, bound resources, grid size.
+/// One recorded kernel launch: pipeline, bound resources, grid size, and the
+/// buffers copied into the textures it reads (see texture_reads.rs), first.
 pub struct Dispatch {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     groups: [u32; 3],
+    copies: Vec<TextureCopy>,
 }
 
 impl Dispatch {
@@ -39,12 +42,25 @@ impl Dispatch {
         buffers: &[(u32, &wgpu::Buffer)],
         groups: [u32; 3],
     ) -> Self {
-        let entries: Vec<wgpu::BindGroupEntry> = std::iter::once((0, uniform))
+        let resources: Vec<(u32, wgpu::BindingResource)> = std::iter::once((0, uniform))
             .chain(buffers.iter().copied())
-            .map(|(binding, b)| wgpu::BindGroupEntry {
-                binding,
-                resource: b.as_entire_binding(),
-            })
+            .map(|(binding, b)| (binding, b.as_entire_binding()))
+            .collect();
+        Self::bind_resources(gpu, pipeline, resources, groups, Vec::new())
+    }
+
+    /// A launch of `pipeline` over `groups` with each resource at its binding,
+    /// after `copies` fill the textures among them.
+    pub(super) fn bind_resources(
+        gpu: &Gpu,
+        pipeline: &wgpu::ComputePipeline,
+        resources: Vec<(u32, wgpu::BindingResource)>,
+        groups: [u32; 3],
+        copies: Vec<TextureCopy>,
+    ) -> Self {
+        let entries: Vec<wgpu::BindGroupEntry> = resources
+            .into_iter()
+            .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource })
             .collect();
         let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
@@ -55,10 +71,18 @@ impl Dispatch {
             pipeline: pipeline.clone(),
             bind_group,
             groups,
+            copies,
         }
     }
 
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+    /// Whether this launch reads buffers copied into textures (texture_reads.rs).
+    pub fn copies_into_textures(&self) -> bool {
+        !self.copies.is_empty()
+    }
+
+    /// Records this launch into an open pass (its texture copies, if any,
+    /// must already be recorded: see `record_all`).
+    fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
         pass.dispatch_workgroups(self.groups[0], self.groups[1], self.groups[2]);
@@ -95,6 +119,9 @@ const HALF_WEIGHTS_DIRECT: &str = "
 fn weight4_at(i: u32) -> vec4<f32> {
     let q = weights[i];
     return vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+}
+fn weight_quads() -> u32 {
+    return arrayLength(&weights);
 }
 ";
 
@@ -142,14 +169,34 @@ impl PoolPipelines {
     }
 }
 
+/// How a register-tile conv reads its input and weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Reads {
+    /// Storage buffers, the input one f32 at a time (channels not aligned to 4).
+    ScalarInput,
+    /// Storage buffers, vec4s.
+    Vec4,
+    /// Textures filled from the buffers before the dispatch.
+    Textures,
+}
+
+/// The scratch textures a conv's input and weights are copied into.
+struct OperandTextures {
+    input: ScratchTextures,
+    weights: ScratchTextures,
+}
+
 /// Every pipeline the engine uses, compiled once per device.
 pub struct Kernels {
     /// Conv weights are f16 (read with unpack2x16float) rather than f32.
     half_weights: bool,
     conv2d: wgpu::ComputePipeline,
     /// conv2d_direct.wgsl and conv2d_subgroup.wgsl pipelines by variant and
-    /// whether the input is vec4-aligned.
-    register_tiles: Mutex<HashMap<(ConvVariant, bool), wgpu::ComputePipeline>>,
+    /// how they read their operands.
+    register_tiles: Mutex<HashMap<(ConvVariant, Reads), wgpu::ComputePipeline>>,
+    /// Where the register tiles read aligned inputs and weights from
+    /// textures (CPU adapters, see texture_reads.rs): the scratch textures.
+    operand_textures: Option<OperandTextures>,
     /// pool.wgsl reading one f32 at a time, and one vec4 (aligned channels).
     pool_scalar: PoolPipelines,
     pool_vec4: PoolPipelines,
@@ -211,8 +258,16 @@ pub(super) fn grid(count: u64, group: u32, max_groups: u32) -> [u32; 3] {
 }
 
 impl Kernels {
-    /// The pipelines for conv weights stored as f32, or as f16 when `half_weights`.
+    /// The pipelines for conv weights stored as f32, or as f16 when
+    /// `half_weights`; convs read their operands through textures on CPU adapters.
     pub fn new(gpu: &Gpu, half_weights: bool) -> Self {
+        let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
+        Self::with_texture_reads(gpu, half_weights, cpu)
+    }
+
+    /// The same, choosing whether register-tile convs read aligned inputs and
+    /// their weights from textures (`textures`) or from the storage buffers.
+    pub fn with_texture_reads(gpu: &Gpu, half_weights: bool, textures: bool) -> Self {
         let pool_vec4_src = swap_block(shader::POOL, "VALUE", VEC4_VALUES);
         let mut conv_src = shader::CONV2D.to_string();
         let mut depthwise_src = shader::DEPTHWISE.to_string();
@@ -225,6 +280,13 @@ impl Kernels {
             half_weights,
             conv2d: pipeline(gpu, "conv2d", &conv_src, "main"),
             register_tiles: Mutex::default(),
+            operand_textures: textures.then(|| OperandTextures {
+                input: ScratchTextures::new(wgpu::TextureFormat::Rgba32Float),
+                weights: ScratchTextures::new(match half_weights {
+                    true => wgpu::TextureFormat::Rgba16Float,
+                    false => wgpu::TextureFormat::Rgba32Float,
+                }),
+            }),
             pool_scalar: PoolPipelines::new(gpu, shader::POOL),
             pool_vec4: PoolPipelines::new(gpu, &pool_vec4_src),
             depthwise_sources: [depthwise_src, depthwise_vec4_src],
@@ -277,8 +339,28 @@ impl Kernels {
         let registers = !matches!(variant, ConvVariant::Tiled) && variant.fits(p, gpu);
         match registers {
             true => {
-                let pipeline = self.register_tile_pipeline(gpu, variant, input_aligned(p));
-                Self::dispatch(gpu, &pipeline, p, &buffers, variant.grid(p))
+                let groups = variant.grid(p);
+                if let Some([input, weights]) = self.texture_copies(gpu, p, input, weights) {
+                    let pipeline = self.register_tile_pipeline(gpu, variant, Reads::Textures);
+                    let uniform = gpu.uniform_buffer("kernel params", p);
+                    let (input_view, weights_view) = (input.view(), weights.view());
+                    let resources = vec![
+                        (0, uniform.as_entire_binding()),
+                        (1, wgpu::BindingResource::TextureView(&input_view)),
+                        (2, wgpu::BindingResource::TextureView(&weights_view)),
+                        (3, bias.as_entire_binding()),
+                        (4, output.as_entire_binding()),
+                        (5, residual.as_entire_binding()),
+                    ];
+                    let copies = vec![input, weights];
+                    return Dispatch::bind_resources(gpu, &pipeline, resources, groups, copies);
+                }
+                let reads = match input_aligned(p) {
+                    true => Reads::Vec4,
+                    false => Reads::ScalarInput,
+                };
+                let pipeline = self.register_tile_pipeline(gpu, variant, reads);
+                Self::dispatch(gpu, &pipeline, p, &buffers, groups)
             }
             false => {
                 let groups = ConvVariant::Tiled.grid(p);
@@ -287,13 +369,35 @@ impl Kernels {
         }
     }
 
+    /// The copies of conv `p`'s input and weights into the scratch textures,
+    /// when this device's convs read through textures, the input is read as
+    /// vec4s and both fit in a texture.
+    fn texture_copies(
+        &self,
+        gpu: &Gpu,
+        p: &ConvParams,
+        input: &wgpu::Buffer,
+        weights: &wgpu::Buffer,
+    ) -> Option<[TextureCopy; 2]> {
+        let textures = self.operand_textures.as_ref()?;
+        if !input_aligned(p) {
+            return None;
+        }
+        let input_texels = p.batch as u64 * p.in_h as u64 * p.in_w as u64 * p.in_stride as u64 / 4;
+        let weight_texels = (p.kernel_h * p.kernel_w) as u64 * p.in_c as u64 * p.out_c as u64 / 4;
+        Some([
+            textures.input.copy_of(gpu, input, input_texels)?,
+            textures.weights.copy_of(gpu, weights, weight_texels)?,
+        ])
+    }
+
     /// conv2d_direct.wgsl or conv2d_subgroup.wgsl with the variant's tile
-    /// constants (and scalar input reads unless `aligned`), compiled on first use.
+    /// constants and its operand readers, compiled on first use.
     fn register_tile_pipeline(
         &self,
         gpu: &Gpu,
         variant: ConvVariant,
-        aligned: bool,
+        reads: Reads,
     ) -> wgpu::ComputePipeline {
         let (name, source, rows, cols, group) = match variant {
             ConvVariant::Direct { rows, cols, group } => {
@@ -310,14 +414,19 @@ impl Kernels {
         };
         let mut cache = self.register_tiles.lock().expect("pipeline cache");
         cache
-            .entry((variant, aligned))
+            .entry((variant, reads))
             .or_insert_with(|| {
                 let source = set_const(source, "ROWS", rows);
                 let mut source = set_const(&source, "COLS", cols);
-                if !aligned {
-                    source = swap_block(&source, "INPUT", SCALAR_INPUT);
+                match reads {
+                    Reads::ScalarInput => source = swap_block(&source, "INPUT", SCALAR_INPUT),
+                    Reads::Vec4 => {}
+                    Reads::Textures => {
+                        source = swap_block(&source, "INPUT", TEXTURE_INPUT);
+                        source = swap_block(&source, "WEIGHTS", TEXTURE_WEIGHTS);
+                    }
                 }
-                if self.half_weights {
+                if self.half_weights && reads != Reads::Textures {
                     source = swap_block(&source, "WEIGHTS", HALF_WEIGHTS_DIRECT);
                 }
                 let constants = [("GROUP", group as f64)];
@@ -414,14 +523,63 @@ impl Kernels {
     }
 }
 
-/// Records `dispatches` into one compute pass and submits them.
+/// Records `dispatches` in order and submits them.
 pub fn submit(gpu: &Gpu, dispatches: &[&Dispatch]) -> wgpu::SubmissionIndex {
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
-    {
-        let mut pass = encoder.begin_compute_pass(&Default::default());
-        for d in dispatches {
+    record_all(&mut encoder, dispatches.iter().copied(), None);
+    gpu.queue.submit([encoder.finish()])
+}
+
+/// Where a timed run of dispatches writes its start and end timestamps.
+pub struct Timestamps<'a> {
+    pub queries: &'a wgpu::QuerySet,
+    pub start: u32,
+    pub end: u32,
+}
+
+/// Records `dispatches` in order into compute passes: one, closed and opened
+/// again before each dispatch that first copies buffers into the textures it
+/// reads (copies cannot happen inside a pass). With `timestamps`, the start
+/// is written before the first copy and the end after the last dispatch.
+pub fn record_all<'a>(
+    encoder: &mut wgpu::CommandEncoder,
+    dispatches: impl IntoIterator<Item = &'a Dispatch>,
+    timestamps: Option<Timestamps>,
+) {
+    let list: Vec<&Dispatch> = dispatches.into_iter().collect();
+    if let Some(t) = &timestamps {
+        // An empty pass marks the start, before any copy.
+        encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                query_set: t.queries,
+                beginning_of_pass_write_index: Some(t.start),
+                end_of_pass_write_index: None,
+            }),
+        });
+    }
+    let mut start = 0;
+    while start < list.len() {
+        let end = (start + 1..list.len())
+            .find(|&i| !list[i].copies.is_empty())
+            .unwrap_or(list.len());
+        for c in &list[start].copies {
+            c.record(encoder);
+        }
+        let timestamp_writes = timestamps.as_ref().filter(|_| end == list.len()).map(|t| {
+            wgpu::ComputePassTimestampWrites {
+                query_set: t.queries,
+                beginning_of_pass_write_index: None,
+                end_of_pass_write_index: Some(t.end),
+            }
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes,
+        });
+        for d in &list[start..end] {
             d.record(&mut pass);
         }
+        start = end;
     }
-    gpu.queue.submit([encoder.finish()])
 }

@@ -10,6 +10,7 @@ pub mod params;
 pub mod scheduler;
 pub mod shader;
 pub mod slots;
+pub mod texture_reads;
 pub mod timer;
 pub mod tuning;
 

@@ -3,7 +3,7 @@
 //! grid size per op — so that running a batch is one submission, no allocation.
 
 use super::context::Gpu;
-use super::kernels::{Dispatch, Kernels};
+use super::kernels::{record_all, Dispatch, Kernels};
 use super::lowering::{conv_params, depthwise_params, global_pool_params, pool_kind, pool_params};
 use super::slots::assign_slots;
 use super::tuning::{shape_key, Tuning};
@@ -200,12 +200,7 @@ impl Plan {
     /// in one submission; returns each requested output.
     pub fn run(&self, gpu: &Gpu, before: &[Dispatch]) -> Result<Vec<Vec<f32>>> {
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            for d in before.iter().chain(&self.dispatches) {
-                d.record(&mut pass);
-            }
-        }
+        record_all(&mut encoder, before.iter().chain(&self.dispatches), None);
         for r in &self.readbacks {
             encoder.copy_buffer_to_buffer(&self.slots[r.slot], 0, &self.staging, r.offset, r.bytes);
         }

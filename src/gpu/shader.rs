@@ -17,12 +17,14 @@ pub const CONV2D: &str = shader!(
 pub const CONV2D_DIRECT: &str = shader!(
     "common/conv_params.wgsl",
     "common/activation.wgsl",
+    "common/texels.wgsl",
     "common/conv_register_tiles.wgsl",
     "conv2d_direct.wgsl"
 );
 pub const CONV2D_SUBGROUP: &str = shader!(
     "common/conv_params.wgsl",
     "common/activation.wgsl",
+    "common/texels.wgsl",
     "common/conv_register_tiles.wgsl",
     "common/subgroup_rows.wgsl",
     "conv2d_subgroup.wgsl"
@@ -41,6 +43,7 @@ pub const CONV2D_BACKWARD_SUBGROUP: &str = shader!(
     "common/conv_params.wgsl",
     "common/input_grad_taps.wgsl",
     "common/subgroup_rows.wgsl",
+    "common/texels.wgsl",
     "conv2d_backward_subgroup.wgsl"
 );
 pub const ACTIVATION_BACKWARD: &str = shader!("activation_backward.wgsl");

@@ -3,7 +3,7 @@
 //! Needs the adapter's TIMESTAMP_QUERY feature (lavapipe has it).
 
 use super::context::Gpu;
-use super::kernels::Dispatch;
+use super::kernels::{record_all, Dispatch, Timestamps};
 use anyhow::{bail, Result};
 
 pub struct GpuTimer {
@@ -45,18 +45,12 @@ impl GpuTimer {
         }
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         for (i, group) in groups.iter().enumerate() {
-            let writes = wgpu::ComputePassTimestampWrites {
-                query_set: &self.queries,
-                beginning_of_pass_write_index: Some(2 * i as u32),
-                end_of_pass_write_index: Some(2 * i as u32 + 1),
+            let timestamps = Timestamps {
+                queries: &self.queries,
+                start: 2 * i as u32,
+                end: 2 * i as u32 + 1,
             };
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: None,
-                timestamp_writes: Some(writes),
-            });
-            for d in group.iter() {
-                d.record(&mut pass);
-            }
+            record_all(&mut encoder, group.iter().copied(), Some(timestamps));
         }
         encoder.resolve_query_set(&self.queries, 0..2 * n, &self.resolve, 0);
         gpu.queue.submit([encoder.finish()]);

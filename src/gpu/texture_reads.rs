@@ -1,0 +1,171 @@
+//! Reading a kernel's operands through textures instead of storage buffers,
+//! for CPU adapters. Mesa 22.3's lavapipe compiles every storage-buffer read
+//! into a loop over the SIMD lanes (one bounds-checked scalar load per lane,
+//! inserted through the stack: ~14 ns per vec4 per invocation on the CI-like
+//! host), while a texel fetch is one vector gather (~1.5 ns). So there the conv
+//! kernels read their input and weights from 2-D rgba textures, each filled
+//! from its buffer by a copy recorded just before the dispatch (a memcpy on a
+//! CPU driver, small beside the conv).
+//!
+//! A buffer of vec4s maps onto a texture row by row: vec4 `i` is texel
+//! (i % TEXELS_PER_ROW, i / TEXELS_PER_ROW). The textures are scratch space
+//! shared by every dispatch of the device, one pool per binding, since each
+//! dispatch refills what it reads.
+
+use super::context::Gpu;
+use std::sync::Mutex;
+
+/// Texels per texture row: 64 KiB of f32 texels, a multiple of the 256-byte
+/// row alignment copies need (and 32 KiB of f16 ones).
+pub const TEXELS_PER_ROW: u32 = 4096;
+
+/// conv_register_tiles.wgsl's input binding and reader, from a texture
+/// (`texel` is shaders/common/texels.wgsl's).
+pub const TEXTURE_INPUT: &str = "
+@group(0) @binding(1) var input: texture_2d<f32>;
+fn input_quad(pixel: u32, c4: u32) -> vec4<f32> {
+    return texel(input, pixel / 4u + c4);
+}
+";
+
+/// conv_register_tiles.wgsl's weight binding and reader, from a texture
+/// (rgba32float, or rgba16float for f16 weights: both read as vec4<f32>).
+pub const TEXTURE_WEIGHTS: &str = "
+@group(0) @binding(2) var weights: texture_2d<f32>;
+fn weight4_at(i: u32) -> vec4<f32> {
+    return texel(weights, i);
+}
+fn weight_quads() -> u32 {
+    let size = textureDimensions(weights);
+    return size.x * size.y;
+}
+";
+
+/// A buffer's first `texels` vec4s (four f32, or four f16), copied into the
+/// first texels of `texture` before a dispatch reads them.
+pub struct TextureCopy {
+    buffer: wgpu::Buffer,
+    texels: u64,
+    texture: wgpu::Texture,
+}
+
+impl TextureCopy {
+    /// The whole rows, then the last partial row (copies are rectangles).
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
+        let row = TEXELS_PER_ROW as u64;
+        let texel_bytes = self
+            .texture
+            .format()
+            .block_copy_size(None)
+            .expect("a colour format") as u64;
+        let (rows, tail) = (self.texels / row, self.texels % row);
+        let copy =
+            |encoder: &mut wgpu::CommandEncoder, offset: u64, y: u64, width: u64, height: u64| {
+                encoder.copy_buffer_to_texture(
+                    wgpu::TexelCopyBufferInfo {
+                        buffer: &self.buffer,
+                        layout: wgpu::TexelCopyBufferLayout {
+                            offset,
+                            bytes_per_row: Some((row * texel_bytes) as u32),
+                            rows_per_image: None,
+                        },
+                    },
+                    wgpu::TexelCopyTextureInfo {
+                        texture: &self.texture,
+                        mip_level: 0,
+                        origin: wgpu::Origin3d {
+                            x: 0,
+                            y: y as u32,
+                            z: 0,
+                        },
+                        aspect: wgpu::TextureAspect::All,
+                    },
+                    wgpu::Extent3d {
+                        width: width as u32,
+                        height: height as u32,
+                        depth_or_array_layers: 1,
+                    },
+                );
+            };
+        if rows > 0 {
+            copy(encoder, 0, 0, row, rows);
+        }
+        if tail > 0 {
+            copy(encoder, rows * row * texel_bytes, rows, tail, 1);
+        }
+    }
+}
+
+/// Scratch textures of one format for one binding, shared by every dispatch
+/// that binds it: the smallest one that holds a buffer, or a new one.
+pub struct ScratchTextures {
+    format: wgpu::TextureFormat,
+    pool: Mutex<Vec<wgpu::Texture>>,
+}
+
+impl ScratchTextures {
+    pub fn new(format: wgpu::TextureFormat) -> Self {
+        ScratchTextures {
+            format,
+            pool: Mutex::default(),
+        }
+    }
+
+    /// The copy of `buffer`'s first `texels` texels into a scratch texture;
+    /// None when no texture of the device can hold them.
+    pub fn copy_of(&self, gpu: &Gpu, buffer: &wgpu::Buffer, texels: u64) -> Option<TextureCopy> {
+        let rows = texels.div_ceil(TEXELS_PER_ROW as u64).max(1);
+        let max_rows = gpu.limits.max_texture_dimension_2d as u64;
+        if rows > max_rows || TEXELS_PER_ROW > gpu.limits.max_texture_dimension_2d {
+            return None;
+        }
+        let mut pool = self.pool.lock().expect("scratch textures");
+        let texture = match pool.iter().find(|t| t.height() as u64 >= rows) {
+            Some(t) => t.clone(),
+            None => {
+                // Rounded up so that a handful of sizes serve a whole network.
+                let height = rows.next_power_of_two().min(max_rows) as u32;
+                let t = gpu.device.create_texture(&wgpu::TextureDescriptor {
+                    label: Some("operand texture"),
+                    size: wgpu::Extent3d {
+                        width: TEXELS_PER_ROW,
+                        height,
+                        depth_or_array_layers: 1,
+                    },
+                    mip_level_count: 1,
+                    sample_count: 1,
+                    dimension: wgpu::TextureDimension::D2,
+                    format: self.format,
+                    usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+                    view_formats: &[],
+                });
+                pool.push(t.clone());
+                pool.sort_by_key(|t| t.height());
+                t
+            }
+        };
+        Some(TextureCopy {
+            buffer: buffer.clone(),
+            texels,
+            texture,
+        })
+    }
+}
+
+impl TextureCopy {
+    pub fn view(&self) -> wgpu::TextureView {
+        self.texture.create_view(&Default::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shaders_lay_out_rows_as_the_host_copies_them() {
+        let texels = include_str!("../../shaders/common/texels.wgsl");
+        let layout = format!("vec2<u32>(i % {TEXELS_PER_ROW}u, i / {TEXELS_PER_ROW}u)");
+        assert!(texels.contains(&layout));
+    }
+}
