@@ -13,7 +13,10 @@
 //
 // Values are read LANES channels at a time: one f32, or, when channels,
 // strides and offsets are multiples of 4, the host swaps in the block marked
-// VALUE to read vec4s (a quarter of the invocations and index arithmetic).
+// VALUE to read vec4s (a quarter of the invocations and index arithmetic);
+// on CPU adapters it also swaps the block INPUT to read them from a texture
+// (`texel`, shaders/common/texels.wgsl, prepended by the host; see
+// src/gpu/texture_reads.rs).
 // One invocation per output Value; the 1-D index is spread over a 2-D grid
 // of 256-wide workgroups (x + y·groups_x) to stay under the per-dimension limit.
 
@@ -30,7 +33,12 @@ const LANES: u32 = 1u;
 // VALUE END
 
 @group(0) @binding(0) var<uniform> p: Params;
+// INPUT BEGIN
 @group(0) @binding(1) var<storage, read> input: array<Value>;
+fn input_value(i: u32) -> Value {
+    return input[i];
+}
+// INPUT END
 @group(0) @binding(2) var<storage, read_write> output: array<Value>;
 
 // A window's image and top-left corner, its channel group (in Values) and output pixel.
@@ -47,7 +55,7 @@ fn window_of(index: u32) -> Window {
 
 fn input_at(w: Window, y: i32, x: i32) -> Value {
     let pixel = (w.img * p.in_h + u32(y)) * p.in_w + u32(x);
-    return input[(pixel * p.in_stride + p.in_offset) / LANES + w.c];
+    return input_value((pixel * p.in_stride + p.in_offset) / LANES + w.c);
 }
 
 fn output_count() -> u32 {

@@ -317,9 +317,16 @@ fn conv_larger_than_one_tile() {
 }
 
 /// A random pool against the CPU reference; even seeds get channels, strides
-/// and offsets aligned to 4 (the kernel's vec4 path), odd seeds do not.
+/// and offsets aligned to 4 (the kernel's vec4 path, read through a texture
+/// where the kernels read textures), odd seeds do not.
 fn run_pool(seed: u64, kind: PoolKind, window: u32, stride: u32, same: bool) {
-    let (gpu, kernels) = gpu();
+    for set in kernel_sets().iter().filter(|s| !s.half) {
+        run_pool_with(set, seed, kind, window, stride, same);
+    }
+}
+
+fn run_pool_with(set: &KernelSet, seed: u64, kind: PoolKind, window: u32, stride: u32, same: bool) {
+    let (gpu, kernels) = (&gpu().0, set.kernels);
     let mut rng = rng(seed);
     let align = |v: u32| {
         if seed.is_multiple_of(2) {
@@ -359,13 +366,16 @@ fn run_pool(seed: u64, kind: PoolKind, window: u32, stride: u32, same: bool) {
     cpu_reference::pool(kind, &p, &input, &mut expected);
     let output = poisoned(gpu, out_len);
     let bi = upload(gpu, &input);
-    submit(gpu, &[&kernels.pool(gpu, kind, &p, &bi, &output)]);
+    let pool = kernels.pool(gpu, kind, &p, &bi, &output);
+    submit(gpu, &[&pool]);
+    let textures = pool.copies_into_textures();
     assert_close(
         &download(gpu, &output, out_len),
         &expected,
         1e-6,
-        &format!("{kind:?} pool {p:?}"),
+        &format!("{kind:?} pool, textures: {textures} {p:?}"),
     );
+    assert_eq!(textures, set.textures && seed.is_multiple_of(2), "{p:?}");
 }
 
 #[test]

@@ -8,7 +8,9 @@ use super::conv_variant::input_aligned;
 pub use super::conv_variant::ConvVariant;
 use super::params::{ConvParams, DepthwiseParams, GlobalPoolParams, PoolParams, PreprocessParams};
 use super::shader::{self, set_const, swap_block};
-use super::texture_reads::{ScratchTextures, TextureCopy, TEXTURE_INPUT, TEXTURE_WEIGHTS};
+use super::texture_reads::{
+    ScratchTextures, TextureCopy, TEXTURE_INPUT, TEXTURE_POOL_INPUT, TEXTURE_WEIGHTS,
+};
 use bytemuck::Pod;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -197,9 +199,11 @@ pub struct Kernels {
     /// Where the register tiles read aligned inputs and weights from
     /// textures (CPU adapters, see texture_reads.rs): the scratch textures.
     operand_textures: Option<OperandTextures>,
-    /// pool.wgsl reading one f32 at a time, and one vec4 (aligned channels).
+    /// pool.wgsl reading one f32 at a time, one vec4 (aligned channels), and
+    /// (on devices that read operands through textures) one vec4 from a texture.
     pool_scalar: PoolPipelines,
     pool_vec4: PoolPipelines,
+    pool_texture: Option<PoolPipelines>,
     /// depthwise.wgsl's source reading one f32 at a time, and one vec4 (aligned channels).
     depthwise_sources: [String; 2],
     /// Its pipelines by whether the channels are aligned and the workgroup size.
@@ -288,6 +292,10 @@ impl Kernels {
                 }),
             }),
             pool_scalar: PoolPipelines::new(gpu, shader::POOL),
+            pool_texture: textures.then(|| {
+                let source = swap_block(&pool_vec4_src, "INPUT", TEXTURE_POOL_INPUT);
+                PoolPipelines::new(gpu, &source)
+            }),
             pool_vec4: PoolPipelines::new(gpu, &pool_vec4_src),
             depthwise_sources: [depthwise_src, depthwise_vec4_src],
             depthwise: Mutex::default(),
@@ -455,8 +463,35 @@ impl Kernels {
             false => (&self.pool_scalar, 1),
         };
         let count = p.batch as u64 * p.out_h as u64 * p.out_w as u64 * (p.channels / lanes) as u64;
-        let pipeline = pipelines.of(kind);
-        Self::dispatch(gpu, pipeline, p, &[input, output], self.linear_grid(count))
+        let groups = self.linear_grid(count);
+        let texture = aligned.then(|| self.pool_texture_copy(gpu, p, input));
+        if let Some((pipelines, copy)) = texture.flatten() {
+            let uniform = gpu.uniform_buffer("kernel params", p);
+            let view = copy.view();
+            let resources = vec![
+                (0, uniform.as_entire_binding()),
+                (1, wgpu::BindingResource::TextureView(&view)),
+                (2, output.as_entire_binding()),
+            ];
+            let pipeline = pipelines.of(kind);
+            return Dispatch::bind_resources(gpu, pipeline, resources, groups, vec![copy]);
+        }
+        Self::dispatch(gpu, pipelines.of(kind), p, &[input, output], groups)
+    }
+
+    /// The texture pool pipelines and the copy of pool `p`'s input into a
+    /// scratch texture, when this device reads operands through textures and
+    /// the input fits in one.
+    fn pool_texture_copy(
+        &self,
+        gpu: &Gpu,
+        p: &PoolParams,
+        input: &wgpu::Buffer,
+    ) -> Option<(&PoolPipelines, TextureCopy)> {
+        let pipelines = self.pool_texture.as_ref()?;
+        let scratch = &self.operand_textures.as_ref()?.input;
+        let texels = p.batch as u64 * p.in_h as u64 * p.in_w as u64 * p.in_stride as u64 / 4;
+        Some((pipelines, scratch.copy_of(gpu, input, texels)?))
     }
 
     /// The depthwise conv `p` in workgroups of `group` invocations (one of

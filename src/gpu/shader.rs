@@ -30,7 +30,7 @@ pub const CONV2D_SUBGROUP: &str = shader!(
     "conv2d_subgroup.wgsl"
 );
 pub const DEPTHWISE: &str = shader!("common/activation.wgsl", "depthwise.wgsl");
-pub const POOL: &str = shader!("pool.wgsl");
+pub const POOL: &str = shader!("common/texels.wgsl", "pool.wgsl");
 pub const GLOBAL_AVG_POOL: &str = shader!("global_avg_pool.wgsl");
 pub const PREPROCESS: &str = shader!("preprocess.wgsl");
 pub const HEAD: &str = shader!("head.wgsl");

@@ -3,9 +3,9 @@
 //! into a loop over the SIMD lanes (one bounds-checked scalar load per lane,
 //! inserted through the stack: ~14 ns per vec4 per invocation on the CI-like
 //! host), while a texel fetch is one vector gather (~1.5 ns). So there the conv
-//! kernels read their input and weights from 2-D rgba textures, each filled
-//! from its buffer by a copy recorded just before the dispatch (a memcpy on a
-//! CPU driver, small beside the conv).
+//! kernels (forward and gradients) and the pools read their operands from 2-D
+//! rgba textures, each filled from its buffer by a copy recorded just before
+//! the dispatch (a memcpy on a CPU driver, small beside the kernel).
 //!
 //! A buffer of vec4s maps onto a texture row by row: vec4 `i` is texel
 //! (i % TEXELS_PER_ROW, i / TEXELS_PER_ROW). The textures are scratch space
@@ -38,6 +38,14 @@ fn weight4_at(i: u32) -> vec4<f32> {
 fn weight_quads() -> u32 {
     let size = textureDimensions(weights);
     return size.x * size.y;
+}
+";
+
+/// pool.wgsl's input binding and reader (with vec4 values), from a texture.
+pub const TEXTURE_POOL_INPUT: &str = "
+@group(0) @binding(1) var input: texture_2d<f32>;
+fn input_value(i: u32) -> Value {
+    return texel(input, i);
 }
 ";
 
