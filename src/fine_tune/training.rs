@@ -181,14 +181,36 @@ pub fn micro_batch(gpu: &Gpu, net: &TrainableNetwork, batch: u32) -> u32 {
     (batch as u64).min(fits) as u32
 }
 
+/// Mean cross-entropy and accuracy of class `probabilities` ([N, classes])
+/// against `labels`.
+pub fn cross_entropy_and_accuracy(probabilities: &[f32], labels: &[u32]) -> (f32, f32) {
+    let classes = probabilities.len() / labels.len().max(1);
+    let losses: Vec<f32> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| {
+            -probabilities[i * classes + l as usize]
+                .max(f32::MIN_POSITIVE)
+                .ln()
+        })
+        .collect();
+    let mut t = Tally::default();
+    t.add(probabilities, &losses, labels);
+    t.means()
+}
+
 /// Fine-tunes `net` on the training examples of `data` (their activations
 /// from `source`), validating on the cached activations of its validation
-/// examples after every epoch.
+/// examples after every epoch. `frozen_train` is epoch 0's training
+/// cross-entropy and accuracy, which the caller measures on the training
+/// images' bottlenecks (the frozen head's, so the blocks need not run over
+/// every training image first).
 pub fn fine_tune(
     gpu: &Gpu,
     net: &mut TrainableNetwork,
     (data, source): (&CutData, &mut dyn CutSource),
     settings: &FineTuneSettings,
+    frozen_train: (f32, f32),
     rng: &mut StdRng,
     on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<FineTuned> {
@@ -201,9 +223,8 @@ pub fn fine_tune(
         by_size: HashMap::new(),
     };
     let started = Instant::now();
-    let (train_loss, train_accuracy) = plans.evaluate((gpu, net), data, &data.train, micro)?;
     let mut record = validation(gpu, net, &mut plans, data, micro)?;
-    (record.train_cross_entropy, record.train_accuracy) = (train_loss, train_accuracy);
+    (record.train_cross_entropy, record.train_accuracy) = frozen_train;
     record.seconds = started.elapsed().as_secs_f64();
     on_epoch(&record);
     let mut epochs = vec![record];

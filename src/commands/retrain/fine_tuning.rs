@@ -15,7 +15,10 @@ use crate::fine_tune::blocks::TrainableBlocks;
 use crate::fine_tune::distorted::DistortedCuts;
 use crate::fine_tune::network::TrainableNetwork;
 use crate::fine_tune::settings::{FineTuneSettings, Rule};
-use crate::fine_tune::training::{fine_tune, CutData, CutSource, EpochRecord};
+use crate::fine_tune::training::{
+    cross_entropy_and_accuracy, fine_tune, CutData, CutSource, EpochRecord,
+};
+use crate::gpu::Gpu;
 use crate::head::classifier::Classifier;
 use crate::model::weights::WeightFile;
 use crate::report::run_metrics::FineTuningMetrics;
@@ -150,11 +153,13 @@ impl Prepared {
         } else {
             &mut cached
         };
+        let frozen_train = frozen_head_on(gpu, classifier, b, &data.train)?;
         let tuned = fine_tune(
             gpu,
             &mut net,
             (&data, source),
             &settings,
+            frozen_train,
             rng,
             &mut on_epoch,
         )?;
@@ -192,6 +197,32 @@ impl Prepared {
             epochs: tuned.epochs,
         })
     }
+}
+
+/// The classifier's (the frozen head's) mean cross-entropy and accuracy on
+/// the bottlenecks of examples `rows`.
+fn frozen_head_on(
+    gpu: &Gpu,
+    classifier: &Classifier,
+    b: &Bottlenecks,
+    rows: &[u32],
+) -> Result<(f32, f32)> {
+    const BATCH: usize = 256;
+    let mut predictor = classifier.predictor(gpu, BATCH as u32)?;
+    let mut probabilities = Vec::new();
+    for chunk in rows.chunks(BATCH) {
+        let features: Vec<f32> = chunk
+            .iter()
+            .flat_map(|&r| &b.features[r as usize * b.dim..(r as usize + 1) * b.dim])
+            .copied()
+            .collect();
+        probabilities.extend(predictor.probabilities(gpu, &features)?);
+    }
+    let labels: Vec<u32> = rows
+        .iter()
+        .map(|&r| b.examples[r as usize].class as u32)
+        .collect();
+    Ok(cross_entropy_and_accuracy(&probabilities, &labels))
 }
 
 fn log_epoch(r: &EpochRecord) {
