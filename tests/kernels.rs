@@ -15,6 +15,7 @@ use retrain::data::distortion::Distortion;
 use retrain::engine::preprocess_params;
 use retrain::gpu::kernels::{submit, ConvVariant, Kernels, PoolKind};
 use retrain::gpu::params::{ConvParams, GlobalPoolParams, PoolParams};
+use retrain::gpu::timer::GpuTimer;
 use retrain::model::weights::Normalization;
 use std::sync::OnceLock;
 
@@ -281,6 +282,62 @@ fn conv_register_tile_edges() {
         ..Default::default()
     };
     check_conv(&p, &mut rng);
+}
+
+/// Timed runs (the benches' GpuTimer) get a start and an end whether their
+/// first dispatch copies into textures or not, and with no dispatch at all.
+#[test]
+fn timed_runs_with_and_without_texture_copies() {
+    let gpu = &gpu().0;
+    let Some(timer) = GpuTimer::new(gpu, 3) else {
+        assert_ne!(
+            gpu.info.driver, "llvmpipe",
+            "lavapipe has timestamp queries"
+        );
+        return;
+    };
+    let mut rng = rng(11);
+    let p = ConvParams {
+        batch: 1,
+        in_h: 9,
+        in_w: 9,
+        in_c: 32,
+        out_h: 9,
+        out_w: 9,
+        out_c: 32,
+        m: 81,
+        kernel_h: 3,
+        kernel_w: 3,
+        stride_h: 1,
+        stride_w: 1,
+        pad_top: 1,
+        pad_left: 1,
+        in_stride: 32,
+        out_stride: 32,
+        ..Default::default()
+    };
+    let input = upload(gpu, &random_vec(&mut rng, 81 * 32));
+    let weights = upload(gpu, &random_vec(&mut rng, 9 * 32 * 32));
+    let bias = upload(gpu, &random_vec(&mut rng, 32));
+    let output = poisoned(gpu, 81 * 32);
+    let variant = ConvVariant::CANDIDATES[1];
+    let convs: Vec<_> = kernel_sets()
+        .iter()
+        .filter(|s| !s.half)
+        .map(|s| {
+            s.kernels
+                .conv2d(gpu, &p, variant, &input, (&weights, &bias), &output, None)
+        })
+        .collect();
+    for conv in &convs {
+        let times = timer.time(gpu, &[&[conv, conv], &[]]).unwrap();
+        let textures = conv.copies_into_textures();
+        assert!(
+            times[0] > 0.0 && times[0] < 10.0,
+            "textures {textures}: {times:?}"
+        );
+        assert!((0.0..10.0).contains(&times[1]), "an empty run: {times:?}");
+    }
 }
 
 #[test]

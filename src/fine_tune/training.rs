@@ -182,17 +182,17 @@ pub fn micro_batch(gpu: &Gpu, net: &TrainableNetwork, batch: u32) -> u32 {
 }
 
 /// Mean cross-entropy and accuracy of class `probabilities` ([N, classes])
-/// against `labels`.
+/// against `labels` (0 for no labels), the probability clamped as
+/// classifier_train.wgsl's loss clamps it.
 pub fn cross_entropy_and_accuracy(probabilities: &[f32], labels: &[u32]) -> (f32, f32) {
-    let classes = probabilities.len() / labels.len().max(1);
+    if labels.is_empty() {
+        return (0.0, 0.0);
+    }
+    let classes = probabilities.len() / labels.len();
     let losses: Vec<f32> = labels
         .iter()
         .enumerate()
-        .map(|(i, &l)| {
-            -probabilities[i * classes + l as usize]
-                .max(f32::MIN_POSITIVE)
-                .ln()
-        })
+        .map(|(i, &l)| -probabilities[i * classes + l as usize].max(1e-30).ln())
         .collect();
     let mut t = Tally::default();
     t.add(probabilities, &losses, labels);
@@ -321,4 +321,21 @@ fn validation(
         validation_accuracy: validation.map(|v| v.1),
         seconds: 0.0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_zero_numbers_are_the_loss_kernels() {
+        // Rows predicting class 0, 1 and 0 with certainty; labels 0, 0 and 1.
+        let probabilities = [0.9, 0.1, 0.2, 0.8, 1.0, 0.0];
+        let (loss, accuracy) = cross_entropy_and_accuracy(&probabilities, &[0, 0, 1]);
+        // The last row's probability is clamped at 1e-30, as the kernel clamps it.
+        let want = -(0.9f32.ln() + 0.2f32.ln() + 1e-30f32.ln()) / 3.0;
+        assert!((loss - want).abs() < 1e-4, "{loss} against {want}");
+        assert!((accuracy - 1.0 / 3.0).abs() < 1e-6);
+        assert_eq!(cross_entropy_and_accuracy(&[], &[]), (0.0, 0.0));
+    }
 }

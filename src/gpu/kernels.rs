@@ -582,8 +582,11 @@ pub fn record_all<'a>(
     timestamps: Option<Timestamps>,
 ) {
     let list: Vec<&Dispatch> = dispatches.into_iter().collect();
-    if let Some(t) = &timestamps {
-        // An empty pass marks the start, before any copy.
+    // The start is written by the first pass, or, when the first dispatch
+    // copies, by an empty pass before the copies (GPUs, whose dispatches copy
+    // nothing, keep one timed pass: some do not time an empty one).
+    let start_pass = list.first().is_some_and(|d| !d.copies.is_empty());
+    if let (Some(t), true) = (&timestamps, start_pass) {
         encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: None,
             timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
@@ -594,27 +597,33 @@ pub fn record_all<'a>(
         });
     }
     let mut start = 0;
-    while start < list.len() {
+    // At least one pass, so that a timed empty list still writes both timestamps.
+    loop {
         let end = (start + 1..list.len())
             .find(|&i| !list[i].copies.is_empty())
             .unwrap_or(list.len());
-        for c in &list[start].copies {
+        for c in list.get(start).map_or(&[][..], |d| &d.copies[..]) {
             c.record(encoder);
         }
-        let timestamp_writes = timestamps.as_ref().filter(|_| end == list.len()).map(|t| {
-            wgpu::ComputePassTimestampWrites {
+        let timestamp_writes = timestamps.as_ref().and_then(|t| {
+            let first = (start == 0 && !start_pass).then_some(t.start);
+            let last = (end == list.len()).then_some(t.end);
+            (first.is_some() || last.is_some()).then_some(wgpu::ComputePassTimestampWrites {
                 query_set: t.queries,
-                beginning_of_pass_write_index: None,
-                end_of_pass_write_index: Some(t.end),
-            }
+                beginning_of_pass_write_index: first,
+                end_of_pass_write_index: last,
+            })
         });
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: None,
             timestamp_writes,
         });
-        for d in &list[start..end] {
+        for d in list.get(start..end).unwrap_or(&[]) {
             d.record(&mut pass);
         }
         start = end;
+        if start >= list.len() {
+            break;
+        }
     }
 }
