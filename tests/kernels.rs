@@ -252,6 +252,30 @@ fn conv_reads_and_writes_channel_slices() {
     }
 }
 
+/// A 3×3 conv, stride 1, SAME padding (one pixel), of `batch` `h`×`w`
+/// images from `in_c` to `out_c` channels, unsliced, no activation.
+fn same_3x3(batch: u32, (h, w): (u32, u32), (in_c, out_c): (u32, u32)) -> ConvParams {
+    ConvParams {
+        batch,
+        in_h: h,
+        in_w: w,
+        in_c,
+        out_h: h,
+        out_w: w,
+        out_c,
+        m: batch * h * w,
+        kernel_h: 3,
+        kernel_w: 3,
+        stride_h: 1,
+        stride_w: 1,
+        pad_top: 1,
+        pad_left: 1,
+        in_stride: in_c,
+        out_stride: out_c,
+        ..Default::default()
+    }
+}
+
 /// The subgroup tiles' edges: an odd number of input channel quads (more
 /// than two steps of eight channels), output quads neither a multiple of the
 /// tile nor within one (17 against 8, 16 and 32), and a pixel count that is
@@ -260,26 +284,12 @@ fn conv_reads_and_writes_channel_slices() {
 fn conv_register_tile_edges() {
     let mut rng = rng(9);
     let p = ConvParams {
-        batch: 3,
-        in_h: 7,
-        in_w: 5,
-        in_c: 76,
-        out_h: 7,
-        out_w: 5,
-        out_c: 68,
-        m: 3 * 7 * 5,
-        kernel_h: 3,
-        kernel_w: 3,
-        stride_h: 1,
-        stride_w: 1,
-        pad_top: 1,
-        pad_left: 1,
         in_stride: 84,
         in_offset: 4,
         out_stride: 76,
         out_offset: 8,
         activation: 1,
-        ..Default::default()
+        ..same_3x3(3, (7, 5), (76, 68))
     };
     check_conv(&p, &mut rng);
 }
@@ -297,25 +307,7 @@ fn timed_runs_with_and_without_texture_copies() {
         return;
     };
     let mut rng = rng(11);
-    let p = ConvParams {
-        batch: 1,
-        in_h: 9,
-        in_w: 9,
-        in_c: 32,
-        out_h: 9,
-        out_w: 9,
-        out_c: 32,
-        m: 81,
-        kernel_h: 3,
-        kernel_w: 3,
-        stride_h: 1,
-        stride_w: 1,
-        pad_top: 1,
-        pad_left: 1,
-        in_stride: 32,
-        out_stride: 32,
-        ..Default::default()
-    };
+    let p = same_3x3(1, (9, 9), (32, 32));
     let input = upload(gpu, &random_vec(&mut rng, 81 * 32));
     let weights = upload(gpu, &random_vec(&mut rng, 9 * 32 * 32));
     let bias = upload(gpu, &random_vec(&mut rng, 32));
@@ -345,30 +337,10 @@ fn conv_larger_than_one_tile() {
     // Several 64×64 tiles in both directions and a K that spans many slices.
     let mut rng = rng(7);
     let p = ConvParams {
-        batch: 2,
-        in_h: 17,
-        in_w: 13,
-        in_c: 70,
-        out_h: 17,
-        out_w: 13,
-        out_c: 150,
-        m: 2 * 17 * 13,
-        kernel_h: 3,
-        kernel_w: 3,
-        stride_h: 1,
-        stride_w: 1,
-        pad_top: 1,
-        pad_left: 1,
-        in_stride: 70,
-        in_offset: 0,
         out_stride: 160,
         out_offset: 5,
         activation: 1,
-        residual: 0,
-        res_stride: 0,
-        res_offset: 0,
-        _pad0: 0,
-        _pad1: 0,
+        ..same_3x3(2, (17, 13), (70, 150))
     };
     check_conv(&p, &mut rng);
 }

@@ -11,7 +11,7 @@ use super::params::{
     PoolParams,
 };
 use super::shader::{self, set_const, swap_block};
-use super::texture_reads::{ScratchTextures, TextureCopy};
+use super::texture_reads::ScratchTextures;
 use bytemuck::Pod;
 
 /// conv2d_backward.wgsl's TILE: a vec4's channels. input_grad and weight_grad
@@ -122,21 +122,13 @@ impl SubgroupConvPipelines {
         operands: [(u32, &wgpu::Buffer, u64); 2],
         output: (u32, &wgpu::Buffer),
     ) -> Option<Dispatch> {
-        let mut copies = Vec::new();
-        for ((_, buffer, texels), scratch) in operands.iter().zip(&self.operands) {
-            copies.push(scratch.copy_of(gpu, buffer, *texels)?);
+        let mut textures = Vec::new();
+        for ((binding, buffer, texels), scratch) in operands.iter().zip(&self.operands) {
+            textures.push((*binding, scratch.copy_of(gpu, buffer, *texels)?));
         }
-        let views: Vec<wgpu::TextureView> = copies.iter().map(TextureCopy::view).collect();
-        let uniform = gpu.uniform_buffer("backward params", p);
-        let mut resources = vec![
-            (0, uniform.as_entire_binding()),
-            (output.0, output.1.as_entire_binding()),
-        ];
-        for ((binding, _, _), view) in operands.iter().zip(&views) {
-            resources.push((*binding, wgpu::BindingResource::TextureView(view)));
-        }
-        Some(Dispatch::bind_resources(
-            gpu, pipeline, resources, groups, copies,
+        let buffers = [output];
+        Some(Dispatch::with_textures(
+            gpu, pipeline, p, &buffers, textures, groups,
         ))
     }
 

@@ -51,9 +51,39 @@ impl Dispatch {
         Self::bind_resources(gpu, pipeline, resources, groups, Vec::new())
     }
 
+    /// A launch of `pipeline` over `groups` with `params` in a new uniform
+    /// buffer at binding 0, each buffer at its binding, and the texture of
+    /// each copy at its binding, filled by the copy just before the launch.
+    pub(super) fn with_textures<P: Pod>(
+        gpu: &Gpu,
+        pipeline: &wgpu::ComputePipeline,
+        params: &P,
+        buffers: &[(u32, &wgpu::Buffer)],
+        textures: Vec<(u32, TextureCopy)>,
+        groups: [u32; 3],
+    ) -> Self {
+        let uniform = gpu.uniform_buffer("kernel params", params);
+        let views: Vec<(u32, wgpu::TextureView)> =
+            textures.iter().map(|(b, copy)| (*b, copy.view())).collect();
+        let resources = std::iter::once((0, uniform.as_entire_binding()))
+            .chain(
+                buffers
+                    .iter()
+                    .map(|(b, buffer)| (*b, buffer.as_entire_binding())),
+            )
+            .chain(
+                views
+                    .iter()
+                    .map(|(b, view)| (*b, wgpu::BindingResource::TextureView(view))),
+            )
+            .collect();
+        let copies = textures.into_iter().map(|(_, copy)| copy).collect();
+        Self::bind_resources(gpu, pipeline, resources, groups, copies)
+    }
+
     /// A launch of `pipeline` over `groups` with each resource at its binding,
     /// after `copies` fill the textures among them.
-    pub(super) fn bind_resources(
+    fn bind_resources(
         gpu: &Gpu,
         pipeline: &wgpu::ComputePipeline,
         resources: Vec<(u32, wgpu::BindingResource)>,
@@ -350,18 +380,9 @@ impl Kernels {
                 let groups = variant.grid(p);
                 if let Some([input, weights]) = self.texture_copies(gpu, p, input, weights) {
                     let pipeline = self.register_tile_pipeline(gpu, variant, Reads::Textures);
-                    let uniform = gpu.uniform_buffer("kernel params", p);
-                    let (input_view, weights_view) = (input.view(), weights.view());
-                    let resources = vec![
-                        (0, uniform.as_entire_binding()),
-                        (1, wgpu::BindingResource::TextureView(&input_view)),
-                        (2, wgpu::BindingResource::TextureView(&weights_view)),
-                        (3, bias.as_entire_binding()),
-                        (4, output.as_entire_binding()),
-                        (5, residual.as_entire_binding()),
-                    ];
-                    let copies = vec![input, weights];
-                    return Dispatch::bind_resources(gpu, &pipeline, resources, groups, copies);
+                    let buffers = [(3, bias), (4, output), (5, residual)];
+                    let textures = vec![(1, input), (2, weights)];
+                    return Dispatch::with_textures(gpu, &pipeline, p, &buffers, textures, groups);
                 }
                 let reads = match input_aligned(p) {
                     true => Reads::Vec4,
@@ -466,15 +487,8 @@ impl Kernels {
         let groups = self.linear_grid(count);
         let texture = aligned.then(|| self.pool_texture_copy(gpu, p, input));
         if let Some((pipelines, copy)) = texture.flatten() {
-            let uniform = gpu.uniform_buffer("kernel params", p);
-            let view = copy.view();
-            let resources = vec![
-                (0, uniform.as_entire_binding()),
-                (1, wgpu::BindingResource::TextureView(&view)),
-                (2, output.as_entire_binding()),
-            ];
-            let pipeline = pipelines.of(kind);
-            return Dispatch::bind_resources(gpu, pipeline, resources, groups, vec![copy]);
+            let (buffers, textures) = ([(2, output)], vec![(1, copy)]);
+            return Dispatch::with_textures(gpu, pipelines.of(kind), p, &buffers, textures, groups);
         }
         Self::dispatch(gpu, pipelines.of(kind), p, &[input, output], groups)
     }

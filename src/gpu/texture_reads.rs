@@ -58,6 +58,11 @@ pub struct TextureCopy {
 }
 
 impl TextureCopy {
+    /// The texture, as the kernel binds it.
+    pub fn view(&self) -> wgpu::TextureView {
+        self.texture.create_view(&Default::default())
+    }
+
     /// The whole rows, then the last partial row (copies are rectangles).
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
         let row = TEXELS_PER_ROW as u64;
@@ -157,12 +162,6 @@ impl ScratchTextures {
             texels,
             texture,
         })
-    }
-}
-
-impl TextureCopy {
-    pub fn view(&self) -> wgpu::TextureView {
-        self.texture.create_view(&Default::default())
     }
 }
 
