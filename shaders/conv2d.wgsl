@@ -18,7 +18,8 @@
 //                        channels out_offset .. out_offset+out_c, so a mixed
 //                        block's branches write straight into their concat slice
 //   5 residual (storage) NHWC f32 [batch, out_h, out_w, res_stride], added when
-//                        p.residual is 1 (an unread placeholder otherwise)
+//                        p.residual is 1 (an unread placeholder otherwise;
+//                        p.residual 2 adds the output's own values instead)
 //
 // Tiling: a 16×16 workgroup computes a 64×64 output tile, 4×4 values per
 // invocation, staging 16-deep K slices of A (input) and B (weights) in
@@ -127,10 +128,13 @@ fn main(
             let co = n0 + local.x + 16u * j;
             if (co < p.out_c) {
                 var v = acc[i][j] + bias[co];
-                if (p.residual != 0u) {
+                let at = r * p.out_stride + p.out_offset + co;
+                if (p.residual == 1u) {
                     v += residual[r * p.res_stride + p.res_offset + co];
+                } else if (p.residual == 2u) {
+                    v += output[at];
                 }
-                output[r * p.out_stride + p.out_offset + co] = activate(v, p.activation);
+                output[at] = activate(v, p.activation);
             }
         }
     }

@@ -6,6 +6,7 @@
 // gradients, and micro-batches accumulate.
 //
 //   transpose_weights: weights_t[ky, kx, co, ci] = w[ky, kx, ci, co] (before input_grad)
+//   transpose_weights_flipped: the same with the taps in reverse order
 //   input_grad:  grad_in[n, iy, ix, ci]  += Σ_{ky,kx,co} grad_out[n, oy, ox, co] · w[ky, kx, ci, co]
 //                over the taps with iy = oy·stride + ky − pad (and likewise x)
 //   weight_grad: grad_w[ky, kx, ci, co]  += Σ_{n,oy,ox} input[n, iy, ix, ci] · grad_out[n, oy, ox, co]
@@ -26,14 +27,14 @@
 //   7 weights_t    (storage) f32 [kernel_h, kernel_w, out_c, in_c]       (written by
 //                            transpose_weights, read by input_grad)
 //
-// transpose_weights: one invocation per weight; input_grad: one per group of
+// transpose_weights: one invocation per weight (per 4×4 block of them with
+// vec4 operands); input_grad: one per group of
 // PIXELS input pixels and 2·TILE channels;
 // weight_grad: one per tap and block of 2·TILE input × 2·TILE output channels;
 // bias_grad: one per output channel. The 1-D index is spread over a 2-D grid
 // of 256-wide workgroups (x + y·groups_x·256).
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read> weights: array<f32>;
 @group(0) @binding(4) var<storage, read_write> grad_in: array<f32>;
 @group(0) @binding(5) var<storage, read_write> grad_weights: array<f32>;
 @group(0) @binding(6) var<storage, read_write> grad_bias: array<f32>;
@@ -42,6 +43,7 @@
 // vec4 bindings (one load each) for this block.
 // OPERANDS BEGIN
 @group(0) @binding(1) var<storage, read> grad_out: array<f32>;
+@group(0) @binding(2) var<storage, read> weights: array<f32>;
 @group(0) @binding(3) var<storage, read> input: array<f32>;
 @group(0) @binding(7) var<storage, read_write> weights_t: array<f32>;
 fn grad_at(i: u32) -> f32 {
@@ -63,8 +65,18 @@ fn weights_t_quad(base: u32, c0: u32, count: u32) -> vec4<f32> {
     return vec4<f32>(weights_t[base + min(c0, last)], weights_t[base + min(c0 + 1u, last)],
                      weights_t[base + min(c0 + 2u, last)], weights_t[base + min(c0 + 3u, last)]);
 }
-fn store_weight_t(i: u32, v: f32) {
-    weights_t[i] = v;
+// The transposes' work for invocation `index`: one weight, read from the
+// mirrored tap when `flip`.
+fn transpose_step(index: u32, flip: bool) {
+    let taps = p.kernel_h * p.kernel_w;
+    if (index >= taps * p.in_c * p.out_c) {
+        return;
+    }
+    let ci = index % p.in_c;
+    let co = (index / p.in_c) % p.out_c;
+    let tap = index / (p.in_c * p.out_c);
+    let source = select(tap, taps - 1u - tap, flip);
+    weights_t[index] = weights[(source * p.in_c + ci) * p.out_c + co];
 }
 // OPERANDS END
 
@@ -79,17 +91,19 @@ fn element_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
 
 // transpose_weights: weights_t[ky, kx, co, ci] = weights[ky, kx, ci, co], so
 // that input_grad's neighbouring invocations (neighbouring input channels)
-// read neighbouring weights. One invocation per weight.
+// read neighbouring weights. One invocation per weight, or per 4×4 block
+// with vec4 operands (transpose_step, in the operand block).
 @compute @workgroup_size(256)
 fn transpose_weights(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let index = element_index(gid, groups);
-    if (index >= p.kernel_h * p.kernel_w * p.in_c * p.out_c) {
-        return;
-    }
-    let ci = index % p.in_c;
-    let co = (index / p.in_c) % p.out_c;
-    let tap = index / (p.in_c * p.out_c);
-    store_weight_t(index, weights[(tap * p.in_c + ci) * p.out_c + co]);
+    transpose_step(element_index(gid, groups), false);
+}
+
+// transpose_weights_flipped: weights_t[ky, kx, co, ci] = weights[kh−1−ky, kw−1−kx, ci, co],
+// the HWIO weights of the forward conv that is a stride-1 conv's input
+// gradient (the host runs it with conv2d's kernels).
+@compute @workgroup_size(256)
+fn transpose_weights_flipped(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    transpose_step(element_index(gid, groups), true);
 }
 
 // input_grad: each invocation sums 2·TILE input channels of PIXELS consecutive

@@ -292,7 +292,7 @@ pub struct TrainArgs {
     #[arg(
         long,
         value_name = "N",
-        default_value_t = 16,
+        default_value_t = crate::fine_tune::settings::DEFAULT_BATCH,
         help_heading = "Fine-tuning"
     )]
     pub fine_tune_batch_size: u32,

@@ -25,8 +25,10 @@ use retrain::fine_tune::network::{TrainableNetwork, HEAD_BIASES, HEAD_WEIGHTS};
 use retrain::fine_tune::settings::{FineTuneSettings, Rule};
 use retrain::fine_tune::step::{Pass, StepPlan};
 use retrain::gpu::backward::{
-    optimizer_uniform, BackwardKernels, ClassifierBuffers, OptimizerBuffers,
+    input_grad_conv, optimizer_uniform, padded, BackwardKernels, ClassifierBuffers,
+    OptimizerBuffers,
 };
+use retrain::gpu::conv_variant::ConvVariant;
 use retrain::gpu::kernels::{submit, PoolKind};
 use retrain::gpu::params::{
     ActivationGradParams, ClassifierTrainParams, ConvParams, GlobalPoolParams, OptimizerParams,
@@ -190,24 +192,33 @@ fn check_conv_with(kernels: &BackwardKernels, p: &ConvParams, rng: &mut StdRng, 
         upload(gpu, &grad_out),
         upload(gpu, &weights),
     );
-    let (bgi, bgw, bgb) = (
-        upload(gpu, &grad_in),
-        upload(gpu, &grad_w),
-        upload(gpu, &grad_b),
-    );
+    let (bgw, bgb) = (upload(gpu, &grad_w), upload(gpu, &grad_b));
     let what = format!(
         "{what}, subgroup kernels {}: {p:?}",
         kernels.has_subgroup_convs()
     );
-    let transposed = poisoned(gpu, weights.len());
-    let [t, d] = kernels.conv_input_grad(gpu, p, &bgo, (&bw, &transposed), &bgi);
-    check(
-        gpu,
-        &[&t, &d],
-        &bgi,
-        &keep_poison(&grad_in, &expected_in),
-        &format!("input grad of {what}"),
-    );
+    // Its own kernels, then (stride 1) each forward conv variant.
+    let mut input_grad_kernels = vec![None];
+    if input_grad_conv(p).is_some() {
+        let forward = &common::gpu().1;
+        input_grad_kernels.extend(ConvVariant::CANDIDATES.map(|v| Some((forward, v))));
+    }
+    let mut input_dispatches = vec![];
+    for forward in input_grad_kernels {
+        let bgi = upload(gpu, &grad_in);
+        let transposed = poisoned(gpu, weights.len());
+        let [t, d] = kernels.conv_input_grad(gpu, p, &bgo, (&bw, &transposed), &bgi, forward);
+        let through = forward.map_or("its own kernels".into(), |(_, v)| format!("{v:?}"));
+        check(
+            gpu,
+            &[&t, &d],
+            &bgi,
+            &keep_poison(&grad_in, &expected_in),
+            &format!("input grad of {what} through {through}"),
+        );
+        input_dispatches.push([t, d]);
+    }
+    let [t, d] = &input_dispatches[0];
     let [dw, db] = kernels.conv_parameter_grads(gpu, p, &bin, &bgo, (&bgw, &bgb));
     // The subgroup kernels read their operands through textures, and only they do.
     let aligned = [
@@ -221,7 +232,7 @@ fn check_conv_with(kernels: &BackwardKernels, p: &ConvParams, rng: &mut StdRng, 
     .iter()
     .all(|v| v % 4 == 0);
     let subgroup = kernels.has_subgroup_convs() && aligned;
-    for (dispatch, textures) in [(&t, false), (&d, subgroup), (&dw, subgroup), (&db, false)] {
+    for (dispatch, textures) in [(t, false), (d, subgroup), (&dw, subgroup), (&db, false)] {
         assert_eq!(dispatch.copies_into_textures(), textures, "{what}");
     }
     check(
@@ -548,7 +559,12 @@ fn optimizer_steps_match_the_reference() {
         let (mut w, mut g, mut m) = (to_f64(&state[0]), to_f64(&state[1]), to_f64(&state[2]));
         let mut v = to_f64(&second);
         reference::optimizer_step(&p, &mut w, &mut g, &mut m, &mut v);
-        let buffers = [&state[0], &state[1], &state[2], &second].map(|s| upload(gpu, s));
+        // The kernel reads whole vec4s: the buffers are padded with zeros.
+        let buffers = [&state[0], &state[1], &state[2], &second].map(|s| {
+            let mut s = s.clone();
+            s.resize(padded(s.len()), 0.0);
+            upload(gpu, &s)
+        });
         let uniform = optimizer_uniform(gpu);
         gpu.queue.write_buffer(&uniform, 0, bytemuck::bytes_of(&p));
         let b = OptimizerBuffers {

@@ -8,7 +8,8 @@
 // channels out_offset..out_offset+out_c of pixels out_stride wide.
 // Epilogue: bias, then (residual = 1) plus the residual tensor's channels
 // res_offset..res_offset+out_c of pixels res_stride wide (same pixels as the
-// output), then the activation (see activation.wgsl).
+// output), or (residual = 2) plus what the output already holds, then the
+// activation (see activation.wgsl).
 
 struct Params {
     batch: u32, in_h: u32, in_w: u32, in_c: u32,

@@ -13,7 +13,8 @@
 //   3 bias    (storage)  vec4 [out_c/4]
 //   4 output  (storage)  NHWC vec4 [batch, out_h, out_w, out_stride/4]
 //   5 residual (storage) NHWC vec4 [batch, out_h, out_w, res_stride/4], added when
-//                        p.residual is 1 (res_stride, res_offset multiples of 4)
+//                        p.residual is 1 (res_stride, res_offset multiples of 4);
+//                        p.residual 2 adds the output's own values instead
 
 @group(0) @binding(0) var<uniform> p: Params;
 // INPUT BEGIN
@@ -86,11 +87,15 @@ fn store_tile(r0: u32, g0: u32, acc: ptr<function, array<array<vec4<f32>, COLS>,
     }
 }
 
-// Output pixel r, channels 4·g .. 4·g+3: the sum plus bias (and residual), activated.
+// Output pixel r, channels 4·g .. 4·g+3: the sum plus bias (and residual, or
+// what the output holds), activated.
 fn store_quad(r: u32, g: u32, sum: vec4<f32>) {
     var v = sum + bias[g];
-    if (p.residual != 0u) {
+    let at = (r * p.out_stride + p.out_offset) / 4u + g;
+    if (p.residual == 1u) {
         v += residual[(r * p.res_stride + p.res_offset) / 4u + g];
+    } else if (p.residual == 2u) {
+        v += output[at];
     }
-    output[(r * p.out_stride + p.out_offset) / 4u + g] = activate4(v, p.activation);
+    output[at] = activate4(v, p.activation);
 }

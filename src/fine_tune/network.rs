@@ -6,15 +6,19 @@
 
 use super::blocks::TrainableBlocks;
 use super::settings::{FineTuneSettings, Rule};
-use crate::gpu::backward::{optimizer_uniform, BackwardKernels, OptimizerBuffers};
+use crate::gpu::backward::{
+    input_grad_conv, optimizer_uniform, padded, BackwardKernels, OptimizerBuffers,
+};
 use crate::gpu::kernels::{submit, Dispatch, Kernels};
+use crate::gpu::lowering::conv_params;
 use crate::gpu::params::OptimizerParams;
-use crate::gpu::tuning::Tuning;
+use crate::gpu::tuning::{shape_key, Tuning, TuningWork};
 use crate::gpu::Gpu;
 use crate::model::weights::{Tensor, WeightFile};
+use crate::progress::progress_bar;
 use crate::train::standardize::{Standardization, StandardizedHead};
 use anyhow::Result;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// The classifier's tensors among the parameters.
 pub const HEAD_WEIGHTS: &str = "final_weights";
@@ -37,11 +41,13 @@ pub struct Parameter {
 
 impl Parameter {
     fn new(gpu: &Gpu, name: &str, shape: &[usize], values: &[f32], decays: bool) -> Self {
+        let mut values = values.to_vec();
+        values.resize(padded(values.len()), 0.0);
         let bytes = values.len() as u64 * 4;
         Parameter {
             name: name.to_string(),
             shape: shape.to_vec(),
-            values: gpu.storage_buffer_with(name, bytemuck::cast_slice(values)),
+            values: gpu.storage_buffer_with(name, bytemuck::cast_slice(&values)),
             gradients: gpu.storage_buffer("gradients", bytes),
             transposed: gpu.storage_buffer("transposed", if shape.len() == 4 { bytes } else { 4 }),
             first: gpu.storage_buffer("first moment", bytes),
@@ -145,6 +151,45 @@ impl TrainableNetwork {
     /// Values in the trainable blocks and the classifier.
     pub fn parameter_count(&self) -> usize {
         self.parameters.iter().map(Parameter::count).sum()
+    }
+
+    /// The forward convs that compute the blocks' stride-1 input gradients
+    /// (gpu::backward::input_grad_conv; none for the convs reading the
+    /// cut), at batch 1, one per tuning shape.
+    fn input_gradient_convs(&self) -> TuningWork {
+        let graph = &self.blocks.graph;
+        let cut = graph.ops[0].input();
+        let mut seen = HashSet::new();
+        let convs = (graph.ops.iter())
+            .filter_map(|op| op.as_conv())
+            .filter(|c| c.input.tensor != cut)
+            .filter_map(|c| input_grad_conv(&conv_params(graph, &c, 1)))
+            .filter(|p| seen.insert(shape_key(p)))
+            .collect();
+        TuningWork {
+            convs,
+            ..Default::default()
+        }
+    }
+
+    /// On a device's first fine-tuning of these blocks, times the forward
+    /// conv variants on each input-gradient conv shape the engine's tuning
+    /// has not measured, and caches the choices with the engine's
+    /// (RETRAIN_TUNE=0 skips this, as it does the engine's).
+    pub fn tune_on_first_use(&mut self, gpu: &Gpu) -> Result<()> {
+        let work = self.input_gradient_convs();
+        let skip = std::env::var("RETRAIN_TUNE").is_ok_and(|v| v == "0");
+        if skip || self.tuning.covers(&work) {
+            return Ok(());
+        }
+        log::info!("Tuning the conv kernels for the input gradients (once for this device)");
+        let bar = progress_bar("tuning", work.len(), "conv shapes");
+        (self.tuning).tune(gpu, &self.kernels, &work, &mut |_| bar.inc(1))?;
+        bar.finish_and_clear();
+        if let Err(e) = self.tuning.save() {
+            log::warn!("{e:#}; the kernels will be tuned again next time");
+        }
+        Ok(())
     }
 
     /// Applies the accumulated gradients at learning rate `lr` and clears them.

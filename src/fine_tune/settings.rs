@@ -8,6 +8,9 @@ pub enum Rule {
     Adam,
 }
 
+/// Images per training step unless asked otherwise (--fine-tune-batch-size).
+pub const DEFAULT_BATCH: u32 = 16;
+
 #[derive(Clone, Debug)]
 pub struct FineTuneSettings {
     /// The first block that trains (a boundary name: "mixed9").

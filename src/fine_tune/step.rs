@@ -7,7 +7,7 @@
 //! micro-batches until the update).
 
 use super::network::{TrainableNetwork, HEAD_BIASES, HEAD_WEIGHTS};
-use crate::gpu::backward::ClassifierBuffers;
+use crate::gpu::backward::{input_grad_conv, ClassifierBuffers};
 use crate::gpu::kernels::{record_all, Dispatch};
 use crate::gpu::lowering::{
     activation_grad_params, conv_params, global_pool_params, pool_kind, pool_params,
@@ -363,7 +363,10 @@ fn backward_dispatches<'a>(
             d.push(labelled("conv bias gradient", 0.0, b));
             if input != cut {
                 let w = (&weights.values, &weights.transposed);
-                let [t, x] = k.conv_input_grad(gpu, &p, grad(output), w, grad(input));
+                // Stride-1 convs' input gradients run on the forward conv kernels.
+                let forward =
+                    input_grad_conv(&p).map(|g| (&net.kernels, net.tuning.variant(gpu, &g)));
+                let [t, x] = k.conv_input_grad(gpu, &p, grad(output), w, grad(input), forward);
                 d.push(labelled("weight transpose", 0.0, t));
                 d.push(labelled("conv input gradient", 2.0 * macs, x));
             }

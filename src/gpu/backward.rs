@@ -5,7 +5,10 @@
 //! caller zeroes gradient buffers once per step and sums into them.
 
 use super::context::Gpu;
-use super::kernels::{grid, pipeline, pipeline_with, vec4_aligned, Dispatch, PoolKind, POOL_GROUP};
+use super::conv_variant::ConvVariant;
+use super::kernels::{
+    grid, pipeline, pipeline_with, vec4_aligned, Dispatch, Kernels, PoolKind, POOL_GROUP,
+};
 use super::params::{
     ActivationGradParams, ClassifierTrainParams, ConvParams, GlobalPoolParams, OptimizerParams,
     PoolParams,
@@ -33,6 +36,7 @@ const SUBGROUP_GROUP: u32 = 8;
 /// conv2d_backward.wgsl's operands as vec4s, for channels aligned to 4.
 const VEC4_OPERANDS: &str = "
 @group(0) @binding(1) var<storage, read> grad_out: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> weights: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> input: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> weights_t: array<vec4<f32>>;
 fn grad_at(i: u32) -> f32 {
@@ -47,8 +51,27 @@ fn input_quad(base: u32, c0: u32, count: u32) -> vec4<f32> {
 fn weights_t_quad(base: u32, c0: u32, count: u32) -> vec4<f32> {
     return weights_t[(base + min(c0, count - 4u)) >> 2u];
 }
-fn store_weight_t(i: u32, v: f32) {
-    weights_t[i >> 2u][i & 3u] = v;
+// One 4×4 block: input channels 4·ci4.. × output channels 4·co4.. of one
+// tap, read from the mirrored tap when `flip`.
+fn transpose_step(index: u32, flip: bool) {
+    let taps = p.kernel_h * p.kernel_w;
+    let in_c4 = p.in_c / 4u;
+    let out_c4 = p.out_c / 4u;
+    if (index >= taps * in_c4 * out_c4) {
+        return;
+    }
+    let ci4 = index % in_c4;
+    let co4 = (index / in_c4) % out_c4;
+    let tap = index / (in_c4 * out_c4);
+    let source = select(tap, taps - 1u - tap, flip);
+    let row = (source * p.in_c + 4u * ci4) * out_c4 + co4;
+    let r = mat4x4<f32>(weights[row], weights[row + out_c4], weights[row + 2u * out_c4],
+                        weights[row + 3u * out_c4]);
+    let t = transpose(r);
+    let column = (tap * p.out_c + 4u * co4) * in_c4 + ci4;
+    for (var k = 0u; k < 4u; k++) {
+        weights_t[column + k * in_c4] = t[k];
+    }
 }
 ";
 
@@ -64,6 +87,37 @@ fn conv_aligned(p: &ConvParams) -> bool {
     ])
 }
 
+/// The forward conv whose output, added to what grad_in holds, is the stride-1
+/// conv `p`'s input gradient: grad_out convolved with p's kernel mirrored
+/// (taps in reverse order, weights [kh, kw, out_c, in_c]) and padded by what
+/// the mirroring leaves (kernel − 1 − p's padding) — the "full" correlation.
+/// None for strided convs.
+pub fn input_grad_conv(p: &ConvParams) -> Option<ConvParams> {
+    if p.stride_h != 1 || p.stride_w != 1 {
+        return None;
+    }
+    Some(ConvParams {
+        in_h: p.out_h,
+        in_w: p.out_w,
+        in_c: p.out_c,
+        out_h: p.in_h,
+        out_w: p.in_w,
+        out_c: p.in_c,
+        m: p.batch * p.in_h * p.in_w,
+        pad_top: p.kernel_h - 1 - p.pad_top,
+        pad_left: p.kernel_w - 1 - p.pad_left,
+        in_stride: p.out_stride,
+        in_offset: p.out_offset,
+        out_stride: p.in_stride,
+        out_offset: p.in_offset,
+        activation: 0,
+        residual: 2,
+        res_stride: 0,
+        res_offset: 0,
+        ..*p
+    })
+}
+
 /// The vec4s of conv `p`'s output (or output gradient) tensor, all channels of its slices.
 fn output_texels(p: &ConvParams) -> u64 {
     p.m as u64 * p.out_stride as u64 / 4
@@ -72,6 +126,7 @@ fn output_texels(p: &ConvParams) -> u64 {
 /// conv2d_backward.wgsl's entry points, compiled from one variant of its source.
 struct ConvPipelines {
     transpose: wgpu::ComputePipeline,
+    transpose_flipped: wgpu::ComputePipeline,
     input: wgpu::ComputePipeline,
     weight: wgpu::ComputePipeline,
     bias: wgpu::ComputePipeline,
@@ -82,6 +137,7 @@ impl ConvPipelines {
         let entry = |name: &str| pipeline(gpu, name, source, name);
         ConvPipelines {
             transpose: entry("transpose_weights"),
+            transpose_flipped: entry("transpose_weights_flipped"),
             input: entry("input_grad"),
             weight: entry("weight_grad"),
             bias: entry("bias_grad"),
@@ -282,7 +338,10 @@ impl BackwardKernels {
 
     /// grad_in += the conv's input gradient from `grad_out` (already through
     /// its activation's derivative): the weights transposed into `weights_t`
-    /// (as many values as `weights`), then the gradient.
+    /// (as many values as `weights`), then the gradient. With `forward`, a
+    /// stride-1 conv's gradient runs as the forward conv input_grad_conv(p)
+    /// on conv2d's kernels (tuned per device) with that variant, its weights
+    /// flipped as it needs; otherwise on conv2d_backward's own kernels.
     pub fn conv_input_grad(
         &self,
         gpu: &Gpu,
@@ -290,14 +349,27 @@ impl BackwardKernels {
         grad_out: &wgpu::Buffer,
         (weights, weights_t): (&wgpu::Buffer, &wgpu::Buffer),
         grad_in: &wgpu::Buffer,
+        forward: Option<(&Kernels, ConvVariant)>,
     ) -> [Dispatch; 2] {
         let weight_count = (p.kernel_h * p.kernel_w * p.in_c * p.out_c) as u64;
+        let blocks = match conv_aligned(p) {
+            true => weight_count / 16,
+            false => weight_count,
+        };
+        let pipelines = self.conv_pipelines(p);
         let transpose = [(2, weights), (7, weights_t)];
+        if let (Some((kernels, variant)), Some(g)) = (forward, input_grad_conv(p)) {
+            let flip = &pipelines.transpose_flipped;
+            let transpose = self.launch(gpu, flip, p, &transpose, blocks);
+            let no_bias = gpu.storage_buffer("no bias", p.in_c.next_multiple_of(4) as u64 * 4);
+            let weights = (weights_t, &no_bias);
+            let gradient = kernels.conv2d(gpu, &g, variant, grad_out, weights, grad_in, None);
+            return [transpose, gradient];
+        }
         let pixels = p.batch as u64 * p.in_h as u64 * p.in_w as u64;
         let count = pixels.div_ceil(CONV_PIXELS) * p.in_c.div_ceil(2 * CONV_TILE) as u64;
         let buffers = [(1, grad_out), (7, weights_t), (4, grad_in)];
-        let pipelines = self.conv_pipelines(p);
-        let transpose = self.launch(gpu, &pipelines.transpose, p, &transpose, weight_count);
+        let transpose = self.launch(gpu, &pipelines.transpose, p, &transpose, blocks);
         let subgroup = self.subgroup_pipelines(p).and_then(|s| {
             let operands = [
                 (1, grad_out, output_texels(p)),
@@ -435,7 +507,7 @@ impl BackwardKernels {
 
     /// The optimiser update of one parameter tensor of `count` values, its
     /// parameters read from `uniform` (an OptimizerParams the caller rewrites
-    /// each step).
+    /// each step). Each buffer holds `padded(count)` values.
     pub fn optimizer(
         &self,
         gpu: &Gpu,
@@ -449,9 +521,15 @@ impl BackwardKernels {
             (3, b.first),
             (4, b.second),
         ];
-        let groups = grid(count, POOL_GROUP, self.max_groups);
+        let groups = grid(count.div_ceil(4), POOL_GROUP, self.max_groups);
         Dispatch::bind(gpu, &self.optimizer, uniform, &buffers, groups)
     }
+}
+
+/// `count` rounded up to a multiple of 4: the values each of
+/// shaders/optimizer.wgsl's buffers holds (it reads them as vec4s).
+pub fn padded(count: usize) -> usize {
+    count.next_multiple_of(4)
 }
 
 /// A zeroed OptimizerParams-sized uniform buffer the caller can rewrite.

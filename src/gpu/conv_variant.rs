@@ -72,8 +72,8 @@ impl ConvVariant {
     /// exactly 8 wide).
     pub fn fits(&self, p: &ConvParams, gpu: &Gpu) -> bool {
         let residual = match p.residual {
-            0 => [0, 0],
-            _ => [p.res_stride, p.res_offset],
+            1 => [p.res_stride, p.res_offset],
+            _ => [0, 0],
         };
         let aligned =
             vec4_aligned(&[p.out_c, p.out_stride, p.out_offset]) && vec4_aligned(&residual);

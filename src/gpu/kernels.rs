@@ -359,7 +359,8 @@ impl Kernels {
     }
 
     /// The conv `p` with `variant` (or the tiled kernel where it does not
-    /// fit), adding `residual` when `p.residual` is set.
+    /// fit), adding `residual` when `p.residual` is 1 (the output's own
+    /// values when it is 2).
     #[allow(clippy::too_many_arguments)]
     pub fn conv2d(
         &self,
@@ -371,7 +372,7 @@ impl Kernels {
         output: &wgpu::Buffer,
         residual: Option<&wgpu::Buffer>,
     ) -> Dispatch {
-        assert_eq!(p.residual != 0, residual.is_some(), "conv residual");
+        assert_eq!(p.residual == 1, residual.is_some(), "conv residual");
         let residual = residual.unwrap_or(&self.no_residual);
         let buffers = [input, weights, bias, output, residual];
         let registers = !matches!(variant, ConvVariant::Tiled) && variant.fits(p, gpu);

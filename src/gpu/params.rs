@@ -59,7 +59,8 @@ wgsl_struct! {
         pub out_offset: u32,
         /// 0 none, 1 ReLU, 2 ReLU6 (shaders/common/activation.wgsl).
         pub activation: u32,
-        /// 1: add the residual tensor before the activation.
+        /// 1: add the residual tensor before the activation; 2: add what
+        /// the output holds instead (accumulate, as gradients do).
         pub residual: u32,
         pub res_stride: u32,
         pub res_offset: u32,
