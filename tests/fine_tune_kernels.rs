@@ -272,6 +272,15 @@ fn conv_gradients_match_the_reference() {
                 }
             }
         }
+        // Input side aligned, output side not: the forward kernels that run a
+        // stride-1 input gradient then read its output gradient one f32 at a time.
+        seed += 1;
+        let mut rng = rng(seed);
+        let mut p = random_conv(&mut rng, kernel, 1, true, true);
+        p.out_c = 4 * rng.random_range(1..6) + rng.random_range(1..4);
+        p.out_offset = rng.random_range(0..5);
+        p.out_stride = p.out_offset + p.out_c + rng.random_range(0..5);
+        check_conv_params(&p, seed, &format!("conv {kernel:?} unaligned output"));
     }
 }
 
@@ -559,7 +568,8 @@ fn optimizer_steps_match_the_reference() {
         let (mut w, mut g, mut m) = (to_f64(&state[0]), to_f64(&state[1]), to_f64(&state[2]));
         let mut v = to_f64(&second);
         reference::optimizer_step(&p, &mut w, &mut g, &mut m, &mut v);
-        // The kernel reads whole vec4s: the buffers are padded with zeros.
+        // The kernel reads whole vec4s: the buffers are padded with zeros,
+        // which must stay zeros.
         let buffers = [&state[0], &state[1], &state[2], &second].map(|s| {
             let mut s = s.clone();
             s.resize(padded(s.len()), 0.0);
@@ -583,11 +593,12 @@ fn optimizer_steps_match_the_reference() {
             (&buffers[2], &m, "first moment"),
             (&buffers[3], &v, "second moment"),
         ] {
-            assert_close(
-                &download(gpu, buffer, want.len()),
-                &to_f32(want),
-                1e-5,
-                &format!("rule {rule}: {what}"),
+            let mut got = download(gpu, buffer, padded(want.len()));
+            let padding = got.split_off(want.len());
+            assert_close(&got, &to_f32(want), 1e-5, &format!("rule {rule}: {what}"));
+            assert!(
+                padding.iter().all(|&v| v == 0.0),
+                "rule {rule}: {what}'s padding"
             );
         }
     }

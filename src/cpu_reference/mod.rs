@@ -80,12 +80,17 @@ pub fn conv2d<V: Real>(
                             }
                         }
                     }
-                    if p.residual != 0 {
-                        sum += residual[row * p.res_stride as usize + (p.res_offset + co) as usize]
-                            .to_f64();
+                    let at = row * p.out_stride as usize + (p.out_offset + co) as usize;
+                    match p.residual {
+                        1 => {
+                            sum += residual
+                                [row * p.res_stride as usize + (p.res_offset + co) as usize]
+                                .to_f64()
+                        }
+                        2 => sum += output[at].to_f64(),
+                        _ => {}
                     }
-                    output[row * p.out_stride as usize + (p.out_offset + co) as usize] =
-                        V::from_f64(activate(sum, p.activation));
+                    output[at] = V::from_f64(activate(sum, p.activation));
                 }
             }
         }

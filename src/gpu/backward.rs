@@ -91,11 +91,14 @@ fn conv_aligned(p: &ConvParams) -> bool {
 /// conv `p`'s input gradient: grad_out convolved with p's kernel mirrored
 /// (taps in reverse order, weights [kh, kw, out_c, in_c]) and padded by what
 /// the mirroring leaves (kernel − 1 − p's padding) — the "full" correlation.
-/// None for strided convs.
+/// None for strided convs and paddings as wide as the kernel.
 pub fn input_grad_conv(p: &ConvParams) -> Option<ConvParams> {
     if p.stride_h != 1 || p.stride_w != 1 {
         return None;
     }
+    // A padding as wide as the kernel (no network has one) stays on the own kernels.
+    let pad_top = p.kernel_h.checked_sub(1 + p.pad_top)?;
+    let pad_left = p.kernel_w.checked_sub(1 + p.pad_left)?;
     Some(ConvParams {
         in_h: p.out_h,
         in_w: p.out_w,
@@ -104,8 +107,8 @@ pub fn input_grad_conv(p: &ConvParams) -> Option<ConvParams> {
         out_w: p.in_w,
         out_c: p.in_c,
         m: p.batch * p.in_h * p.in_w,
-        pad_top: p.kernel_h - 1 - p.pad_top,
-        pad_left: p.kernel_w - 1 - p.pad_left,
+        pad_top,
+        pad_left,
         in_stride: p.out_stride,
         in_offset: p.out_offset,
         out_stride: p.in_stride,
