@@ -2,8 +2,13 @@
 //! bottleneck, as a graph of their ops alone, and the cut below them whose
 //! activations are computed once and cached.
 
+use crate::gpu::backward::input_grad_conv;
+use crate::gpu::lowering::conv_params;
+use crate::gpu::params::ConvParams;
+use crate::gpu::tuning::shape_key;
 use crate::model::graph::{Graph, Op};
 use anyhow::{bail, Result};
+use std::collections::HashSet;
 
 /// The block `--fine-tune` trains from (with every block above it).
 pub const DEFAULT_FROM: &str = "mixed9";
@@ -91,6 +96,21 @@ impl TrainableBlocks {
     pub fn cut_size(&self) -> usize {
         self.graph.shape(self.graph.ops[0].input()).elements() as usize
     }
+
+    /// The forward convs that compute the blocks' stride-1 input gradients
+    /// (gpu::backward::input_grad_conv) at batch 1, one per tuning shape;
+    /// none for the convs reading the cut, whose input gradient is not needed.
+    pub fn input_gradient_convs(&self) -> Vec<ConvParams> {
+        let graph = &self.graph;
+        let cut = graph.ops[0].input();
+        let mut seen = HashSet::new();
+        (graph.ops.iter())
+            .filter_map(|op| op.as_conv())
+            .filter(|c| c.input.tensor != cut)
+            .filter_map(|c| input_grad_conv(&conv_params(graph, &c, 1)))
+            .filter(|p| seen.insert(shape_key(p)))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -117,6 +137,29 @@ mod tests {
         assert!(
             err.contains("mixed0, mixed1") && err.contains("mixed10"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn input_gradients_are_tuned_for_the_convs_above_the_cut() {
+        let network = inception_v3(299, 299).unwrap();
+        let top = TrainableBlocks::new(&network, DEFAULT_FROM).unwrap();
+        let keys: Vec<String> = top.input_gradient_convs().iter().map(shape_key).collect();
+        let distinct: HashSet<&String> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len(), "{keys:?}");
+        // mixed10's 3×3 448 → 384 conv, read backwards; mixed10's 1×1 2048 → 320.
+        assert!(
+            keys.contains(&"3x3s1_384to448_map64".to_string()),
+            "{keys:?}"
+        );
+        assert!(
+            keys.contains(&"1x1s1_320to2048_map64".to_string()),
+            "{keys:?}"
+        );
+        // mixed9's 1×1 1280 → 320 reads the cut: its input gradient is never computed.
+        assert!(
+            !keys.contains(&"1x1s1_320to1280_map64".to_string()),
+            "{keys:?}"
         );
     }
 }

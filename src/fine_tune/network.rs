@@ -6,19 +6,16 @@
 
 use super::blocks::TrainableBlocks;
 use super::settings::{FineTuneSettings, Rule};
-use crate::gpu::backward::{
-    input_grad_conv, optimizer_uniform, padded, BackwardKernels, OptimizerBuffers,
-};
+use crate::gpu::backward::{optimizer_uniform, padded, BackwardKernels, OptimizerBuffers};
 use crate::gpu::kernels::{submit, Dispatch, Kernels};
-use crate::gpu::lowering::conv_params;
 use crate::gpu::params::OptimizerParams;
-use crate::gpu::tuning::{shape_key, Tuning, TuningWork};
+use crate::gpu::tuning::{Tuning, TuningWork};
 use crate::gpu::Gpu;
 use crate::model::weights::{Tensor, WeightFile};
 use crate::progress::progress_bar;
 use crate::train::standardize::{Standardization, StandardizedHead};
 use anyhow::Result;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// The classifier's tensors among the parameters.
 pub const HEAD_WEIGHTS: &str = "final_weights";
@@ -153,31 +150,15 @@ impl TrainableNetwork {
         self.parameters.iter().map(Parameter::count).sum()
     }
 
-    /// The forward convs that compute the blocks' stride-1 input gradients
-    /// (gpu::backward::input_grad_conv; none for the convs reading the
-    /// cut), at batch 1, one per tuning shape.
-    fn input_gradient_convs(&self) -> TuningWork {
-        let graph = &self.blocks.graph;
-        let cut = graph.ops[0].input();
-        let mut seen = HashSet::new();
-        let convs = (graph.ops.iter())
-            .filter_map(|op| op.as_conv())
-            .filter(|c| c.input.tensor != cut)
-            .filter_map(|c| input_grad_conv(&conv_params(graph, &c, 1)))
-            .filter(|p| seen.insert(shape_key(p)))
-            .collect();
-        TuningWork {
-            convs,
-            ..Default::default()
-        }
-    }
-
     /// On a device's first fine-tuning of these blocks, times the forward
     /// conv variants on each input-gradient conv shape the engine's tuning
     /// has not measured, and caches the choices with the engine's
     /// (RETRAIN_TUNE=0 skips this, as it does the engine's).
     pub fn tune_on_first_use(&mut self, gpu: &Gpu) -> Result<()> {
-        let work = self.input_gradient_convs();
+        let work = TuningWork {
+            convs: self.blocks.input_gradient_convs(),
+            ..Default::default()
+        };
         let skip = std::env::var("RETRAIN_TUNE").is_ok_and(|v| v == "0");
         if skip || self.tuning.covers(&work) {
             return Ok(());
