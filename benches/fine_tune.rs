@@ -26,7 +26,7 @@ use retrain::train::standardize::{Standardization, StandardizedHead};
 use std::collections::BTreeMap;
 
 mod common;
-use common::{gemm_ceiling, wall_secs};
+use common::{gemm_ceiling, median, wall_secs};
 
 fn main() {
     let gpu = Gpu::new().expect("a GPU adapter");
@@ -160,9 +160,4 @@ fn alternating_secs(mut a: impl FnMut(), mut b: impl FnMut()) -> (Vec<f64>, Vec<
         tb.push(time(&mut b));
     }
     (ta, tb)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }

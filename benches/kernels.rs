@@ -38,18 +38,13 @@ use retrain::model::Architecture;
 use serde_json::{json, Value};
 
 mod common;
-use common::{gemm_ceiling, wall_secs};
+use common::{gemm_ceiling, median, wall_secs};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
 fn env_u32(name: &str) -> Option<u32> {
     std::env::var(name).ok().and_then(|s| s.parse().ok())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Per-label GPU seconds and FLOPs of a forward pass at `batch` (median of 3 profiles).
