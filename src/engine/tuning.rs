@@ -5,7 +5,7 @@
 use super::{max_batch, Engine, Merging};
 use crate::gpu::lowering::{conv_params, depthwise_params};
 use crate::gpu::params::ConvParams;
-use crate::gpu::tuning::{depthwise_key, merge_key, shape_key, TuningWork};
+use crate::gpu::tuning::{depthwise_key, merge_key, shape_key, tuning_disabled, TuningWork};
 use crate::model::graph::Op;
 use crate::model::merge::{merge, sibling_groups, SiblingGroup};
 use crate::progress::progress_bar;
@@ -135,7 +135,7 @@ impl Engine {
     /// fastest (RETRAIN_TUNE=0 skips this and runs with the defaults for the
     /// adapter's kind, unmerged).
     pub fn tune_on_first_use(&mut self) -> Result<()> {
-        if self.is_tuned() || std::env::var("RETRAIN_TUNE").is_ok_and(|v| v == "0") {
+        if self.is_tuned() || tuning_disabled() {
             return Ok(());
         }
         log::info!(

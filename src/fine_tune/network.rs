@@ -9,7 +9,7 @@ use super::settings::{FineTuneSettings, Rule};
 use crate::gpu::backward::{optimizer_uniform, padded, BackwardKernels, OptimizerBuffers};
 use crate::gpu::kernels::{submit, Dispatch, Kernels};
 use crate::gpu::params::OptimizerParams;
-use crate::gpu::tuning::{Tuning, TuningWork};
+use crate::gpu::tuning::{tuning_disabled, Tuning, TuningWork};
 use crate::gpu::Gpu;
 use crate::model::weights::{Tensor, WeightFile};
 use crate::progress::progress_bar;
@@ -159,8 +159,7 @@ impl TrainableNetwork {
             convs: self.blocks.input_gradient_convs(),
             ..Default::default()
         };
-        let skip = std::env::var("RETRAIN_TUNE").is_ok_and(|v| v == "0");
-        if skip || self.tuning.covers(&work) {
+        if tuning_disabled() || self.tuning.covers(&work) {
             return Ok(());
         }
         log::info!("Tuning the conv kernels for the input gradients (once for this device)");

@@ -247,6 +247,12 @@ impl Tuning {
     }
 }
 
+/// Whether the user asked for no tuning (RETRAIN_TUNE=0): kernels then run
+/// with what is cached, else the defaults.
+pub fn tuning_disabled() -> bool {
+    std::env::var("RETRAIN_TUNE").is_ok_and(|v| v == "0")
+}
+
 /// Before measuring: register tiles for CPU drivers (sharing weights through
 /// the subgroup where it can), workgroup tiles for GPUs.
 pub fn default_variant(gpu: &Gpu) -> ConvVariant {
