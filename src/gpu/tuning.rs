@@ -79,6 +79,9 @@ impl TuningWork {
 /// also keeps tensors alive longer, and timings this close are noise.
 const MERGE_GAIN: f64 = 0.05;
 
+/// Timed rounds per candidate after the warm-up; each candidate keeps its best.
+const TIMING_ROUNDS: usize = 2;
+
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 pub struct Tuning {
     /// Adapter, driver and engine version the choices were measured on.
@@ -231,11 +234,19 @@ impl Tuning {
         let whole = merged_params(parts);
         let (variant, merged) = fastest(gpu, kernels, &whole)?;
         self.choices.entry(shape_key(&whole)).or_insert(variant);
-        let mut apart = 0.0;
-        for p in parts {
-            let buffers = TimingBuffers::new(gpu, p);
-            apart += time_variant(gpu, kernels, p, self.variant(gpu, p), buffers.all())?;
-        }
+        let buffers: Vec<TimingBuffers> =
+            parts.iter().map(|p| TimingBuffers::new(gpu, p)).collect();
+        let each: Vec<((), Dispatch)> = parts
+            .iter()
+            .zip(&buffers)
+            .map(|(p, b)| {
+                (
+                    (),
+                    conv_dispatch(kernels, gpu, p, self.variant(gpu, p), b.all()),
+                )
+            })
+            .collect();
+        let apart = fastest_each(gpu, &each)?.iter().sum::<f64>();
         Ok(merged < (1.0 - MERGE_GAIN) * apart)
     }
 
@@ -271,35 +282,54 @@ pub fn default_variant(gpu: &Gpu) -> ConvVariant {
     }
 }
 
-/// Seconds one dispatch of conv `p` with `variant` takes on `buffers`
-/// (input, weights, bias, output): the best of 2 after a warm-up.
-fn time_variant(
-    gpu: &Gpu,
+/// Conv `p` with `variant` on `buffers` (input, weights, bias, output),
+/// without the residual read (the same for every variant).
+fn conv_dispatch(
     kernels: &Kernels,
+    gpu: &Gpu,
     p: &ConvParams,
     variant: ConvVariant,
     [input, weights, bias, output]: [&wgpu::Buffer; 4],
-) -> Result<f64> {
-    // The residual read is the same for every variant: timed without it.
+) -> Dispatch {
     let p = &ConvParams { residual: 0, ..*p };
-    time_dispatch(
-        gpu,
-        &kernels.conv2d(gpu, p, variant, input, (weights, bias), output, None),
-    )
+    kernels.conv2d(gpu, p, variant, input, (weights, bias), output, None)
 }
 
-/// Seconds one dispatch takes: the best of 2 after a warm-up.
-fn time_dispatch(gpu: &Gpu, d: &Dispatch) -> Result<f64> {
-    let run = || -> Result<f64> {
-        let t = Instant::now();
-        submit(gpu, &[d]);
-        gpu.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .context("device lost while tuning")?;
-        Ok(t.elapsed().as_secs_f64())
-    };
-    run()?;
-    Ok(run()?.min(run()?))
+/// Of `candidates` (each a choice and its dispatch), the fastest and its seconds.
+fn fastest_of<T: Copy>(gpu: &Gpu, candidates: &[(T, Dispatch)]) -> Result<(T, f64)> {
+    let times = fastest_each(gpu, candidates)?;
+    let (i, t) = times
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1.total_cmp(b.1))
+        .context("no kernel candidate fits this conv")?;
+    Ok((candidates[i].0, *t))
+}
+
+/// Each dispatch's seconds: a warm-up round, then the best of TIMING_ROUNDS
+/// rounds that each run every dispatch once, so that a spell of other load
+/// on the machine slows every candidate alike instead of spoiling one.
+fn fastest_each<T>(gpu: &Gpu, candidates: &[(T, Dispatch)]) -> Result<Vec<f64>> {
+    let mut best = vec![f64::INFINITY; candidates.len()];
+    for round in 0..=TIMING_ROUNDS {
+        for ((_, d), best) in candidates.iter().zip(&mut best) {
+            let t = time_once(gpu, d)?;
+            if round > 0 {
+                *best = best.min(t);
+            }
+        }
+    }
+    Ok(best)
+}
+
+/// Seconds one run of a dispatch takes, waited for.
+fn time_once(gpu: &Gpu, d: &Dispatch) -> Result<f64> {
+    let t = Instant::now();
+    submit(gpu, &[d]);
+    gpu.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .context("device lost while tuning")?;
+    Ok(t.elapsed().as_secs_f64())
 }
 
 /// The fastest workgroup size for depthwise conv `p`, each timed on the same buffers.
@@ -309,15 +339,16 @@ fn fastest_depthwise(gpu: &Gpu, kernels: &Kernels, p: &DepthwiseParams) -> Resul
     let weights = buffer("tuning weights", p.kernel_h * p.kernel_w * p.channels);
     let bias = buffer("tuning bias", p.channels);
     let output = buffer("tuning output", p.batch * p.out_h * p.out_w * p.out_stride);
-    let mut best = (256, f64::INFINITY);
-    for group in DEPTHWISE_GROUPS {
-        let d = kernels.depthwise(gpu, p, group, &input, (&weights, &bias), &output);
-        let t = time_dispatch(gpu, &d)?;
-        if t < best.1 {
-            best = (group, t);
-        }
-    }
-    Ok(best.0)
+    let candidates: Vec<(u32, Dispatch)> = DEPTHWISE_GROUPS
+        .into_iter()
+        .map(|group| {
+            (
+                group,
+                kernels.depthwise(gpu, p, group, &input, (&weights, &bias), &output),
+            )
+        })
+        .collect();
+    Ok(fastest_of(gpu, &candidates)?.0)
 }
 
 /// The conv a group of sibling 1×1 convs merges into: all their output
@@ -352,18 +383,13 @@ impl TimingBuffers {
     }
 }
 
-/// The fastest candidate for conv `p` and its time, all timed on the same buffers.
+/// The fastest candidate for conv `p` and its seconds, all timed on the same buffers.
 fn fastest(gpu: &Gpu, kernels: &Kernels, p: &ConvParams) -> Result<(ConvVariant, f64)> {
     let buffers = TimingBuffers::new(gpu, p);
-    let mut best = (ConvVariant::Tiled, f64::INFINITY);
-    for v in ConvVariant::CANDIDATES
+    let candidates: Vec<(ConvVariant, Dispatch)> = ConvVariant::CANDIDATES
         .into_iter()
         .filter(|v| v.fits(p, gpu))
-    {
-        let t = time_variant(gpu, kernels, p, v, buffers.all())?;
-        if t < best.1 {
-            best = (v, t);
-        }
-    }
-    Ok(best)
+        .map(|v| (v, conv_dispatch(kernels, gpu, p, v, buffers.all())))
+        .collect();
+    fastest_of(gpu, &candidates)
 }
