@@ -5,6 +5,7 @@
 //! fine-tuned blocks, `classify` reproduces the final test's predictions, and
 //! bad fine-tuning flags are refused before any work.
 
+use retrain::data::dataset::{assign_set, Set};
 use retrain::head::Classifier;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -387,19 +388,40 @@ const FINE_TUNE: &[&str] = &[
     "0",
 ];
 
+/// A file name FINE_TUNE's split puts among the test images of class `class`.
+fn test_image_name(class: &str) -> String {
+    (0..)
+        .map(|i| format!("zz_corrupt_{i}.jpg"))
+        .find(|name| {
+            let path = format!("images/{class}/{name}");
+            assign_set(&path, 25.0, 25.0) == Set::Testing
+        })
+        .unwrap()
+}
+
 #[test]
 fn fine_tuning_trains_exports_and_classifies_as_tested() {
     let dir = tempfile::tempdir().unwrap();
     example_folder(dir.path(), 16);
+    // Test images run only at the end when fine-tuning: an unreadable one is skipped then.
+    let corrupt = test_image_name("normal");
+    std::fs::write(
+        dir.path().join("images/normal").join(&corrupt),
+        b"not a jpeg",
+    )
+    .unwrap();
     let o = retrain(dir.path(), FINE_TUNE);
     assert!(o.status.success(), "{}", stderr(&o));
     let log = stderr(&o);
     assert!(log.contains("Fine-tuning from mixed9 up"), "{log}");
     assert!(!log.contains("--fine-tune may raise accuracy"), "{log}");
+    assert!(log.contains("test images run at the end"), "{log}");
+    assert!(log.contains(&format!("{corrupt}: ")), "{log}");
 
     let out = dir.path().join("retrain-output");
     let metrics: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["images"]["skipped"], 1, "{}", metrics["images"]);
     let f = &metrics["fine_tuning"];
     assert_eq!(f["from"], "mixed9");
     assert_eq!(f["cut"], "mixed8");
@@ -432,6 +454,13 @@ fn fine_tuning_trains_exports_and_classifies_as_tested() {
 
     // classify on the saved model gives the final test's probabilities.
     let predictions = metrics["final"]["test"]["predictions"].as_array().unwrap();
+    assert_eq!(
+        Some(predictions.len() as u64),
+        metrics["images"]["testing"].as_u64()
+    );
+    assert!(predictions
+        .iter()
+        .all(|p| !p["path"].as_str().unwrap().contains(&corrupt)));
     let mut args = vec!["classify".to_string(), "--json".into(), "--graph".into()];
     args.push(model.to_string_lossy().into());
     let mut expected = HashMap::new();

@@ -1,7 +1,9 @@
 //! Every image's bottleneck — and, when fine-tuning, the training and
 //! validation images' activations at the cut — read from the cache, or
 //! computed on the GPU in batches (decoding one batch ahead, one pass for
-//! both) and cached at once, so an interrupted run loses nothing.
+//! both) and cached at once, so an interrupted run loses nothing. The test
+//! images' can wait for the end of the run (`TestImages::Later`), when it is
+//! known which network they go through.
 
 use crate::data::bottleneck_cache::BottleneckCache;
 use crate::data::claims::{self, Claim, Held};
@@ -33,9 +35,22 @@ pub struct Bottlenecks {
     pub dim: usize,
     pub computed: usize,
     pub skipped: usize,
+    /// Test images left for `refresh` (TestImages::Later).
+    pub deferred: usize,
     /// Each example's activations at the fine-tuning cut (training and
     /// validation images, when asked for).
     pub cut: Vec<Option<Vec<f16>>>,
+}
+
+/// When the test images' bottlenecks are computed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TestImages {
+    /// With the others.
+    Now,
+    /// By `refresh` at the end (those not cached; until then their rows hold
+    /// NaN): fine-tuning tests through the fine-tuned network when it wins,
+    /// so computing them through the base network first could be wasted.
+    Later,
 }
 
 /// The activations at a fine-tuning cut, gathered with the bottlenecks.
@@ -79,12 +94,14 @@ pub fn gather(
     cache: &BottleneckCache,
     dataset: &Dataset,
     cut: Option<&CutRequest>,
+    test_images: TestImages,
 ) -> Result<Bottlenecks> {
     let dim = engine.bottleneck_size();
     let mut examples = Vec::new();
     let mut vectors: Vec<Option<Vec<f32>>> = Vec::new();
     let mut cuts: Vec<Option<Vec<f16>>> = Vec::new();
     let mut pending = Vec::new();
+    let mut deferred = 0;
     for (c, class) in dataset.classes.iter().enumerate() {
         for image in &class.images {
             let entry = match cache.entry_path(&class.folder, &image.path) {
@@ -106,11 +123,15 @@ pub fn gather(
                 }
                 _ => None,
             };
-            let vector = cached(cache, &entry, dim);
+            let mut vector = cached(cache, &entry, dim);
             let cut_values = match (cut, &cut_entry) {
                 (Some(c), Some(e)) => cached(&c.cache, e, c.size).map(|v| to_f16(&v)),
                 _ => None,
             };
+            if vector.is_none() && image.set == Set::Testing && test_images == TestImages::Later {
+                vector = Some(vec![f32::NAN; dim]);
+                deferred += 1;
+            }
             if vector.is_none() || cut_entry.is_some() && cut_values.is_none() {
                 pending.push(Pending {
                     index,
@@ -149,19 +170,23 @@ pub fn gather(
         dim,
         computed,
         skipped,
+        deferred,
         cut: kept_cuts,
     })
 }
 
 /// Replaces the bottlenecks of examples `rows` with `engine`'s (another
-/// network, e.g. the fine-tuned one), read from `cache` or computed and cached.
+/// network, e.g. the fine-tuned one, or the same one for test images left
+/// for later), read from `cache` or computed and cached. Returns the rows
+/// whose images could be read (the others are warned about and counted as
+/// skipped).
 pub fn refresh(
     engine: &mut Engine,
     cache: &BottleneckCache,
     dataset: &Dataset,
     b: &mut Bottlenecks,
     rows: &[u32],
-) -> Result<()> {
+) -> Result<Vec<u32>> {
     let dim = b.dim;
     let entries = (rows.iter())
         .map(|&r| {
@@ -171,16 +196,17 @@ pub fn refresh(
         })
         .collect::<Result<Vec<_>>>()?;
     let (mut vectors, _) = read_or_compute(engine, cache, &b.examples, entries)?;
+    let mut read = Vec::with_capacity(rows.len());
     for &r in rows {
-        let Some(v) = vectors[r as usize].take() else {
-            anyhow::bail!(
-                "{} could not be read again",
-                b.examples[r as usize].path.display()
-            );
-        };
-        b.features[r as usize * dim..(r as usize + 1) * dim].copy_from_slice(&v);
+        match vectors[r as usize].take() {
+            Some(v) => {
+                b.features[r as usize * dim..(r as usize + 1) * dim].copy_from_slice(&v);
+                read.push(r);
+            }
+            None => b.skipped += 1,
+        }
     }
-    Ok(())
+    Ok(read)
 }
 
 /// The bottleneck cache in `dir` for what `engine` computes (its weights,

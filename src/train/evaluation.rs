@@ -7,12 +7,26 @@ use super::bottlenecks::Bottlenecks;
 use crate::gpu::Gpu;
 use crate::head::classifier::Classifier;
 use crate::progress::progress_bar;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Test rows per head invocation: bounds the buffers of a large test split.
 const ROWS_PER_BATCH: usize = 256;
+
+/// An error naming the first of `rows` whose bottleneck holds a value that is not a number.
+fn all_finite(b: &Bottlenecks, rows: &[u32]) -> Result<()> {
+    match rows
+        .iter()
+        .find(|&&r| b.row(r as usize).iter().any(|v| !v.is_finite()))
+    {
+        Some(&r) => bail!(
+            "the network's output for {} is not a number: are the weights damaged?",
+            b.examples[r as usize].path.display()
+        ),
+        None => Ok(()),
+    }
+}
 
 /// The classifier on the test rows, exactly as `classify` would run it on
 /// the same bottlenecks; None without test images.
@@ -27,6 +41,7 @@ pub fn final_test(
         log::warn!("no test images: skipping the final evaluation");
         return Ok(None);
     }
+    all_finite(b, test_rows)?;
     let classes = classifier.labels.len();
     let batch = ROWS_PER_BATCH.min(test_rows.len());
     let mut predictor = classifier.predictor(gpu, batch as u32)?;
@@ -37,6 +52,15 @@ pub fn final_test(
             .iter()
             .flat_map(|&r| b.row(r as usize).iter().copied())
             .collect();
+        if let Some(k) = features
+            .chunks(b.dim)
+            .position(|f| f.iter().any(|v| !v.is_finite()))
+        {
+            bail!(
+                "the network's output for {} is not a number: are the weights damaged?",
+                b.examples[rows[k] as usize].path.display()
+            );
+        }
         let probabilities = predictor.probabilities(gpu, &features)?;
         for (&r, p) in rows.iter().zip(probabilities.chunks(classes)) {
             let example = &b.examples[r as usize];
@@ -186,5 +210,26 @@ mod tests {
         assert_eq!(r.accuracy, 0.6);
         assert_eq!(r.precision, vec![Some(2.0 / 3.0), Some(0.5)]);
         assert_eq!(r.recall, vec![Some(2.0 / 3.0), Some(0.5)]);
+    }
+
+    #[test]
+    fn a_bottleneck_that_is_not_a_number_is_an_error_naming_its_image() {
+        let example = |name: &str| crate::train::bottlenecks::Example {
+            class: 0,
+            set: crate::data::dataset::Set::Testing,
+            path: name.into(),
+        };
+        let b = Bottlenecks {
+            examples: vec![example("a.jpg"), example("b.jpg")],
+            features: vec![0.5, 1.0, 2.0, f32::NAN],
+            dim: 2,
+            computed: 2,
+            skipped: 0,
+            deferred: 0,
+            cut: vec![None, None],
+        };
+        assert!(all_finite(&b, &[0]).is_ok());
+        let e = all_finite(&b, &[0, 1]).unwrap_err().to_string();
+        assert!(e.contains("b.jpg") && e.contains("not a number"), "{e}");
     }
 }

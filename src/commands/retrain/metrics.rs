@@ -81,7 +81,7 @@ impl Run<'_> {
             images: image_counts(self.labels, sets, b.skipped),
             bottlenecks: BottleneckCounts {
                 computed: b.computed,
-                from_cache: b.examples.len() - b.computed,
+                from_cache: b.examples.len() - b.computed - b.deferred,
             },
             fine_tuning: None,
             sweep: SweepMetrics {

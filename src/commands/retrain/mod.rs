@@ -12,6 +12,7 @@ pub use config::training_config;
 
 use crate::cli::TrainArgs;
 use crate::convert::default_weights;
+use crate::data::bottleneck_cache::BottleneckCache;
 use crate::data::dataset::Dataset;
 use crate::engine::Engine;
 use crate::gpu::Gpu;
@@ -22,7 +23,7 @@ use crate::report::run_metrics::{BaseWeights, RunMetrics, Timings, METRICS_FILE}
 use crate::report::statistics::wilson_interval;
 use crate::report::{self, REPORT_FILE};
 use crate::train::batches::CachedBatches;
-use crate::train::bottlenecks::{self, Bottlenecks};
+use crate::train::bottlenecks::{self, Bottlenecks, TestImages};
 use crate::train::config::TrainingConfig;
 use crate::train::distorted::DistortedBatches;
 use crate::train::evaluation::final_test;
@@ -31,7 +32,7 @@ use crate::train::rows::{eval_rows, split_rows, TrainingData};
 use crate::train::training_loop::{initial_heads, train_heads, Observers, Progress, Trained};
 use anyhow::{Context, Result};
 use rand::{rngs::StdRng, SeedableRng};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -62,15 +63,25 @@ pub fn run(args: &TrainArgs) -> Result<()> {
 
     let t = Instant::now();
     let cut = fine_tune.as_ref().map(|f| f.cut_request(&cache));
-    let mut b = bottlenecks::gather(&mut engine, &cache, &dataset, cut.as_ref())?;
+    let test_images = match fine_tune {
+        Some(_) => TestImages::Later,
+        None => TestImages::Now,
+    };
+    let mut b = bottlenecks::gather(&mut engine, &cache, &dataset, cut.as_ref(), test_images)?;
     let bottleneck_secs = t.elapsed().as_secs_f64();
     log::info!(
         "Bottlenecks: {} from the cache, {} computed, {} unreadable images skipped ({bottleneck_secs:.1} s)",
-        b.examples.len() - b.computed,
+        b.examples.len() - b.computed - b.deferred,
         b.computed,
         b.skipped
     );
-    let sets = split_rows(&b, &dataset, image_dir)?;
+    if b.deferred > 0 {
+        log::info!(
+            "{} test images run at the end, through the fine-tuned network if it beats the frozen head",
+            b.deferred
+        );
+    }
+    let mut sets = split_rows(&b, &dataset, image_dir)?;
 
     let seed = args.seed.unwrap_or_else(rand::random);
     log::info!(
@@ -108,7 +119,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let fine_tuning_secs = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let test_rows = eval_rows(&mut rng, &sets[2], args.test_batch_size);
+    let mut test_rows = eval_rows(&mut rng, &sets[2], args.test_batch_size);
     if !classifier.fine_tuned.is_empty() {
         // The test runs the fine-tuned network from the images, as `classify` will.
         let file = WeightFile::open(&weights_path)?.with_replaced(&classifier.fine_tuned)?;
@@ -116,8 +127,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         let input = engine.input_size();
         drop(engine);
         engine = Engine::new(gpu, &file, Some(input))?;
+    }
+    if test_images == TestImages::Later {
         let cache = bottlenecks::cache_for(&engine, &args.bottleneck_dir);
-        bottlenecks::refresh(&mut engine, &cache, &dataset, &mut b, &test_rows)?;
+        let test = (&mut sets[2][..], test_rows);
+        test_rows = test_through(&mut engine, &cache, &dataset, &mut b, test)?;
     }
     let gpu = &engine.gpu;
     let print_misclassified = args.print_misclassified_test_images;
@@ -157,6 +171,25 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     report::write(&metrics, &report_path)?;
     say_what_next(&metrics, args, &report_path, started);
     Ok(())
+}
+
+/// The bottlenecks of `test_rows` through `engine`, read from `cache` or
+/// computed; rows whose images cannot be read leave the test set. Returns
+/// the rows to test.
+fn test_through(
+    engine: &mut Engine,
+    cache: &BottleneckCache,
+    dataset: &Dataset,
+    b: &mut Bottlenecks,
+    (test_set, test_rows): (&mut [Vec<u32>], Vec<u32>),
+) -> Result<Vec<u32>> {
+    let read = bottlenecks::refresh(engine, cache, dataset, b, &test_rows)?;
+    let readable: HashSet<&u32> = read.iter().collect();
+    let unreadable: HashSet<&u32> = test_rows.iter().filter(|r| !readable.contains(r)).collect();
+    for rows in test_set {
+        rows.retain(|r| !unreadable.contains(r));
+    }
+    Ok(read)
 }
 
 /// The base weights (the default ones fetched on first use), their file, and
