@@ -124,6 +124,10 @@ def main():
     p.add_argument('--head', default='standardised', choices=['standardised', 'folded', 'fresh'])
     p.add_argument('--folds', type=int, default=5)
     p.add_argument('--frozen-only', action='store_true')
+    p.add_argument('--flip', type=float, default=0.0,
+                   help='share of training images whose cut activations are mirrored left-right')
+    p.add_argument('--head-lr', type=float, default=1.0, help="the head's learning rate over the blocks'")
+    p.add_argument('--smooth', type=float, default=0.0, help='label smoothing')
     a = p.parse_args()
     torch.set_num_threads(os.cpu_count())
     cuts, bottlenecks, labels = dataset(a.cache)
@@ -161,8 +165,10 @@ def main():
             hw, hb = nn.Parameter(start[0].clone()), nn.Parameter(start[1].clone())
             head = lambda f: ((f - mu) / sd) @ hw + hb
         named = list(net.named_parameters())
-        groups = [{'params': [q for n, q in named if n.endswith('weight')] + [hw], 'weight_decay': a.wd},
-                  {'params': [q for n, q in named if n.endswith('bias')] + [hb], 'weight_decay': 0.0}]
+        groups = [{'params': [q for n, q in named if n.endswith('weight')], 'weight_decay': a.wd, 'scale': 1.0},
+                  {'params': [q for n, q in named if n.endswith('bias')], 'weight_decay': 0.0, 'scale': 1.0},
+                  {'params': [hw], 'weight_decay': a.wd, 'scale': a.head_lr},
+                  {'params': [hb], 'weight_decay': 0.0, 'scale': a.head_lr}]
         opt = (torch.optim.AdamW(groups, lr=a.lr) if a.opt == 'adam'
                else torch.optim.SGD(groups, lr=a.lr, momentum=0.9))
         steps = len(tr) // a.batch
@@ -176,9 +182,15 @@ def main():
                 lr = (a.lr * (step + 1) / warm if step < warm else
                       a.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1))))
                 for group in opt.param_groups:
-                    group['lr'] = lr
-                f = F.dropout(net(X[rows]), a.dropout, True)
-                loss = F.cross_entropy(head(f), Y[rows])
+                    group['lr'] = lr * group['scale']
+                x = X[rows]
+                if a.flip > 0:
+                    side = int(round(math.sqrt(x.shape[1] / 1280)))
+                    v = x.view(-1, side, side, 1280)
+                    mirrored = torch.rand(len(rows), generator=g) < a.flip
+                    x = torch.where(mirrored[:, None, None, None], v.flip(2), v).reshape(len(rows), -1)
+                f = F.dropout(net(x), a.dropout, True)
+                loss = F.cross_entropy(head(f), Y[rows], label_smoothing=a.smooth)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
