@@ -388,13 +388,14 @@ const FINE_TUNE: &[&str] = &[
     "0",
 ];
 
-/// A file name FINE_TUNE's split puts among the test images of class `class`.
-fn test_image_name(class: &str) -> String {
+/// A file name that a split with these percentages puts among the test
+/// images of class `class`.
+fn test_image_name(class: &str, validation_pct: f64, testing_pct: f64) -> String {
     (0..)
         .map(|i| format!("zz_corrupt_{i}.jpg"))
         .find(|name| {
             let path = format!("images/{class}/{name}");
-            assign_set(&path, 25.0, 25.0) == Set::Testing
+            assign_set(&path, validation_pct, testing_pct) == Set::Testing
         })
         .unwrap()
 }
@@ -404,7 +405,7 @@ fn fine_tuning_trains_exports_and_classifies_as_tested() {
     let dir = tempfile::tempdir().unwrap();
     example_folder(dir.path(), 16);
     // Test images run only at the end when fine-tuning: an unreadable one is skipped then.
-    let corrupt = test_image_name("normal");
+    let corrupt = test_image_name("normal", 25.0, 25.0);
     std::fs::write(
         dir.path().join("images/normal").join(&corrupt),
         b"not a jpeg",
@@ -422,6 +423,8 @@ fn fine_tuning_trains_exports_and_classifies_as_tested() {
     let metrics: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["images"]["skipped"], 1, "{}", metrics["images"]);
+    let at_test = metrics["bottlenecks"]["at_final_test"].as_u64().unwrap();
+    assert_eq!(at_test, metrics["images"]["testing"].as_u64().unwrap() + 1);
     let f = &metrics["fine_tuning"];
     assert_eq!(f["from"], "mixed9");
     assert_eq!(f["cut"], "mixed8");
@@ -531,9 +534,11 @@ fn bad_fine_tuning_flags_are_refused_before_any_work() {
 }
 
 #[test]
-fn fine_tuning_with_distortions_runs_the_frozen_part_on_each_batch() {
+fn fine_tuning_with_distortions_runs_the_frozen_part_on_each_batch_and_tests_at_the_end() {
     let dir = tempfile::tempdir().unwrap();
     example_folder(dir.path(), 6);
+    let corrupt = test_image_name("broken", 10.0, 30.0);
+    std::fs::write(dir.path().join("images/broken").join(&corrupt), b"not a jpeg").unwrap();
     let args = [
         "--image-dir",
         "images",
@@ -553,6 +558,11 @@ fn fine_tuning_with_distortions_runs_the_frozen_part_on_each_batch() {
         "4",
         "--seed",
         "2",
+        "--testing-percentage",
+        "30",
+        // A sample drawn with replacement: rows repeat.
+        "--test-batch-size",
+        "9",
     ];
     let o = retrain(dir.path(), &args);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -561,6 +571,8 @@ fn fine_tuning_with_distortions_runs_the_frozen_part_on_each_batch() {
         log.contains("every step runs its images through the frozen part up to mixed8"),
         "{log}"
     );
+    assert!(log.contains(&format!("{corrupt}: ")), "{log}");
+    assert!(!log.contains("another process"), "{log}");
     let metrics: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("retrain-output/metrics.json")).unwrap(),
     )
@@ -569,4 +581,14 @@ fn fine_tuning_with_distortions_runs_the_frozen_part_on_each_batch() {
         metrics["fine_tuning"]["epochs"].as_array().unwrap().len(),
         2
     );
+    // The unreadable test image is skipped once and left out of the test
+    // set; the sample of 9 is drawn from the readable ones.
+    let images = &metrics["images"];
+    assert_eq!(images["skipped"], 1, "{images}");
+    let testing = images["testing"].as_u64().unwrap();
+    assert_eq!(metrics["bottlenecks"]["at_final_test"].as_u64(), Some(testing + 1));
+    let test = &metrics["final"]["test"];
+    assert_eq!(test["n"], 9, "{test}");
+    let predictions = test["predictions"].as_array().unwrap();
+    assert!(predictions.iter().all(|p| !p["path"].as_str().unwrap().contains(&corrupt)));
 }

@@ -127,6 +127,9 @@ pub struct ClassCounts {
 pub struct BottleneckCounts {
     pub computed: usize,
     pub from_cache: usize,
+    /// Test images left for the final test (fine-tuning), read or computed then.
+    #[serde(default)]
+    pub at_final_test: usize,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -133,8 +133,12 @@ fn facts_table(m: &RunMetrics) -> String {
         (
             "time",
             format!(
-                "{:.1} s in all: bottlenecks {:.1} s ({} computed, {} cached), training {:.1} s, fine-tuning {:.1} s, test {:.1} s, the rest {:.1} s",
+                "{:.1} s in all: bottlenecks {:.1} s ({} computed, {} cached{}), training {:.1} s, fine-tuning {:.1} s, test {:.1} s, the rest {:.1} s",
                 t.total, t.bottlenecks, m.bottlenecks.computed, m.bottlenecks.from_cache,
+                match m.bottlenecks.at_final_test {
+                    0 => String::new(),
+                    n => format!(", the {n} test images' at the test"),
+                },
                 t.training, t.fine_tuning, t.evaluation, other
             ),
         ),

@@ -16,7 +16,7 @@ use crate::progress::progress_bar;
 use anyhow::Result;
 use half::f16;
 use indicatif::ProgressBar;
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -178,8 +178,7 @@ pub fn gather(
 /// Replaces the bottlenecks of examples `rows` with `engine`'s (another
 /// network, e.g. the fine-tuned one, or the same one for test images left
 /// for later), read from `cache` or computed and cached. Returns the rows
-/// whose images could be read (the others are warned about and counted as
-/// skipped).
+/// whose images could be read, once each (the others are counted as skipped).
 pub fn refresh(
     engine: &mut Engine,
     cache: &BottleneckCache,
@@ -188,7 +187,8 @@ pub fn refresh(
     rows: &[u32],
 ) -> Result<Vec<u32>> {
     let dim = b.dim;
-    let entries = (rows.iter())
+    let distinct: BTreeSet<u32> = rows.iter().copied().collect();
+    let entries = (distinct.iter())
         .map(|&r| {
             let e = &b.examples[r as usize];
             let entry = cache.entry_path(&dataset.classes[e.class].folder, &e.path)?;
@@ -196,8 +196,8 @@ pub fn refresh(
         })
         .collect::<Result<Vec<_>>>()?;
     let (mut vectors, _) = read_or_compute(engine, cache, &b.examples, entries)?;
-    let mut read = Vec::with_capacity(rows.len());
-    for &r in rows {
+    let mut read = Vec::with_capacity(distinct.len());
+    for r in distinct {
         match vectors[r as usize].take() {
             Some(v) => {
                 b.features[r as usize * dim..(r as usize + 1) * dim].copy_from_slice(&v);

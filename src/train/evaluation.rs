@@ -52,15 +52,6 @@ pub fn final_test(
             .iter()
             .flat_map(|&r| b.row(r as usize).iter().copied())
             .collect();
-        if let Some(k) = features
-            .chunks(b.dim)
-            .position(|f| f.iter().any(|v| !v.is_finite()))
-        {
-            bail!(
-                "the network's output for {} is not a number: are the weights damaged?",
-                b.examples[rows[k] as usize].path.display()
-            );
-        }
         let probabilities = predictor.probabilities(gpu, &features)?;
         for (&r, p) in rows.iter().zip(probabilities.chunks(classes)) {
             let example = &b.examples[r as usize];

@@ -82,6 +82,7 @@ impl Run<'_> {
             bottlenecks: BottleneckCounts {
                 computed: b.computed,
                 from_cache: b.examples.len() - b.computed - b.deferred,
+                at_final_test: b.deferred,
             },
             fine_tuning: None,
             sweep: SweepMetrics {

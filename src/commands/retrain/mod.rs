@@ -119,7 +119,6 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let fine_tuning_secs = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let mut test_rows = eval_rows(&mut rng, &sets[2], args.test_batch_size);
     if !classifier.fine_tuned.is_empty() {
         // The test runs the fine-tuned network from the images, as `classify` will.
         let file = WeightFile::open(&weights_path)?.with_replaced(&classifier.fine_tuned)?;
@@ -130,9 +129,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     }
     if test_images == TestImages::Later {
         let cache = bottlenecks::cache_for(&engine, &args.bottleneck_dir);
-        let test = (&mut sets[2][..], test_rows);
-        test_rows = test_through(&mut engine, &cache, &dataset, &mut b, test)?;
+        test_through(&mut engine, &cache, &dataset, &mut b, &mut sets[2])?;
     }
+    let test_rows = eval_rows(&mut rng, &sets[2], args.test_batch_size);
     let gpu = &engine.gpu;
     let print_misclassified = args.print_misclassified_test_images;
     let report = final_test(gpu, &classifier, &test_rows, &b, print_misclassified)?;
@@ -173,23 +172,21 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The bottlenecks of `test_rows` through `engine`, read from `cache` or
-/// computed; rows whose images cannot be read leave the test set. Returns
-/// the rows to test.
+/// The bottlenecks of every test image through `engine`, read from `cache`
+/// or computed; images that cannot be read leave the test set.
 fn test_through(
     engine: &mut Engine,
     cache: &BottleneckCache,
     dataset: &Dataset,
     b: &mut Bottlenecks,
-    (test_set, test_rows): (&mut [Vec<u32>], Vec<u32>),
-) -> Result<Vec<u32>> {
-    let read = bottlenecks::refresh(engine, cache, dataset, b, &test_rows)?;
-    let readable: HashSet<&u32> = read.iter().collect();
-    let unreadable: HashSet<&u32> = test_rows.iter().filter(|r| !readable.contains(r)).collect();
+    test_set: &mut [Vec<u32>],
+) -> Result<()> {
+    let read = bottlenecks::refresh(engine, cache, dataset, b, &test_set.concat())?;
+    let readable: HashSet<u32> = read.into_iter().collect();
     for rows in test_set {
-        rows.retain(|r| !unreadable.contains(r));
+        rows.retain(|r| readable.contains(r));
     }
-    Ok(read)
+    Ok(())
 }
 
 /// The base weights (the default ones fetched on first use), their file, and
