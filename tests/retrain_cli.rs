@@ -538,7 +538,11 @@ fn fine_tuning_with_distortions_runs_the_frozen_part_on_each_batch_and_tests_at_
     let dir = tempfile::tempdir().unwrap();
     example_folder(dir.path(), 6);
     let corrupt = test_image_name("broken", 10.0, 30.0);
-    std::fs::write(dir.path().join("images/broken").join(&corrupt), b"not a jpeg").unwrap();
+    std::fs::write(
+        dir.path().join("images/broken").join(&corrupt),
+        b"not a jpeg",
+    )
+    .unwrap();
     let args = [
         "--image-dir",
         "images",
@@ -586,9 +590,14 @@ fn fine_tuning_with_distortions_runs_the_frozen_part_on_each_batch_and_tests_at_
     let images = &metrics["images"];
     assert_eq!(images["skipped"], 1, "{images}");
     let testing = images["testing"].as_u64().unwrap();
-    assert_eq!(metrics["bottlenecks"]["at_final_test"].as_u64(), Some(testing + 1));
+    assert_eq!(
+        metrics["bottlenecks"]["at_final_test"].as_u64(),
+        Some(testing + 1)
+    );
     let test = &metrics["final"]["test"];
     assert_eq!(test["n"], 9, "{test}");
     let predictions = test["predictions"].as_array().unwrap();
-    assert!(predictions.iter().all(|p| !p["path"].as_str().unwrap().contains(&corrupt)));
+    assert!(predictions
+        .iter()
+        .all(|p| !p["path"].as_str().unwrap().contains(&corrupt)));
 }
