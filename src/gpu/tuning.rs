@@ -236,17 +236,10 @@ impl Tuning {
         self.choices.entry(shape_key(&whole)).or_insert(variant);
         let buffers: Vec<TimingBuffers> =
             parts.iter().map(|p| TimingBuffers::new(gpu, p)).collect();
-        let each: Vec<((), Dispatch)> = parts
-            .iter()
-            .zip(&buffers)
-            .map(|(p, b)| {
-                (
-                    (),
-                    conv_dispatch(kernels, gpu, p, self.variant(gpu, p), b.all()),
-                )
-            })
+        let each: Vec<Dispatch> = (parts.iter().zip(&buffers))
+            .map(|(p, b)| conv_dispatch(gpu, kernels, p, self.variant(gpu, p), b.all()))
             .collect();
-        let apart = fastest_each(gpu, &each)?.iter().sum::<f64>();
+        let apart = best_times(gpu, &each)?.iter().sum::<f64>();
         Ok(merged < (1.0 - MERGE_GAIN) * apart)
     }
 
@@ -285,8 +278,8 @@ pub fn default_variant(gpu: &Gpu) -> ConvVariant {
 /// Conv `p` with `variant` on `buffers` (input, weights, bias, output),
 /// without the residual read (the same for every variant).
 fn conv_dispatch(
-    kernels: &Kernels,
     gpu: &Gpu,
+    kernels: &Kernels,
     p: &ConvParams,
     variant: ConvVariant,
     [input, weights, bias, output]: [&wgpu::Buffer; 4],
@@ -295,24 +288,24 @@ fn conv_dispatch(
     kernels.conv2d(gpu, p, variant, input, (weights, bias), output, None)
 }
 
-/// Of `candidates` (each a choice and its dispatch), the fastest and its seconds.
-fn fastest_of<T: Copy>(gpu: &Gpu, candidates: &[(T, Dispatch)]) -> Result<(T, f64)> {
-    let times = fastest_each(gpu, candidates)?;
+/// Of `choices`, run by `dispatches` (one each), the fastest and its seconds.
+fn fastest_of<T: Copy>(gpu: &Gpu, choices: &[T], dispatches: &[Dispatch]) -> Result<(T, f64)> {
+    let times = best_times(gpu, dispatches)?;
     let (i, t) = times
         .iter()
         .enumerate()
         .min_by(|a, b| a.1.total_cmp(b.1))
         .context("no kernel candidate fits this conv")?;
-    Ok((candidates[i].0, *t))
+    Ok((choices[i], *t))
 }
 
 /// Each dispatch's seconds: a warm-up round, then the best of TIMING_ROUNDS
 /// rounds that each run every dispatch once, so that a spell of other load
 /// on the machine slows every candidate alike instead of spoiling one.
-fn fastest_each<T>(gpu: &Gpu, candidates: &[(T, Dispatch)]) -> Result<Vec<f64>> {
-    let mut best = vec![f64::INFINITY; candidates.len()];
+fn best_times(gpu: &Gpu, dispatches: &[Dispatch]) -> Result<Vec<f64>> {
+    let mut best = vec![f64::INFINITY; dispatches.len()];
     for round in 0..=TIMING_ROUNDS {
-        for ((_, d), best) in candidates.iter().zip(&mut best) {
+        for (d, best) in dispatches.iter().zip(&mut best) {
             let t = time_once(gpu, d)?;
             if round > 0 {
                 *best = best.min(t);
@@ -339,16 +332,10 @@ fn fastest_depthwise(gpu: &Gpu, kernels: &Kernels, p: &DepthwiseParams) -> Resul
     let weights = buffer("tuning weights", p.kernel_h * p.kernel_w * p.channels);
     let bias = buffer("tuning bias", p.channels);
     let output = buffer("tuning output", p.batch * p.out_h * p.out_w * p.out_stride);
-    let candidates: Vec<(u32, Dispatch)> = DEPTHWISE_GROUPS
-        .into_iter()
-        .map(|group| {
-            (
-                group,
-                kernels.depthwise(gpu, p, group, &input, (&weights, &bias), &output),
-            )
-        })
+    let dispatches: Vec<Dispatch> = (DEPTHWISE_GROUPS.iter())
+        .map(|&group| kernels.depthwise(gpu, p, group, &input, (&weights, &bias), &output))
         .collect();
-    Ok(fastest_of(gpu, &candidates)?.0)
+    Ok(fastest_of(gpu, &DEPTHWISE_GROUPS, &dispatches)?.0)
 }
 
 /// The conv a group of sibling 1×1 convs merges into: all their output
@@ -386,10 +373,11 @@ impl TimingBuffers {
 /// The fastest candidate for conv `p` and its seconds, all timed on the same buffers.
 fn fastest(gpu: &Gpu, kernels: &Kernels, p: &ConvParams) -> Result<(ConvVariant, f64)> {
     let buffers = TimingBuffers::new(gpu, p);
-    let candidates: Vec<(ConvVariant, Dispatch)> = ConvVariant::CANDIDATES
-        .into_iter()
+    let variants: Vec<ConvVariant> = (ConvVariant::CANDIDATES.into_iter())
         .filter(|v| v.fits(p, gpu))
-        .map(|v| (v, conv_dispatch(kernels, gpu, p, v, buffers.all())))
         .collect();
-    fastest_of(gpu, &candidates)
+    let dispatches: Vec<Dispatch> = (variants.iter())
+        .map(|&v| conv_dispatch(gpu, kernels, p, v, buffers.all()))
+        .collect();
+    fastest_of(gpu, &variants, &dispatches)
 }
