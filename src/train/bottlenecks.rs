@@ -178,14 +178,14 @@ pub fn gather(
 /// Replaces the bottlenecks of examples `rows` with `engine`'s (another
 /// network, e.g. the fine-tuned one, or the same one for test images left
 /// for later), read from `cache` or computed and cached. Returns the rows
-/// whose images could be read, once each (the others are counted as skipped).
+/// whose images could be read (the others are counted as skipped).
 pub fn refresh(
     engine: &mut Engine,
     cache: &BottleneckCache,
     dataset: &Dataset,
     b: &mut Bottlenecks,
     rows: &[u32],
-) -> Result<Vec<u32>> {
+) -> Result<BTreeSet<u32>> {
     let dim = b.dim;
     let distinct: BTreeSet<u32> = rows.iter().copied().collect();
     let entries = (distinct.iter())
@@ -196,12 +196,12 @@ pub fn refresh(
         })
         .collect::<Result<Vec<_>>>()?;
     let (mut vectors, _) = read_or_compute(engine, cache, &b.examples, entries)?;
-    let mut read = Vec::with_capacity(distinct.len());
+    let mut read = BTreeSet::new();
     for r in distinct {
         match vectors[r as usize].take() {
             Some(v) => {
                 b.features[r as usize * dim..(r as usize + 1) * dim].copy_from_slice(&v);
-                read.push(r);
+                read.insert(r);
             }
             None => b.skipped += 1,
         }

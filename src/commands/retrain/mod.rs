@@ -32,7 +32,7 @@ use crate::train::rows::{eval_rows, split_rows, TrainingData};
 use crate::train::training_loop::{initial_heads, train_heads, Observers, Progress, Trained};
 use anyhow::{Context, Result};
 use rand::{rngs::StdRng, SeedableRng};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -181,8 +181,7 @@ fn test_through(
     b: &mut Bottlenecks,
     test_set: &mut [Vec<u32>],
 ) -> Result<()> {
-    let read = bottlenecks::refresh(engine, cache, dataset, b, &test_set.concat())?;
-    let readable: HashSet<u32> = read.into_iter().collect();
+    let readable = bottlenecks::refresh(engine, cache, dataset, b, &test_set.concat())?;
     for rows in test_set {
         rows.retain(|r| readable.contains(r));
     }
