@@ -612,8 +612,8 @@ fn small_inception() -> Graph {
     let mut g = Graph::default();
     let x = g.tensor(6, 6, 5);
     g.name("stem", x);
-    let out = g.tensor(6, 6, 3 + 2 + 2 + 3);
-    let [b1, b2a, b2b, bpool] = out.split([3, 2, 2, 3]);
+    let out = g.tensor(6, 6, 3 + 2 + 2 + 3 + 2);
+    let [b1, b2a, b2b, bpool, bcut] = out.split([3, 2, 2, 3, 2]);
     g.conv_into("mixed0/branch1x1", x, b1, (1, 1), 1, Same)
         .unwrap();
     let t = g.conv("mixed0/branch3x3_1", x, 4, (1, 1), 1, Same).unwrap();
@@ -626,6 +626,11 @@ fn small_inception() -> Graph {
     let t = g.conv("mixed0/branch7_2", t, 3, (7, 1), 1, Same).unwrap();
     let t = g.pool(PoolOp::Average, t, 3, 1, Same).unwrap();
     g.conv_into("mixed0/branch_pool", t, bpool, (1, 1), 1, Same)
+        .unwrap();
+    // As mixed9's pool branch: a pool of the block's input, whose gradient
+    // is not needed when the block is the first to train.
+    let t = g.pool(PoolOp::Average, x, 3, 1, Same).unwrap();
+    g.conv_into("mixed0/branch_input_pool", t, bcut, (1, 1), 1, Same)
         .unwrap();
     g.name("mixed0", out);
     let x = out;
@@ -640,6 +645,10 @@ fn small_inception() -> Graph {
     g
 }
 
+fn bottleneck_size(g: &Graph) -> usize {
+    g.shape(g.named("bottleneck").unwrap()).channels as usize
+}
+
 fn random_parameters(g: &Graph, seed: u64) -> Parameters {
     let mut rng = rng(seed);
     let mut vec = |n: usize, scale: f64| -> Vec<f64> {
@@ -652,7 +661,7 @@ fn random_parameters(g: &Graph, seed: u64) -> Parameters {
         let b = vec(l.outputs, 0.3);
         convs.insert(l.name.to_string(), (w, b));
     }
-    let dim = 4 + 10;
+    let dim = bottleneck_size(g);
     let head = (vec(dim * CLASSES, 1.0), vec(CLASSES, 0.3));
     Parameters { convs, head }
 }
@@ -760,7 +769,7 @@ fn weight_file(dir: &std::path::Path, params: &Parameters) -> WeightFile {
         source: "test".into(),
         input_height: 6,
         input_width: 6,
-        bottleneck_size: 14,
+        bottleneck_size: bottleneck_size(&small_inception()) as u32,
         bottleneck_layer: "bottleneck".into(),
         normalization: Normalization::unit(),
         pytorch_padding: false,

@@ -99,18 +99,33 @@ impl TrainableBlocks {
 
     /// The forward convs that compute the blocks' stride-1 input gradients
     /// (gpu::backward::input_grad_conv) at batch 1, one per tuning shape;
-    /// none for the convs reading the cut, whose input gradient is not needed.
+    /// none for convs whose input needs no gradient.
     pub fn input_gradient_convs(&self) -> Vec<ConvParams> {
         let graph = &self.graph;
-        let cut = graph.ops[0].input();
+        let needed = needs_gradient(graph);
         let mut seen = HashSet::new();
         (graph.ops.iter())
             .filter_map(|op| op.as_conv())
-            .filter(|c| c.input.tensor != cut)
+            .filter(|c| needed[c.input.tensor.0])
             .filter_map(|c| input_grad_conv(&conv_params(graph, &c, 1)))
             .filter(|p| seen.insert(shape_key(p)))
             .collect()
     }
+}
+
+/// Per tensor of a graph of trainable ops: whether the backward pass needs
+/// its gradient, i.e. whether a trained conv lies below it. The cut does not,
+/// nor does what the ops compute from the cut alone (mixed9's pool branch
+/// pools mixed8), so no input gradient is computed for the ops reading them.
+pub fn needs_gradient(graph: &Graph) -> Vec<bool> {
+    let mut needed = vec![false; graph.shapes.len()];
+    for op in &graph.ops {
+        let trained = op.as_conv().is_some();
+        if trained || op.inputs().iter().any(|t| needed[t.0]) {
+            needed[op.output().0] = true;
+        }
+    }
+    needed
 }
 
 #[cfg(test)]
@@ -161,5 +176,30 @@ mod tests {
             !keys.contains(&"1x1s1_320to1280_map64".to_string()),
             "{keys:?}"
         );
+    }
+
+    #[test]
+    fn only_tensors_above_a_trained_conv_need_gradients() {
+        let network = inception_v3(299, 299).unwrap();
+        let top = TrainableBlocks::new(&network, DEFAULT_FROM).unwrap();
+        let graph = &top.graph;
+        let needed = needs_gradient(graph);
+        let cut = graph.ops[0].input();
+        assert!(!needed[cut.0]);
+        // mixed9's pool branch: the average pool of mixed8 needs none, its conv's output does.
+        let pools: Vec<&Op> = (graph.ops.iter())
+            .filter(|op| matches!(op, Op::Pool(_)) && op.input() == cut)
+            .collect();
+        assert_eq!(pools.len(), 1);
+        assert!(!needed[pools[0].output().0]);
+        for conv in graph.convs() {
+            assert!(needed[conv.output.tensor.0]);
+        }
+        let features = graph.ops.last().unwrap().output();
+        assert!(needed[features.0]);
+        let no_gradient = (0..graph.shapes.len())
+            .filter(|&t| graph.ops.iter().any(|op| op.output().0 == t) && !needed[t])
+            .count();
+        assert_eq!(no_gradient, 1);
     }
 }
