@@ -16,6 +16,7 @@ use super::params::{
 use super::shader::{self, set_const, swap_block};
 use super::texture_reads::ScratchTextures;
 use bytemuck::Pod;
+use std::sync::Mutex;
 
 /// conv2d_backward.wgsl's TILE: a vec4's channels. input_grad and weight_grad
 /// take twice that per invocation along each channel axis.
@@ -230,6 +231,9 @@ pub struct BackwardKernels {
     classifier_weight_grads: wgpu::ComputePipeline,
     classifier_feature_grads: wgpu::ComputePipeline,
     max_groups: u32,
+    /// Zeros: the bias of the forward convs that compute input gradients,
+    /// shared by all of them and grown to the widest.
+    no_bias: Mutex<Option<wgpu::Buffer>>,
 }
 
 /// The classifier's buffers, by their role in shaders/classifier_train.wgsl.
@@ -294,6 +298,7 @@ impl BackwardKernels {
             classifier_weight_grads: classifier("weight_grads"),
             classifier_feature_grads: classifier("feature_grads"),
             max_groups: gpu.limits.max_compute_workgroups_per_dimension,
+            no_bias: Mutex::default(),
         }
     }
 
@@ -364,7 +369,7 @@ impl BackwardKernels {
         if let (Some((kernels, variant)), Some(g)) = (forward, input_grad_conv(p)) {
             let flip = &pipelines.transpose_flipped;
             let transpose = self.launch(gpu, flip, p, &transpose, blocks);
-            let no_bias = gpu.storage_buffer("no bias", p.in_c.next_multiple_of(4) as u64 * 4);
+            let no_bias = self.no_bias(gpu, p.in_c);
             let weights = (weights_t, &no_bias);
             let gradient = kernels.conv2d(gpu, &g, variant, grad_out, weights, grad_in, None);
             return [transpose, gradient];
@@ -384,6 +389,16 @@ impl BackwardKernels {
         let gradient =
             subgroup.unwrap_or_else(|| self.launch(gpu, &pipelines.input, p, &buffers, count));
         [transpose, gradient]
+    }
+
+    /// A zero bias for `channels` output channels.
+    fn no_bias(&self, gpu: &Gpu, channels: u32) -> wgpu::Buffer {
+        let bytes = channels.next_multiple_of(4) as u64 * 4;
+        let mut zeros = self.no_bias.lock().expect("the zero bias");
+        match zeros.as_ref().filter(|b| b.size() >= bytes) {
+            Some(b) => b.clone(),
+            None => zeros.insert(gpu.storage_buffer("no bias", bytes)).clone(),
+        }
     }
 
     /// grad_weights and grad_bias += the conv's parameter gradients.
