@@ -6,7 +6,7 @@ mod common;
 
 use retrain::convert::default_weights;
 use retrain::engine::Engine;
-use retrain::gpu::tuning::Tuning;
+use retrain::gpu::tuning::{default_variant, Tuning};
 use retrain::gpu::Gpu;
 use retrain::model::weights::WeightFile;
 use retrain::model::Architecture;
@@ -54,6 +54,31 @@ fn tuning_is_cached_per_device_and_changes_no_result() {
         engine.merged_groups(),
         "and merges as measured"
     );
+
+    // Timed whole against the defaults (what a first use does after tuning).
+    let (tuned, defaults) = engine.time_against_defaults().unwrap();
+    assert!(tuned > 0.0 && defaults > 0.0, "{tuned} {defaults}");
+    // Keeping the defaults (where a tuning loses to them twice) records them
+    // for every shape, unmerged, computes what the untuned network did, and
+    // is cached.
+    engine.keep_defaults().unwrap();
+    assert!(engine.is_tuned());
+    assert_eq!(engine.merged_groups(), 0);
+    let default = default_variant(&engine.gpu);
+    assert!(
+        engine.tuning().choices.values().all(|v| *v == default),
+        "{:?}",
+        engine.tuning().choices
+    );
+    assert!(engine.tuning().merges.values().all(|m| !m));
+    let kept = engine.run_tensors(&input, 2, &["bottleneck"]).unwrap();
+    assert_eq!(
+        kept[0], before[0],
+        "the defaults compute what the untuned network did"
+    );
+    let cached = Tuning::load(&engine.gpu);
+    assert_eq!(cached.choices, engine.tuning().choices);
+    assert_eq!(cached.merges, engine.tuning().merges);
 
     // MobileNet V2's depthwise convs get a measured workgroup size each, and
     // the tuned network computes what the untuned one does.

@@ -5,11 +5,19 @@
 use super::{max_batch, Engine, Merging};
 use crate::gpu::lowering::{conv_params, depthwise_params};
 use crate::gpu::params::ConvParams;
+use crate::gpu::scheduler::Plan;
 use crate::gpu::tuning::{depthwise_key, merge_key, shape_key, tuning_disabled, TuningWork};
-use crate::model::graph::Op;
+use crate::model::graph::{Op, OUTPUT};
 use crate::model::merge::{merge, sibling_groups, SiblingGroup};
 use crate::progress::progress_bar;
 use anyhow::Result;
+use std::time::Instant;
+
+/// A tuning is redone when the whole network runs more than this many times
+/// slower with it than with the defaults (closer timings are noise).
+const WORSE_THAN_DEFAULTS: f64 = 1.25;
+/// Timed rounds of the whole-network comparison, after a warm-up.
+const WHOLE_NETWORK_ROUNDS: usize = 3;
 
 impl Engine {
     /// Chooses which sibling 1×1 convs run merged, and re-plans.
@@ -133,7 +141,10 @@ impl Engine {
     /// On an adapter's first use, times the conv kernel variants on each conv
     /// shape and each group of sibling convs merged and apart, and caches the
     /// fastest (RETRAIN_TUNE=0 skips this and runs with the defaults for the
-    /// adapter's kind, unmerged).
+    /// adapter's kind, unmerged). The tuned network is then timed whole
+    /// against the defaults: a tuning measured while the machine was busy
+    /// can choose worse than them, so it is redone once, and if it still
+    /// loses, the defaults are kept.
     pub fn tune_on_first_use(&mut self) -> Result<()> {
         if self.is_tuned() || tuning_disabled() {
             return Ok(());
@@ -142,14 +153,76 @@ impl Engine {
             "Tuning the conv kernels for \"{}\" (once for this device; RETRAIN_TUNE=0 skips it)",
             self.gpu.info.name
         );
-        let bar = progress_bar("tuning", self.tuning_steps(), "conv shapes");
-        let saved = self.tune(&mut |_| bar.inc(1));
-        bar.finish_and_clear();
+        let mut saved = self.tune_with_progress();
+        for attempt in 1..=2 {
+            let (tuned, defaults) = self.time_against_defaults()?;
+            if tuned <= WORSE_THAN_DEFAULTS * defaults {
+                break;
+            }
+            let times =
+                format!("{tuned:.3} s per image, against {defaults:.3} s with the defaults");
+            if attempt == 1 {
+                log::warn!(
+                    "The tuned kernels ran the network slower than the defaults ({times}): \
+                     the machine was probably busy while they were timed. Tuning again"
+                );
+                let work = self.tuning_work();
+                self.tuning.forget(&work);
+                saved = self.tune_with_progress();
+            } else {
+                log::warn!(
+                    "The kernels tuned again were slower too ({times}): keeping the defaults"
+                );
+                saved = self.keep_defaults();
+            }
+        }
         if let Err(e) = saved {
-            // The measured choices are in use for this run; only the cache is missing.
+            // The chosen kernels are in use for this run; only the cache is missing.
             log::warn!("{e:#}; the kernels will be tuned again next time");
         }
         Ok(())
+    }
+
+    fn tune_with_progress(&mut self) -> Result<()> {
+        let bar = progress_bar("tuning", self.tuning_steps(), "conv shapes");
+        let saved = self.tune(&mut |_| bar.inc(1));
+        bar.finish_and_clear();
+        saved
+    }
+
+    /// Seconds one image takes through the whole network as tuned, and with
+    /// the defaults (unmerged): both plans built side by side, run in turns
+    /// after a warm-up, each keeping its best of a few rounds.
+    pub fn time_against_defaults(&self) -> Result<(f64, f64)> {
+        let untuned = self.tuning.untuned();
+        let plan = |graph, tuning| {
+            let (gpu, kernels, weights) = (&self.gpu, &self.kernels, &self.weights);
+            Plan::new(gpu, kernels, graph, weights, tuning, 1, &[OUTPUT])
+        };
+        let plans = [
+            plan(&self.graph, &self.tuning)?,
+            plan(&self.network, &untuned)?,
+        ];
+        let mut best = [f64::INFINITY; 2];
+        for round in 0..=WHOLE_NETWORK_ROUNDS {
+            for (plan, best) in plans.iter().zip(&mut best) {
+                let start = Instant::now();
+                plan.run(&self.gpu, &[])?;
+                if round > 0 {
+                    *best = best.min(start.elapsed().as_secs_f64());
+                }
+            }
+        }
+        Ok((best[0], best[1]))
+    }
+
+    /// Records the defaults as this device's tuning, applies and caches them.
+    pub fn keep_defaults(&mut self) -> Result<()> {
+        let work = self.tuning_work();
+        self.tuning.forget(&work);
+        self.tuning.record_defaults(&self.gpu, &work);
+        self.set_merging(self.merging)?;
+        self.tuning.save()
     }
 }
 

@@ -82,6 +82,9 @@ const MERGE_GAIN: f64 = 0.05;
 /// Timed rounds per candidate after the warm-up; each candidate keeps its best.
 const TIMING_ROUNDS: usize = 2;
 
+/// A depthwise conv's workgroup size before measuring.
+const DEFAULT_DEPTHWISE_GROUP: u32 = 256;
+
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 pub struct Tuning {
     /// Adapter, driver and engine version the choices were measured on.
@@ -160,12 +163,49 @@ impl Tuning {
             .unwrap_or_else(|| default_variant(gpu))
     }
 
-    /// The workgroup size for a depthwise conv: the measured one, else 256.
+    /// The workgroup size for a depthwise conv: the measured one, else the default.
     pub fn depthwise_group(&self, p: &DepthwiseParams) -> u32 {
         self.depthwise
             .get(&depthwise_key(p))
             .copied()
-            .unwrap_or(256)
+            .unwrap_or(DEFAULT_DEPTHWISE_GROUP)
+    }
+
+    /// An empty tuning for the same device: every choice the default.
+    pub fn untuned(&self) -> Self {
+        Tuning {
+            device: self.device.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Drops what was measured for `work` (merged groups' GEMMs included),
+    /// so that it is measured again.
+    pub fn forget(&mut self, work: &TuningWork) {
+        let merged = work.groups.iter().map(|g| merged_params(g));
+        for p in work.convs.iter().copied().chain(merged) {
+            self.choices.remove(&shape_key(&p));
+        }
+        for g in &work.groups {
+            self.merges.remove(&merge_key(g));
+        }
+        for p in &work.depthwise {
+            self.depthwise.remove(&depthwise_key(p));
+        }
+    }
+
+    /// Records the defaults as the choices for `work`: the default variant,
+    /// no merging, the default depthwise workgroup.
+    pub fn record_defaults(&mut self, gpu: &Gpu, work: &TuningWork) {
+        for p in &work.convs {
+            self.choices.insert(shape_key(p), default_variant(gpu));
+        }
+        for g in &work.groups {
+            self.merges.insert(merge_key(g), false);
+        }
+        for p in &work.depthwise {
+            (self.depthwise).insert(depthwise_key(p), DEFAULT_DEPTHWISE_GROUP);
+        }
     }
 
     /// Whether a group of sibling convs (its parts' shapes) runs merged:
