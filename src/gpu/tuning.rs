@@ -204,7 +204,8 @@ impl Tuning {
             self.merges.insert(merge_key(g), false);
         }
         for p in &work.depthwise {
-            (self.depthwise).insert(depthwise_key(p), DEFAULT_DEPTHWISE_GROUP);
+            self.depthwise
+                .insert(depthwise_key(p), DEFAULT_DEPTHWISE_GROUP);
         }
     }
 
