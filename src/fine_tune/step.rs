@@ -48,6 +48,8 @@ pub struct StepPlan {
 /// reads it); gradients whose lives do not overlap share a slot, cleared
 /// when a gradient begins in it.
 struct GradientPlan {
+    /// Per tensor, whether its gradient is needed (blocks::needs_gradient).
+    needed: Vec<bool>,
     slot_of: Vec<Option<usize>>,
     sizes: Vec<u64>,
     /// Per step, the slots of the gradients that begin there and their bytes.
@@ -90,6 +92,7 @@ impl GradientPlan {
             clears[life.first].push((slot, life.bytes));
         }
         GradientPlan {
+            needed,
             slot_of,
             sizes,
             clears,
@@ -133,7 +136,6 @@ impl StepPlan {
     pub fn new(gpu: &Gpu, net: &TrainableNetwork, batch: u32, scale: f32) -> Self {
         let graph = &net.blocks.graph;
         let cut = graph.ops[0].input();
-        let needed = needs_gradient(graph);
         let bytes = |t: TensorId| graph.shape(t).elements() * batch as u64 * 4;
         let touched = |t: TensorId| {
             graph
@@ -188,7 +190,13 @@ impl StepPlan {
         ]];
         for op in graph.ops.iter().rev() {
             backward.push(backward_dispatches(
-                gpu, net, op, batch, &needed, &act, &grad,
+                gpu,
+                net,
+                op,
+                batch,
+                &plan.needed,
+                &act,
+                &grad,
             ));
         }
         let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
@@ -405,12 +413,12 @@ mod tests {
     #[test]
     fn gradients_share_slots_and_no_two_live_ones_share() {
         let network = inception_v3(299, 299).unwrap();
-        for from in ["mixed0", "mixed5", "mixed9"] {
-            let graph = TrainableBlocks::new(&network, from).unwrap().graph;
+        for from in (0..=10).map(|i| format!("mixed{i}")) {
+            let graph = TrainableBlocks::new(&network, &from).unwrap().graph;
             let plan = GradientPlan::new(&graph, 2);
-            let needed = needs_gradient(&graph);
+            assert_eq!(plan.needed, needs_gradient(&graph));
             for (t, slot) in plan.slot_of.iter().enumerate() {
-                assert_eq!(slot.is_some(), needed[t], "{from}: tensor {t}");
+                assert_eq!(slot.is_some(), plan.needed[t], "{from}: tensor {t}");
             }
             let bytes = |t: usize| graph.shapes[t].elements() * 2 * 4;
             let with: Vec<usize> = (0..graph.shapes.len())
@@ -418,7 +426,11 @@ mod tests {
                 .collect();
             let apart: u64 = with.iter().map(|&t| bytes(t)).sum();
             let shared: u64 = plan.sizes.iter().sum();
-            assert!(shared * 5 < apart * 4, "{from}: {shared} of {apart} bytes");
+            // Sharing saves more the more blocks train (mixed0: ~83%); mixed10
+            // alone, whose branches' gradients live together, saves ~13%.
+            let bound = if from == "mixed10" { 0.9 } else { 0.8 };
+            let share = shared as f64 / apart as f64;
+            assert!(share < bound, "{from}: {shared} of {apart} bytes");
             // A gradient's life, from GradientPlan's definition.
             let n = graph.ops.len();
             let life = |t: usize| {
