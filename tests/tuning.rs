@@ -57,7 +57,8 @@ fn tuning_is_cached_per_device_and_changes_no_result() {
 
     // Timed whole against the defaults (what a first use does after tuning).
     let (tuned, defaults) = engine.time_against_defaults().unwrap();
-    assert!(tuned > 0.0 && defaults > 0.0, "{tuned} {defaults}");
+    let positive = |t: f64| t.is_finite() && t > 0.0;
+    assert!(positive(tuned) && positive(defaults), "{tuned} {defaults}");
     // Keeping the defaults (where a tuning loses to them twice) records them
     // for every shape, unmerged, computes what the untuned network did, and
     // is cached.
@@ -65,11 +66,9 @@ fn tuning_is_cached_per_device_and_changes_no_result() {
     assert!(engine.is_tuned());
     assert_eq!(engine.merged_groups(), 0);
     let default = default_variant(&engine.gpu);
-    assert!(
-        engine.tuning().choices.values().all(|v| *v == default),
-        "{:?}",
-        engine.tuning().choices
-    );
+    for p in engine.distinct_convs(1) {
+        assert_eq!(engine.tuning().variant(&engine.gpu, &p), default);
+    }
     assert!(engine.tuning().merges.values().all(|m| !m));
     let kept = engine.run_tensors(&input, 2, &["bottleneck"]).unwrap();
     assert_eq!(

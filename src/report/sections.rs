@@ -137,7 +137,7 @@ fn facts_table(m: &RunMetrics) -> String {
                 t.total, t.bottlenecks, m.bottlenecks.computed, m.bottlenecks.from_cache,
                 match m.bottlenecks.at_final_test {
                     0 => String::new(),
-                    n => format!("; the {n} test images' in the test's time"),
+                    n => format!("; the {n} test images' counted in the test's time"),
                 },
                 t.training, t.fine_tuning, t.evaluation, other
             ),
