@@ -101,4 +101,23 @@ fn tuning_is_cached_per_device_and_changes_no_result() {
         Tuning::load(&engine.gpu).depthwise,
         engine.tuning().depthwise
     );
+
+    // A tuning that loses to the defaults (here: any, as the bar is 0) is
+    // redone once, then the defaults are kept, for depthwise convs too.
+    engine.tune_and_check(0.0);
+    assert!(engine.is_tuned());
+    let default = default_variant(&engine.gpu);
+    for p in engine.distinct_convs(1) {
+        assert_eq!(engine.tuning().variant(&engine.gpu, &p), default);
+    }
+    // 256: the depthwise workgroup before measuring.
+    assert!(
+        engine.tuning().depthwise.values().all(|&g| g == 256),
+        "{:?}",
+        engine.tuning().depthwise
+    );
+    assert_eq!(
+        Tuning::load(&engine.gpu).depthwise,
+        engine.tuning().depthwise
+    );
 }

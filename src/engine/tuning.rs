@@ -153,6 +153,15 @@ impl Engine {
             "Tuning the conv kernels for \"{}\" (once for this device; RETRAIN_TUNE=0 skips it)",
             self.gpu.info.name
         );
+        self.tune_and_check(WORSE_THAN_DEFAULTS);
+        Ok(())
+    }
+
+    /// Tunes what is not yet tuned, then times the whole network as tuned
+    /// and with the defaults: when it is more than `worse` times slower
+    /// tuned, tunes everything again, and if it loses again, keeps the
+    /// defaults. Errors only cost the check or the cache: they are warned of.
+    pub fn tune_and_check(&mut self, worse: f64) {
         let mut saved = self.tune_with_progress();
         for attempt in 1..=2 {
             let (tuned, defaults) = match self.time_against_defaults() {
@@ -164,7 +173,7 @@ impl Engine {
             };
             let times =
                 format!("{tuned:.3} s per image, against {defaults:.3} s with the defaults");
-            if tuned <= WORSE_THAN_DEFAULTS * defaults {
+            if tuned <= worse * defaults {
                 log::info!("Tuned: {times}");
                 break;
             }
@@ -187,7 +196,6 @@ impl Engine {
             // The chosen kernels are in use for this run; only the cache is missing.
             log::warn!("{e:#}; the kernels will be tuned again next time");
         }
-        Ok(())
     }
 
     fn tune_with_progress(&mut self) -> Result<()> {
