@@ -128,6 +128,8 @@ def main():
                    help='share of training images whose cut activations are mirrored left-right')
     p.add_argument('--head-lr', type=float, default=1.0, help="the head's learning rate over the blocks'")
     p.add_argument('--smooth', type=float, default=0.0, help='label smoothing')
+    p.add_argument('--train-share', type=float, default=1.0,
+                   help="share of each fold's training images used (a learning curve)")
     a = p.parse_args()
     torch.set_num_threads(os.cpu_count())
     cuts, bottlenecks, labels = dataset(a.cache)
@@ -145,6 +147,9 @@ def main():
     frozen, curves, started = [], [], time.time()
     for k in range(a.folds):
         tr, va = np.where(fold_of != k)[0], np.where(fold_of == k)[0]
+        if a.train_share < 1.0:
+            keep = np.random.default_rng(100 + k).permutation(len(tr))[:round(a.train_share * len(tr))]
+            tr = np.sort(tr[keep])
         net = Top(W)
         with torch.no_grad():
             ftr, fva = net(X[tr]), net(X[va])
