@@ -65,10 +65,7 @@ fn tuning_is_cached_per_device_and_changes_no_result() {
     engine.keep_defaults().unwrap();
     assert!(engine.is_tuned());
     assert_eq!(engine.merged_groups(), 0);
-    let default = default_variant(&engine.gpu);
-    for p in engine.distinct_convs(1) {
-        assert_eq!(engine.tuning().variant(&engine.gpu, &p), default);
-    }
+    assert_runs_the_default_variants(&engine);
     assert!(engine.tuning().merges.values().all(|m| !m));
     let kept = engine.run_tensors(&input, 2, &["bottleneck"]).unwrap();
     assert_eq!(
@@ -106,10 +103,7 @@ fn tuning_is_cached_per_device_and_changes_no_result() {
     // redone once, then the defaults are kept, for depthwise convs too.
     engine.tune_and_check(0.0);
     assert!(engine.is_tuned());
-    let default = default_variant(&engine.gpu);
-    for p in engine.distinct_convs(1) {
-        assert_eq!(engine.tuning().variant(&engine.gpu, &p), default);
-    }
+    assert_runs_the_default_variants(&engine);
     // 256: the depthwise workgroup before measuring.
     assert!(
         engine.tuning().depthwise.values().all(|&g| g == 256),
@@ -120,4 +114,12 @@ fn tuning_is_cached_per_device_and_changes_no_result() {
         Tuning::load(&engine.gpu).depthwise,
         engine.tuning().depthwise
     );
+}
+
+/// Every conv of the network as it runs has the adapter's default variant.
+fn assert_runs_the_default_variants(engine: &Engine) {
+    let default = default_variant(&engine.gpu);
+    for p in engine.distinct_convs(1) {
+        assert_eq!(engine.tuning().variant(&engine.gpu, &p), default);
+    }
 }

@@ -6,12 +6,13 @@ use super::{max_batch, Engine, Merging};
 use crate::gpu::lowering::{conv_params, depthwise_params};
 use crate::gpu::params::ConvParams;
 use crate::gpu::scheduler::Plan;
-use crate::gpu::tuning::{depthwise_key, merge_key, shape_key, tuning_disabled, TuningWork};
+use crate::gpu::tuning::{
+    best_times_in_turns, depthwise_key, merge_key, shape_key, tuning_disabled, TuningWork,
+};
 use crate::model::graph::{Op, OUTPUT};
 use crate::model::merge::{merge, sibling_groups, SiblingGroup};
 use crate::progress::progress_bar;
 use anyhow::Result;
-use std::time::Instant;
 
 /// A tuning is redone when the whole network runs more than this many times
 /// slower with it than with the defaults (closer timings are noise).
@@ -206,8 +207,7 @@ impl Engine {
     }
 
     /// Seconds one image takes through the whole network as tuned, and with
-    /// the defaults (unmerged): both plans built side by side, run in turns
-    /// after a warm-up, each keeping its best of a few rounds.
+    /// the defaults (unmerged): both plans built side by side, timed in turns.
     pub fn time_against_defaults(&self) -> Result<(f64, f64)> {
         let untuned = self.tuning.untuned();
         let plan = |graph, tuning| {
@@ -218,16 +218,9 @@ impl Engine {
             plan(&self.graph, &self.tuning)?,
             plan(&self.network, &untuned)?,
         ];
-        let mut best = [f64::INFINITY; 2];
-        for round in 0..=WHOLE_NETWORK_ROUNDS {
-            for (plan, best) in plans.iter().zip(&mut best) {
-                let start = Instant::now();
-                plan.run(&self.gpu, &[])?;
-                if round > 0 {
-                    *best = best.min(start.elapsed().as_secs_f64());
-                }
-            }
-        }
+        let best = best_times_in_turns(WHOLE_NETWORK_ROUNDS, plans.len(), |i| {
+            plans[i].run(&self.gpu, &[]).map(drop)
+        })?;
         Ok((best[0], best[1]))
     }
 

@@ -340,30 +340,37 @@ fn fastest_of<T: Copy>(gpu: &Gpu, choices: &[T], dispatches: &[Dispatch]) -> Res
     Ok((choices[i], *t))
 }
 
-/// Each dispatch's seconds: a warm-up round, then the best of TIMING_ROUNDS
-/// rounds that each run every dispatch once, so that a spell of other load
-/// on the machine slows every candidate alike instead of spoiling one.
+/// Each dispatch's seconds, timed in turns over TIMING_ROUNDS rounds.
 fn best_times(gpu: &Gpu, dispatches: &[Dispatch]) -> Result<Vec<f64>> {
-    let mut best = vec![f64::INFINITY; dispatches.len()];
-    for round in 0..=TIMING_ROUNDS {
-        for (d, best) in dispatches.iter().zip(&mut best) {
-            let t = time_once(gpu, d)?;
+    best_times_in_turns(TIMING_ROUNDS, dispatches.len(), |i| {
+        submit(gpu, &[&dispatches[i]]);
+        gpu.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .context("device lost while tuning")?;
+        Ok(())
+    })
+}
+
+/// The seconds of each of `count` candidates, `run(i)` running the i-th
+/// to completion: a warm-up round, then the best of `rounds` rounds that
+/// each run every candidate once, so that a spell of other load on the
+/// machine slows every candidate alike instead of spoiling one.
+pub fn best_times_in_turns(
+    rounds: usize,
+    count: usize,
+    mut run: impl FnMut(usize) -> Result<()>,
+) -> Result<Vec<f64>> {
+    let mut best = vec![f64::INFINITY; count];
+    for round in 0..=rounds {
+        for (i, best) in best.iter_mut().enumerate() {
+            let t = Instant::now();
+            run(i)?;
             if round > 0 {
-                *best = best.min(t);
+                *best = best.min(t.elapsed().as_secs_f64());
             }
         }
     }
     Ok(best)
-}
-
-/// Seconds one run of a dispatch takes, waited for.
-fn time_once(gpu: &Gpu, d: &Dispatch) -> Result<f64> {
-    let t = Instant::now();
-    submit(gpu, &[d]);
-    gpu.device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .context("device lost while tuning")?;
-    Ok(t.elapsed().as_secs_f64())
 }
 
 /// The fastest workgroup size for depthwise conv `p`, each timed on the same buffers.
