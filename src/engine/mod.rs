@@ -224,7 +224,8 @@ impl Engine {
 }
 
 /// Largest batch whose biggest tensor fits one storage binding, whose convs fit
-/// the dispatch grid, and whose activations fit the memory budget.
+/// the dispatch grid, and whose activations (with the scratch textures they
+/// are copied into on CPU adapters) fit the memory budget.
 fn max_batch(gpu: &Gpu, kernels: &Kernels, graph: &Graph) -> Result<u32> {
     let largest = graph
         .shapes
@@ -239,7 +240,7 @@ fn max_batch(gpu: &Gpu, kernels: &Kernels, graph: &Graph) -> Result<u32> {
         .max()
         .unwrap_or(1);
     let (_, slot_sizes) = assign_slots(graph, 1, &[]);
-    let per_image: u64 = slot_sizes.iter().sum();
+    let per_image = slot_sizes.iter().sum::<u64>() + kernels.scratch_bytes_per_image(largest);
     let batch = (gpu.max_binding_bytes() / largest)
         .min(kernels.max_conv_rows() / rows)
         .min(ACTIVATION_BUDGET / per_image)

@@ -170,11 +170,14 @@ impl Plans {
     }
 }
 
-/// The largest micro-batch (at most `batch`) whose activations and gradients
-/// fit the memory budget and whose largest tensor fits one binding.
+/// The largest micro-batch (at most `batch`) whose activations, gradients
+/// and scratch textures fit the memory budget and whose largest tensor fits
+/// one binding.
 pub fn micro_batch(gpu: &Gpu, net: &TrainableNetwork, batch: u32) -> u32 {
-    let one = StepPlan::bytes_per_image(net);
     let largest = StepPlan::largest_tensor_bytes(net);
+    let one = StepPlan::bytes_per_image(net)
+        + net.kernels.scratch_bytes_per_image(largest)
+        + net.backward.scratch_bytes_per_image(largest);
     let fits = (MEMORY_BUDGET / one)
         .min(gpu.max_binding_bytes() / largest)
         .max(1);

@@ -14,7 +14,7 @@ use super::params::{
     PoolParams,
 };
 use super::shader::{self, set_const, swap_block};
-use super::texture_reads::ScratchTextures;
+use super::texture_reads::{ScratchTextures, SCRATCH_BYTES_PER_OPERAND_BYTE};
 use bytemuck::Pod;
 use std::sync::Mutex;
 
@@ -265,6 +265,16 @@ impl BackwardKernels {
     pub fn new(gpu: &Gpu) -> Self {
         let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
         Self::with_subgroup_convs(gpu, cpu)
+    }
+
+    /// Bytes of scratch textures a batch's gradients may take per image, when
+    /// the largest activation takes `largest` bytes per image: both operand
+    /// textures of the subgroup conv gradients may hold activations.
+    pub fn scratch_bytes_per_image(&self, largest: u64) -> u64 {
+        match self.conv_subgroup {
+            Some(_) => 2 * SCRATCH_BYTES_PER_OPERAND_BYTE * largest,
+            None => 0,
+        }
     }
 
     /// The kernels for `gpu`, with the subgroup conv gradients when `wanted`

@@ -9,7 +9,8 @@ pub use super::conv_variant::ConvVariant;
 use super::params::{ConvParams, DepthwiseParams, GlobalPoolParams, PoolParams, PreprocessParams};
 use super::shader::{self, set_const, swap_block};
 use super::texture_reads::{
-    ScratchTextures, TextureCopy, TEXTURE_INPUT, TEXTURE_POOL_INPUT, TEXTURE_WEIGHTS,
+    ScratchTextures, TextureCopy, SCRATCH_BYTES_PER_OPERAND_BYTE, TEXTURE_INPUT,
+    TEXTURE_POOL_INPUT, TEXTURE_WEIGHTS,
 };
 use bytemuck::Pod;
 use std::collections::HashMap;
@@ -492,6 +493,16 @@ impl Kernels {
             return Dispatch::with_textures(gpu, pipelines.of(kind), p, &buffers, textures, groups);
         }
         Self::dispatch(gpu, pipelines.of(kind), p, &[input, output], groups)
+    }
+
+    /// Bytes of scratch textures a batch's activations may take per image,
+    /// when the largest activation takes `largest` bytes per image: the
+    /// input texture's share (the weights' is the same for every batch).
+    pub fn scratch_bytes_per_image(&self, largest: u64) -> u64 {
+        match self.operand_textures {
+            Some(_) => SCRATCH_BYTES_PER_OPERAND_BYTE * largest,
+            None => 0,
+        }
     }
 
     /// The texture pool pipelines and the copy of pool `p`'s input into a

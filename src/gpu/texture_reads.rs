@@ -9,7 +9,7 @@
 //!
 //! A buffer of vec4s maps onto a texture row by row: vec4 `i` is texel
 //! (i % TEXELS_PER_ROW, i / TEXELS_PER_ROW). The textures are scratch space
-//! shared by every dispatch of the device, one pool per binding, since each
+//! shared by every dispatch of the device, one per binding, since each
 //! dispatch refills what it reads.
 
 use super::context::Gpu;
@@ -109,22 +109,29 @@ impl TextureCopy {
     }
 }
 
-/// Scratch textures of one format for one binding, shared by every dispatch
-/// that binds it: the smallest one that holds a buffer, or a new one.
+/// The scratch texture of one format for one binding, shared by every
+/// dispatch that binds it: one texture, replaced by one twice as tall or more
+/// when a buffer does not fit. Dispatches recorded earlier keep the texture
+/// they copy into alive, so while a plan holds them all its textures' heights
+/// are distinct powers of two: together at most twice the last, itself at
+/// most twice the largest operand.
 pub struct ScratchTextures {
     format: wgpu::TextureFormat,
-    pool: Mutex<Vec<wgpu::Texture>>,
+    texture: Mutex<Option<wgpu::Texture>>,
 }
+
+/// Bytes of scratch texture one binding may hold per byte of its largest operand.
+pub const SCRATCH_BYTES_PER_OPERAND_BYTE: u64 = 4;
 
 impl ScratchTextures {
     pub fn new(format: wgpu::TextureFormat) -> Self {
         ScratchTextures {
             format,
-            pool: Mutex::default(),
+            texture: Mutex::default(),
         }
     }
 
-    /// The copy of `buffer`'s first `texels` texels into a scratch texture;
+    /// The copy of `buffer`'s first `texels` texels into the scratch texture;
     /// None when no texture of the device can hold them.
     pub fn copy_of(&self, gpu: &Gpu, buffer: &wgpu::Buffer, texels: u64) -> Option<TextureCopy> {
         let rows = texels.div_ceil(TEXELS_PER_ROW as u64).max(1);
@@ -132,8 +139,8 @@ impl ScratchTextures {
         if rows > max_rows || TEXELS_PER_ROW > gpu.limits.max_texture_dimension_2d {
             return None;
         }
-        let mut pool = self.pool.lock().expect("scratch textures");
-        let texture = match pool.iter().find(|t| t.height() as u64 >= rows) {
+        let mut current = self.texture.lock().expect("scratch texture");
+        let texture = match current.as_ref().filter(|t| t.height() as u64 >= rows) {
             Some(t) => t.clone(),
             None => {
                 // Rounded up so that a handful of sizes serve a whole network.
@@ -152,8 +159,7 @@ impl ScratchTextures {
                     usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
                     view_formats: &[],
                 });
-                pool.push(t.clone());
-                pool.sort_by_key(|t| t.height());
+                *current = Some(t.clone());
                 t
             }
         };
@@ -168,6 +174,42 @@ impl ScratchTextures {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn a_plans_scratch_textures_stay_within_their_bound() {
+        let gpu = Gpu::new().unwrap();
+        let scratch = ScratchTextures::new(wgpu::TextureFormat::Rgba32Float);
+        let buffer = gpu.storage_buffer("operand", 16);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        // Operands of up to 40 rows in a random order, every copy kept (as a plan keeps them).
+        let texels: Vec<u64> = (0..60)
+            .map(|_| rng.random_range(1..40 * TEXELS_PER_ROW as u64))
+            .collect();
+        let copies: Vec<TextureCopy> = texels
+            .iter()
+            .map(|&t| scratch.copy_of(&gpu, &buffer, t).unwrap())
+            .collect();
+        let mut textures: Vec<&wgpu::Texture> = Vec::new();
+        for copy in &copies {
+            let rows = copy.texels.div_ceil(TEXELS_PER_ROW as u64);
+            assert!(copy.texture.height() as u64 >= rows, "the operand fits");
+            if !textures.contains(&&copy.texture) {
+                textures.push(&copy.texture);
+            }
+        }
+        assert!(textures.len() > 1, "the operands' sizes call for growing");
+        let texel_bytes = 16;
+        let held: u64 = textures
+            .iter()
+            .map(|t| (t.width() * t.height()) as u64 * texel_bytes)
+            .sum();
+        let largest = texels.iter().max().unwrap() * texel_bytes;
+        assert!(
+            held <= SCRATCH_BYTES_PER_OPERAND_BYTE * largest,
+            "{held} bytes held for a largest operand of {largest}"
+        );
+    }
 
     #[test]
     fn the_shaders_lay_out_rows_as_the_host_copies_them() {
