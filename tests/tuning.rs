@@ -6,10 +6,16 @@ mod common;
 
 use retrain::convert::default_weights;
 use retrain::engine::Engine;
-use retrain::gpu::tuning::{default_variant, Tuning};
+use retrain::fine_tune::blocks::{TrainableBlocks, DEFAULT_FROM};
+use retrain::fine_tune::network::{InputGradientTuning, TrainableNetwork};
+use retrain::fine_tune::settings::{FineTuneSettings, Rule};
+use retrain::gpu::params::ConvParams;
+use retrain::gpu::tuning::{default_variant, shape_key, tune_and_check, CheckedTuning, Tuning};
 use retrain::gpu::Gpu;
+use retrain::model::inception_v3::inception_v3;
 use retrain::model::weights::WeightFile;
 use retrain::model::Architecture;
+use retrain::train::standardize::{Standardization, StandardizedHead};
 
 #[test]
 fn tuning_is_cached_per_device_and_changes_no_result() {
@@ -101,7 +107,7 @@ fn tuning_is_cached_per_device_and_changes_no_result() {
 
     // A tuning that loses to the defaults (here: any, as the bar is 0) is
     // redone once, then the defaults are kept, for depthwise convs too.
-    engine.tune_and_check(0.0);
+    tune_and_check(&mut engine, 0.0);
     assert!(engine.is_tuned());
     assert_runs_the_default_variants(&engine);
     // 256: the depthwise workgroup before measuring.
@@ -114,6 +120,60 @@ fn tuning_is_cached_per_device_and_changes_no_result() {
         Tuning::load(&engine.gpu).depthwise,
         engine.tuning().depthwise
     );
+
+    // Fine-tuning's input gradients: tuned on first use and checked against
+    // the defaults; a check every tuning fails tunes again, then keeps them.
+    let gpu = Gpu::new().unwrap();
+    let file = WeightFile::open(&weights).unwrap();
+    let network = inception_v3(75, 90).unwrap();
+    let blocks = TrainableBlocks::new(&network, DEFAULT_FROM).unwrap();
+    let convs = blocks.input_gradient_convs();
+    let dim = 2048;
+    let head = StandardizedHead {
+        weights: common::random_vec(&mut rng, dim * 2),
+        biases: vec![0.0; 2],
+        standardization: Standardization::identity(dim),
+    };
+    let settings = FineTuneSettings {
+        from: DEFAULT_FROM.into(),
+        epochs: 1,
+        learning_rate: 1e-4,
+        rule: Rule::Adam,
+        weight_decay: 1e-4,
+        batch_size: 2,
+        dropout: 0.0,
+        patience: 0,
+    };
+    let mut net = TrainableNetwork::new(&gpu, blocks, &file, &head, &settings).unwrap();
+    let before = Tuning::load(&gpu);
+    let unmeasured = |p: &ConvParams| !before.choices.contains_key(&shape_key(p));
+    assert!(convs.iter().any(unmeasured), "the engine measured them all");
+    net.tune_on_first_use(&gpu);
+    let cached = Tuning::load(&gpu);
+    for p in &convs {
+        let measured = cached.choices.get(&shape_key(p)).copied();
+        assert_eq!(
+            measured,
+            Some(net.tuning.variant(&gpu, p)),
+            "{}",
+            shape_key(p)
+        );
+    }
+    let mut input_gradients = InputGradientTuning {
+        net: &mut net,
+        gpu: &gpu,
+    };
+    let (tuned, defaults) = input_gradients.time_against_defaults().unwrap();
+    assert!(positive(tuned) && positive(defaults), "{tuned} {defaults}");
+    tune_and_check(&mut input_gradients, 0.0);
+    let cached = Tuning::load(&gpu);
+    for p in &convs {
+        assert_eq!(net.tuning.variant(&gpu, p), default_variant(&gpu));
+        assert_eq!(
+            cached.choices.get(&shape_key(p)),
+            Some(&default_variant(&gpu))
+        );
+    }
 }
 
 /// Every conv of the network as it runs has the adapter's default variant.

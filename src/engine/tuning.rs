@@ -7,16 +7,14 @@ use crate::gpu::lowering::{conv_params, depthwise_params};
 use crate::gpu::params::ConvParams;
 use crate::gpu::scheduler::Plan;
 use crate::gpu::tuning::{
-    best_times_in_turns, depthwise_key, merge_key, shape_key, tuning_disabled, TuningWork,
+    best_times_in_turns, depthwise_key, merge_key, shape_key, tune_and_check, tuning_disabled,
+    CheckedTuning, TuningWork, WORSE_THAN_DEFAULTS,
 };
 use crate::model::graph::{Op, OUTPUT};
 use crate::model::merge::{merge, sibling_groups, SiblingGroup};
 use crate::progress::progress_bar;
 use anyhow::Result;
 
-/// A tuning is redone when the whole network runs more than this many times
-/// slower with it than with the defaults (closer timings are noise).
-const WORSE_THAN_DEFAULTS: f64 = 1.25;
 /// Timed rounds of the whole-network comparison, after a warm-up.
 const WHOLE_NETWORK_ROUNDS: usize = 3;
 
@@ -154,52 +152,17 @@ impl Engine {
             "Tuning the conv kernels for \"{}\" (once for this device; RETRAIN_TUNE=0 skips it)",
             self.gpu.info.name
         );
-        self.tune_and_check(WORSE_THAN_DEFAULTS);
+        tune_and_check(self, WORSE_THAN_DEFAULTS);
         Ok(())
     }
+}
 
-    /// Tunes what is not yet tuned, then times the whole network as tuned
-    /// and with the defaults: when it is more than `worse` times slower
-    /// tuned, tunes everything again, and if it loses again, keeps the
-    /// defaults. Errors only cost the check or the cache: they are warned of.
-    pub fn tune_and_check(&mut self, worse: f64) {
-        let mut saved = self.tune_with_progress();
-        for attempt in 1..=2 {
-            let (tuned, defaults) = match self.time_against_defaults() {
-                Ok(times) => times,
-                Err(e) => {
-                    log::warn!("{e:#}: the tuned kernels are kept unchecked");
-                    break;
-                }
-            };
-            let times =
-                format!("{tuned:.3} s per image, against {defaults:.3} s with the defaults");
-            if tuned <= worse * defaults {
-                log::info!("Tuned: {times}");
-                break;
-            }
-            if attempt == 1 {
-                log::warn!(
-                    "The tuned kernels ran the network slower than the defaults ({times}): \
-                     the machine was probably busy while they were timed. Tuning again"
-                );
-                let work = self.tuning_work();
-                self.tuning.forget(&work);
-                saved = self.tune_with_progress();
-            } else {
-                log::warn!(
-                    "The kernels tuned again were slower too ({times}): keeping the defaults"
-                );
-                saved = self.keep_defaults();
-            }
-        }
-        if let Err(e) = saved {
-            // The chosen kernels are in use for this run; only the cache is missing.
-            log::warn!("{e:#}; the kernels will be tuned again next time");
-        }
+impl CheckedTuning for Engine {
+    fn what(&self) -> &'static str {
+        "the network (one image)"
     }
 
-    fn tune_with_progress(&mut self) -> Result<()> {
+    fn tune_missing(&mut self) -> Result<()> {
         let bar = progress_bar("tuning", self.tuning_steps(), "conv shapes");
         let saved = self.tune(&mut |_| bar.inc(1));
         bar.finish_and_clear();
@@ -208,7 +171,7 @@ impl Engine {
 
     /// Seconds one image takes through the whole network as tuned, and with
     /// the defaults (unmerged): both plans built side by side, timed in turns.
-    pub fn time_against_defaults(&self) -> Result<(f64, f64)> {
+    fn time_against_defaults(&self) -> Result<(f64, f64)> {
         let untuned = self.tuning.untuned();
         let plan = |graph, tuning| {
             let (gpu, kernels, weights) = (&self.gpu, &self.kernels, &self.weights);
@@ -224,10 +187,15 @@ impl Engine {
         Ok((best[0], best[1]))
     }
 
+    fn forget(&mut self) {
+        let work = self.tuning_work();
+        self.tuning.forget(&work);
+    }
+
     /// Records the defaults as this device's tuning for this network's
     /// shapes (also for another network sharing a shape: the device's timings
     /// proved unreliable), applies and caches them.
-    pub fn keep_defaults(&mut self) -> Result<()> {
+    fn keep_defaults(&mut self) -> Result<()> {
         let work = self.tuning_work();
         self.tuning.record_defaults(&self.gpu, &work);
         self.set_merging(self.merging)?;

@@ -292,6 +292,98 @@ impl Tuning {
     }
 }
 
+/// A tuning is redone when the work it was measured on runs more than this
+/// many times slower with it than with the defaults (closer timings are noise).
+pub const WORSE_THAN_DEFAULTS: f64 = 1.25;
+
+/// A tuning that is checked whole against the defaults once measured, and
+/// mended when it lost to them: the engine's network, fine-tuning's input
+/// gradients.
+pub trait CheckedTuning {
+    /// What the check times, for the log ("the network").
+    fn what(&self) -> &'static str;
+    /// Measures what is not yet tuned, applies and caches it (an error: the
+    /// choices apply, only the cache failed).
+    fn tune_missing(&mut self) -> Result<()>;
+    /// Seconds of the whole work as tuned, and with the defaults.
+    fn time_against_defaults(&self) -> Result<(f64, f64)>;
+    /// Drops the work's measurements, so that `tune_missing` makes them again.
+    fn forget(&mut self);
+    /// Records the defaults as the work's choices, applies and caches them.
+    fn keep_defaults(&mut self) -> Result<()>;
+}
+
+/// Tunes what is not yet tuned, then times the whole work as tuned and with
+/// the defaults: when it is more than `worse` times slower tuned (a tuning
+/// measured while the machine was busy), tunes everything again, and if it
+/// loses again, keeps the defaults. Errors only cost the check or the cache:
+/// they are warned of.
+pub fn tune_and_check(tuning: &mut impl CheckedTuning, worse: f64) {
+    let what = tuning.what();
+    let mut saved = tuning.tune_missing();
+    for attempt in 1..=2 {
+        let (tuned, defaults) = match tuning.time_against_defaults() {
+            Ok(times) => times,
+            Err(e) => {
+                log::warn!("{e:#}: the tuned kernels are kept unchecked");
+                break;
+            }
+        };
+        let times = format!("{tuned:.3} s, against {defaults:.3} s with the defaults");
+        if tuned <= worse * defaults {
+            log::info!("Tuned {what}: {times}");
+            break;
+        }
+        if attempt == 1 {
+            log::warn!(
+                "The tuned kernels ran {what} slower than the defaults ({times}): \
+                 the machine was probably busy while they were timed. Tuning again"
+            );
+            tuning.forget();
+            saved = tuning.tune_missing();
+        } else {
+            log::warn!(
+                "The kernels tuned again ran {what} slower too ({times}): keeping the defaults"
+            );
+            saved = tuning.keep_defaults();
+        }
+    }
+    if let Err(e) = saved {
+        // The chosen kernels are in use for this run; only the cache is missing.
+        log::warn!("{e:#}; the kernels will be tuned again next time");
+    }
+}
+
+/// Seconds of `convs` run one after another with `tuning`'s variants, and
+/// with the defaults, on the same buffers: the best of `rounds` turns after a
+/// warm-up.
+pub fn time_convs_against_defaults(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tuning: &Tuning,
+    convs: &[ConvParams],
+    rounds: usize,
+) -> Result<(f64, f64)> {
+    let buffers: Vec<TimingBuffers> = convs.iter().map(|p| TimingBuffers::new(gpu, p)).collect();
+    let dispatches = |variant: &dyn Fn(&ConvParams) -> ConvVariant| -> Vec<Dispatch> {
+        (convs.iter().zip(&buffers))
+            .map(|(p, b)| conv_dispatch(gpu, kernels, p, variant(p), b.all()))
+            .collect()
+    };
+    let runs = [
+        dispatches(&|p| tuning.variant(gpu, p)),
+        dispatches(&|_| default_variant(gpu)),
+    ];
+    let best = best_times_in_turns(rounds, runs.len(), |i| {
+        submit(gpu, &runs[i].iter().collect::<Vec<_>>());
+        gpu.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .context("device lost while timing the tuned kernels")?;
+        Ok(())
+    })?;
+    Ok((best[0], best[1]))
+}
+
 /// Whether the user asked for no tuning (RETRAIN_TUNE=0): kernels then run
 /// with what is cached, else the defaults.
 pub fn tuning_disabled() -> bool {

@@ -115,7 +115,7 @@ impl Prepared {
         let trained_layers = blocks.layers().count();
         let gpu = &engine.gpu.clone();
         let mut net = TrainableNetwork::new(gpu, blocks, file, &head, &settings)?;
-        net.tune_on_first_use(gpu)?;
+        net.tune_on_first_use(gpu);
         log::info!(
             "Fine-tuning from {from} up ({trained_layers} conv layers and the head, {} parameters) on the cached {cut} activations ({} MiB on disk, f16), {} epochs of {} images",
             net.parameter_count(),
