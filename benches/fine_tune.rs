@@ -61,7 +61,7 @@ fn main() {
         standardization: Standardization::identity(2048),
     };
     let mut net = TrainableNetwork::new(&gpu, blocks, &file, &head, &settings).expect("network");
-    net.tune_on_first_use(&gpu);
+    net.tune_on_first_use(&gpu).expect("tuning");
     let plan = StepPlan::new(&gpu, &net, batch, 1.0 / batch as f32);
     let values: Vec<f32> = (0..cut * batch as usize)
         .map(|_| rng.random_range(0.0..2.0))

@@ -8,15 +8,12 @@ use crate::gpu::params::ConvParams;
 use crate::gpu::scheduler::Plan;
 use crate::gpu::tuning::{
     best_times_in_turns, depthwise_key, merge_key, shape_key, tune_and_check, tuning_disabled,
-    CheckedTuning, TuningWork, WORSE_THAN_DEFAULTS,
+    CheckedTuning, TuningWork, CHECK_ROUNDS, WORSE_THAN_DEFAULTS,
 };
 use crate::model::graph::{Op, OUTPUT};
 use crate::model::merge::{merge, sibling_groups, SiblingGroup};
 use crate::progress::progress_bar;
 use anyhow::Result;
-
-/// Timed rounds of the whole-network comparison, after a warm-up.
-const WHOLE_NETWORK_ROUNDS: usize = 3;
 
 impl Engine {
     /// Chooses which sibling 1×1 convs run merged, and re-plans.
@@ -130,11 +127,16 @@ impl Engine {
     /// otherwise); an error writing the cache is returned after that (the
     /// run can go on).
     pub fn tune(&mut self, progress: &mut dyn FnMut(&str)) -> Result<()> {
+        self.measure(progress)?;
+        self.tuning.save()
+    }
+
+    /// Measures what is not yet tuned and applies it.
+    fn measure(&mut self, progress: &mut dyn FnMut(&str)) -> Result<()> {
         let work = self.tuning_work();
         self.tuning
             .tune(&self.gpu, &self.kernels, &work, progress)?;
-        self.set_merging(self.merging)?;
-        self.tuning.save()
+        self.set_merging(self.merging)
     }
 
     /// On an adapter's first use, times the conv kernel variants on each conv
@@ -152,25 +154,24 @@ impl Engine {
             "Tuning the conv kernels for \"{}\" (once for this device; RETRAIN_TUNE=0 skips it)",
             self.gpu.info.name
         );
-        tune_and_check(self, WORSE_THAN_DEFAULTS);
-        Ok(())
+        tune_and_check(self, WORSE_THAN_DEFAULTS)
     }
 }
 
 impl CheckedTuning for Engine {
     fn what(&self) -> &'static str {
-        "the network (one image)"
+        "the network at one image"
     }
 
     fn tune_missing(&mut self) -> Result<()> {
         let bar = progress_bar("tuning", self.tuning_steps(), "conv shapes");
-        let saved = self.tune(&mut |_| bar.inc(1));
+        let measured = self.measure(&mut |_| bar.inc(1));
         bar.finish_and_clear();
-        saved
+        measured
     }
 
-    /// Seconds one image takes through the whole network as tuned, and with
-    /// the defaults (unmerged): both plans built side by side, timed in turns.
+    /// One image through the whole network as tuned, and with the defaults
+    /// (unmerged): both plans built side by side, timed in turns.
     fn time_against_defaults(&self) -> Result<(f64, f64)> {
         let untuned = self.tuning.untuned();
         let plan = |graph, tuning| {
@@ -181,7 +182,7 @@ impl CheckedTuning for Engine {
             plan(&self.graph, &self.tuning)?,
             plan(&self.network, &untuned)?,
         ];
-        let best = best_times_in_turns(WHOLE_NETWORK_ROUNDS, plans.len(), |i| {
+        let best = best_times_in_turns(CHECK_ROUNDS, plans.len(), |i| {
             plans[i].run(&self.gpu, &[]).map(drop)
         })?;
         Ok((best[0], best[1]))
@@ -194,11 +195,14 @@ impl CheckedTuning for Engine {
 
     /// Records the defaults as this device's tuning for this network's
     /// shapes (also for another network sharing a shape: the device's timings
-    /// proved unreliable), applies and caches them.
+    /// proved unreliable) and applies them.
     fn keep_defaults(&mut self) -> Result<()> {
         let work = self.tuning_work();
         self.tuning.record_defaults(&self.gpu, &work);
-        self.set_merging(self.merging)?;
+        self.set_merging(self.merging)
+    }
+
+    fn save(&self) -> Result<()> {
         self.tuning.save()
     }
 }

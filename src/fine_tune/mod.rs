@@ -1,7 +1,8 @@
 //! Fine-tuning: the kept head and the network's top blocks trained together
 //! at a low learning rate, from cached activations at the cut below them
 //! (blocks.rs), with the blocks' parameters and optimiser state on the GPU
-//! (network.rs) and one pass per batch size (step.rs).
+//! (network.rs), one pass per batch size (step.rs), and the kernel tuning of
+//! the input gradients (tuning.rs).
 
 pub mod blocks;
 pub mod distorted;
@@ -9,3 +10,4 @@ pub mod network;
 pub mod settings;
 pub mod step;
 pub mod training;
+pub mod tuning;

@@ -9,13 +9,9 @@ use super::settings::{FineTuneSettings, Rule};
 use crate::gpu::backward::{optimizer_uniform, padded, BackwardKernels, OptimizerBuffers};
 use crate::gpu::kernels::{submit, Dispatch, Kernels};
 use crate::gpu::params::OptimizerParams;
-use crate::gpu::tuning::{
-    time_convs_against_defaults, tune_and_check, tuning_disabled, CheckedTuning, Tuning,
-    TuningWork, WORSE_THAN_DEFAULTS,
-};
+use crate::gpu::tuning::Tuning;
 use crate::gpu::Gpu;
 use crate::model::weights::{Tensor, WeightFile};
-use crate::progress::progress_bar;
 use crate::train::standardize::{Standardization, StandardizedHead};
 use anyhow::Result;
 use std::collections::HashMap;
@@ -153,32 +149,6 @@ impl TrainableNetwork {
         self.parameters.iter().map(Parameter::count).sum()
     }
 
-    /// On a device's first fine-tuning of these blocks, times the forward
-    /// conv variants on each input-gradient conv shape the engine's tuning
-    /// has not measured and caches the choices with the engine's; then times
-    /// them all in a row against the defaults, and tunes again or keeps the
-    /// defaults when they lost, as the engine's tuning is checked
-    /// (RETRAIN_TUNE=0 skips this, as it does the engine's).
-    pub fn tune_on_first_use(&mut self, gpu: &Gpu) {
-        let work = self.input_gradient_work();
-        if tuning_disabled() || self.tuning.covers(&work) {
-            return;
-        }
-        log::info!("Tuning the conv kernels for the input gradients (once for this device)");
-        tune_and_check(
-            &mut InputGradientTuning { net: self, gpu },
-            WORSE_THAN_DEFAULTS,
-        );
-    }
-
-    /// The stride-1 input gradients' forward convs, as tuning measures them.
-    fn input_gradient_work(&self) -> TuningWork {
-        TuningWork {
-            convs: self.blocks.input_gradient_convs(),
-            ..Default::default()
-        }
-    }
-
     /// Applies the accumulated gradients at learning rate `lr` and clears them.
     pub fn update(&mut self, gpu: &Gpu, lr: f32) {
         self.step += 1;
@@ -231,47 +201,5 @@ impl TrainableNetwork {
         let (weights, biases) = (self.standardization).fold(&tensors[w].data, &tensors[b].data);
         (tensors[w].data, tensors[b].data) = (weights, biases);
         Ok(tensors)
-    }
-}
-
-/// The tuning of a network's input-gradient convs on one device.
-pub struct InputGradientTuning<'a> {
-    pub net: &'a mut TrainableNetwork,
-    pub gpu: &'a Gpu,
-}
-
-/// Timed rounds of the input gradients' check, after a warm-up.
-const INPUT_GRADIENT_ROUNDS: usize = 3;
-
-impl CheckedTuning for InputGradientTuning<'_> {
-    fn what(&self) -> &'static str {
-        "the input gradients (one image)"
-    }
-
-    fn tune_missing(&mut self) -> Result<()> {
-        let (net, gpu) = (&mut *self.net, self.gpu);
-        let work = net.input_gradient_work();
-        let bar = progress_bar("tuning", work.len(), "conv shapes");
-        (net.tuning).tune(gpu, &net.kernels, &work, &mut |_| bar.inc(1))?;
-        bar.finish_and_clear();
-        net.tuning.save()
-    }
-
-    fn time_against_defaults(&self) -> Result<(f64, f64)> {
-        let net = &*self.net;
-        let convs = net.input_gradient_work().convs;
-        let rounds = INPUT_GRADIENT_ROUNDS;
-        time_convs_against_defaults(self.gpu, &net.kernels, &net.tuning, &convs, rounds)
-    }
-
-    fn forget(&mut self) {
-        let work = self.net.input_gradient_work();
-        self.net.tuning.forget(&work);
-    }
-
-    fn keep_defaults(&mut self) -> Result<()> {
-        let work = self.net.input_gradient_work();
-        self.net.tuning.record_defaults(self.gpu, &work);
-        self.net.tuning.save()
     }
 }

@@ -268,8 +268,10 @@ impl BackwardKernels {
     }
 
     /// Bytes of scratch textures a batch's gradients may take per image, when
-    /// the largest activation takes `largest` bytes per image: both operand
-    /// textures of the subgroup conv gradients may hold activations.
+    /// the largest activation takes `largest` bytes per image: the subgroup
+    /// weight gradients copy an activation and an output gradient into their
+    /// two operand textures (the transposed weights an input gradient copies
+    /// are the same for every batch).
     pub fn scratch_bytes_per_image(&self, largest: u64) -> u64 {
         match self.conv_subgroup {
             Some(_) => 2 * SCRATCH_BYTES_PER_OPERAND_BYTE * largest,

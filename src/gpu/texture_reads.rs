@@ -114,13 +114,15 @@ impl TextureCopy {
 /// when a buffer does not fit. Dispatches recorded earlier keep the texture
 /// they copy into alive, so while a plan holds them all its textures' heights
 /// are distinct powers of two: together at most twice the last, itself at
-/// most twice the largest operand.
+/// most twice the largest operand's whole rows (an operand smaller than a
+/// row still takes one: 64 KiB of f32).
 pub struct ScratchTextures {
     format: wgpu::TextureFormat,
     texture: Mutex<Option<wgpu::Texture>>,
 }
 
-/// Bytes of scratch texture one binding may hold per byte of its largest operand.
+/// Bytes of scratch texture one binding may hold per byte of its largest
+/// operand, when that is a row or more.
 pub const SCRATCH_BYTES_PER_OPERAND_BYTE: u64 = 4;
 
 impl ScratchTextures {

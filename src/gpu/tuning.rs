@@ -295,32 +295,36 @@ impl Tuning {
 /// A tuning is redone when the work it was measured on runs more than this
 /// many times slower with it than with the defaults (closer timings are noise).
 pub const WORSE_THAN_DEFAULTS: f64 = 1.25;
+/// Timed rounds of that comparison, after a warm-up.
+pub const CHECK_ROUNDS: usize = 3;
 
 /// A tuning that is checked whole against the defaults once measured, and
 /// mended when it lost to them: the engine's network, fine-tuning's input
 /// gradients.
 pub trait CheckedTuning {
-    /// What the check times, for the log ("the network").
+    /// What the check runs, for the log ("the network at one image").
     fn what(&self) -> &'static str;
-    /// Measures what is not yet tuned, applies and caches it (an error: the
-    /// choices apply, only the cache failed).
+    /// Measures what is not yet tuned and applies it.
     fn tune_missing(&mut self) -> Result<()>;
     /// Seconds of the whole work as tuned, and with the defaults.
     fn time_against_defaults(&self) -> Result<(f64, f64)>;
     /// Drops the work's measurements, so that `tune_missing` makes them again.
     fn forget(&mut self);
-    /// Records the defaults as the work's choices, applies and caches them.
+    /// Records the defaults as the work's choices and applies them.
     fn keep_defaults(&mut self) -> Result<()>;
+    /// Writes the choices to the device's tuning cache.
+    fn save(&self) -> Result<()>;
 }
 
 /// Tunes what is not yet tuned, then times the whole work as tuned and with
 /// the defaults: when it is more than `worse` times slower tuned (a tuning
 /// measured while the machine was busy), tunes everything again, and if it
-/// loses again, keeps the defaults. Errors only cost the check or the cache:
-/// they are warned of.
-pub fn tune_and_check(tuning: &mut impl CheckedTuning, worse: f64) {
+/// loses again, keeps the defaults; then caches the choices. An error
+/// measuring is returned; a failed check or cache write is only warned of
+/// (the choices apply to this run).
+pub fn tune_and_check(tuning: &mut impl CheckedTuning, worse: f64) -> Result<()> {
     let what = tuning.what();
-    let mut saved = tuning.tune_missing();
+    tuning.tune_missing()?;
     for attempt in 1..=2 {
         let (tuned, defaults) = match tuning.time_against_defaults() {
             Ok(times) => times,
@@ -340,18 +344,19 @@ pub fn tune_and_check(tuning: &mut impl CheckedTuning, worse: f64) {
                  the machine was probably busy while they were timed. Tuning again"
             );
             tuning.forget();
-            saved = tuning.tune_missing();
+            tuning.tune_missing()?;
         } else {
             log::warn!(
                 "The kernels tuned again ran {what} slower too ({times}): keeping the defaults"
             );
-            saved = tuning.keep_defaults();
+            tuning.keep_defaults()?;
         }
     }
-    if let Err(e) = saved {
+    if let Err(e) = tuning.save() {
         // The chosen kernels are in use for this run; only the cache is missing.
         log::warn!("{e:#}; the kernels will be tuned again next time");
     }
+    Ok(())
 }
 
 /// Seconds of `convs` run one after another with `tuning`'s variants, and
