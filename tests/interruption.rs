@@ -218,3 +218,82 @@ fn temporary_files_left_by_killed_runs_are_removed() {
     }
     assert!(fresh.exists());
 }
+
+#[test]
+fn a_fine_tuning_run_killed_while_it_trains_leaves_its_cut_cache_and_no_model() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    example_folder(dir.path(), 6);
+    let fine_tune = |epochs: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_retrain"));
+        c.current_dir(dir.path()).args([
+            "--image-dir",
+            "images",
+            "--input-size",
+            "80",
+            "--how-many-training-steps",
+            "10",
+            "--validation-percentage",
+            "25",
+            "--testing-percentage",
+            "25",
+            "--seed",
+            "3",
+            "--fine-tune",
+            "--fine-tune-batch-size",
+            "2",
+            "--fine-tune-epochs",
+            epochs,
+        ]);
+        c.stdin(Stdio::null()).stdout(Stdio::null());
+        c
+    };
+    // Killed once its epochs have begun: the cut's activations are all cached.
+    let mut child = fine_tune("1000").stderr(Stdio::piped()).spawn().unwrap();
+    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = log
+        .find(|l| l.as_ref().unwrap().contains("Fine-tuning from mixed9 up"))
+        .expect("the run reached fine-tuning")
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = dir.path().join("retrain-output");
+    assert!(
+        !out.join("model.safetensors").exists(),
+        "a model before the end"
+    );
+    check_outputs(&out);
+
+    // Every cut entry is whole, one per training and validation image.
+    let cached: usize = line
+        .split("the mixed8 activations of ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in: {line}"));
+    let cut = BottleneckCache::new(&out.join("bottlenecks"), "", (80, 80), [1.0; 3], [0.0; 3])
+        .at_layer("mixed8");
+    let mut entries = 0;
+    for class in ["broken", "normal"] {
+        for entry in std::fs::read_dir(out.join("bottlenecks").join(class)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.to_string_lossy().ends_with(".mixed8.f16") {
+                let loaded = cut.load(&path, 1280);
+                assert!(
+                    matches!(loaded, Ok(Some(_))),
+                    "{}: {loaded:?}",
+                    path.display()
+                );
+                entries += 1;
+            }
+        }
+    }
+    assert_eq!(entries, cached);
+
+    // Run again, it reuses them all and finishes.
+    let o = fine_tune("1").output().unwrap();
+    let log = stderr(&o);
+    assert!(o.status.success(), "{log}");
+    assert_eq!(computed(&log), 0, "{log}");
+    Classifier::read(&out.join("model.safetensors")).unwrap();
+}

@@ -59,6 +59,16 @@ pub struct CutRequest {
     /// The tensor's name ("mixed8") and values per image.
     pub layer: String,
     pub size: usize,
+    /// Whether the training images' are wanted too, not only the validation images'.
+    pub training: bool,
+}
+
+impl CutRequest {
+    /// Whether an image of `set` gets its cut activations gathered, with or
+    /// without the `training` images'.
+    pub fn wanted(set: Set, training: bool) -> bool {
+        set == Set::Validation || training && set == Set::Training
+    }
 }
 
 impl Bottlenecks {
@@ -118,7 +128,7 @@ pub fn gather(
                 path: image.path.clone(),
             });
             let cut_entry = match cut {
-                Some(c) if image.set != Set::Testing => {
+                Some(c) if CutRequest::wanted(image.set, c.training) => {
                     Some(c.cache.entry_path(&class.folder, &image.path)?)
                 }
                 _ => None,

@@ -9,7 +9,7 @@
 use super::config::fine_tune_settings;
 use crate::cli::TrainArgs;
 use crate::data::bottleneck_cache::BottleneckCache;
-use crate::data::dataset::{Dataset, Set};
+use crate::data::dataset::Dataset;
 use crate::engine::Engine;
 use crate::fine_tune::blocks::TrainableBlocks;
 use crate::fine_tune::distorted::DistortedCuts;
@@ -28,11 +28,17 @@ use crate::train::standardize::StandardizedHead;
 use crate::train::summaries::SummaryWriter;
 use anyhow::{bail, Result};
 use rand::rngs::StdRng;
+use std::path::Path;
 
 /// Fine-tuning as checked before any work.
 pub struct Prepared {
     pub settings: FineTuneSettings,
     pub blocks: TrainableBlocks,
+    /// Whether the training images' cut activations are cached too: not when
+    /// they are distorted (the frozen part then runs on every distorted batch).
+    pub cut_training: bool,
+    /// The images whose cut activations are cached, and their bytes on disk.
+    pub cut_images: u64,
     pub cut_cache_bytes: u64,
 }
 
@@ -50,37 +56,66 @@ pub fn prepare(
         return Ok(None);
     };
     let blocks = TrainableBlocks::new(engine.network(), &settings.from)?;
+    let cut_training = !args.distortions().any();
     let images = (dataset.classes.iter())
         .flat_map(|c| &c.images)
-        .filter(|i| i.set != Set::Testing)
+        .filter(|i| CutRequest::wanted(i.set, cut_training))
         .count() as u64;
     let cut_cache = cache.at_layer(&blocks.cut);
     let bytes = images * cut_cache.entry_bytes(blocks.cut_size());
-    let in_memory = images * blocks.cut_size() as u64 * 2;
-    if let Some(free) = available_disk(&args.bottleneck_dir).filter(|&free| free < bytes) {
-        bail!(
-            "fine-tuning from {} caches the {} activations of {images} images: {} MiB, but {} has {} MiB free; free some space, or fine-tune from a higher block",
-            settings.from,
-            blocks.cut,
-            bytes / MIB,
-            args.bottleneck_dir.display(),
-            free / MIB
-        );
-    }
-    if let Some(free) = available_memory().filter(|&free| free < in_memory) {
-        bail!(
-            "fine-tuning from {} holds the {} activations of {images} images in memory: {} MiB, but {} MiB are available; fine-tune from a higher block",
-            settings.from,
-            blocks.cut,
-            in_memory / MIB,
-            free / MIB
-        );
-    }
+    let need = CutCacheNeeds {
+        from: &settings.from,
+        cut: &blocks.cut,
+        images,
+        disk: bytes,
+        memory: images * blocks.cut_size() as u64 * 2,
+    };
+    let dir = &args.bottleneck_dir;
+    need.check((dir, available_disk(dir)), available_memory())?;
     Ok(Some(Prepared {
         settings,
         blocks,
+        cut_training,
+        cut_images: images,
         cut_cache_bytes: bytes,
     }))
+}
+
+/// What caching the cut's activations takes, on disk and in memory.
+struct CutCacheNeeds<'a> {
+    from: &'a str,
+    cut: &'a str,
+    images: u64,
+    disk: u64,
+    memory: u64,
+}
+
+impl CutCacheNeeds<'_> {
+    /// An error saying what does not fit when the folder's free space or the
+    /// machine's available memory (where known) is short.
+    fn check(
+        &self,
+        (dir, free_disk): (&Path, Option<u64>),
+        free_memory: Option<u64>,
+    ) -> Result<()> {
+        let (from, cut, images) = (self.from, self.cut, self.images);
+        if let Some(free) = free_disk.filter(|&free| free < self.disk) {
+            bail!(
+                "fine-tuning from {from} caches the {cut} activations of {images} images: {} MiB, but {} has {} MiB free; free some space, or fine-tune from a higher block",
+                self.disk / MIB,
+                dir.display(),
+                free / MIB
+            );
+        }
+        if let Some(free) = free_memory.filter(|&free| free < self.memory) {
+            bail!(
+                "fine-tuning from {from} holds the {cut} activations of {images} images in memory: {} MiB, but {} MiB are available; fine-tune from a higher block",
+                self.memory / MIB,
+                free / MIB
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Prepared {
@@ -90,6 +125,7 @@ impl Prepared {
             cache: cache.at_layer(&self.blocks.cut),
             layer: self.blocks.cut.clone(),
             size: self.blocks.cut_size(),
+            training: self.cut_training,
         }
     }
 
@@ -109,19 +145,21 @@ impl Prepared {
         let Prepared {
             settings,
             blocks,
+            cut_images,
             cut_cache_bytes,
+            ..
         } = self;
         let (from, cut) = (blocks.from.clone(), blocks.cut.clone());
         let trained_layers = blocks.layers().count();
         let gpu = &engine.gpu.clone();
         let mut net = TrainableNetwork::new(gpu, blocks, file, &head, &settings)?;
-        net.tune_on_first_use(gpu);
+        net.tune_on_first_use(gpu)?;
         log::info!(
-            "Fine-tuning from {from} up ({trained_layers} conv layers and the head, {} parameters) on the cached {cut} activations ({} MiB on disk, f16), {} epochs of {} images",
+            "Fine-tuning from {from} up ({trained_layers} conv layers and the head, {} parameters), {} epochs of {} images; the {cut} activations of {cut_images} images cached ({} MiB on disk, f16)",
             net.parameter_count(),
-            cut_cache_bytes / MIB,
             settings.epochs,
-            train.iter().map(Vec::len).sum::<usize>()
+            train.iter().map(Vec::len).sum::<usize>(),
+            cut_cache_bytes / MIB,
         );
         let labels: Vec<u32> = b.examples.iter().map(|e| e.class as u32).collect();
         let data = CutData {
@@ -260,4 +298,38 @@ fn write_scalars(w: &mut SummaryWriter, r: &EpochRecord) -> Result<()> {
         w.scalar("fine_tune/validation_cross_entropy", c, r.epoch)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_cache_that_does_not_fit_is_refused_with_its_size() {
+        let need = CutCacheNeeds {
+            from: "mixed0",
+            cut: "stem",
+            images: 900,
+            disk: 3000 * MIB,
+            memory: 2900 * MIB,
+        };
+        let dir = Path::new("cache/bottlenecks");
+        let err = |disk, memory| need.check((dir, disk), memory).unwrap_err().to_string();
+        let disk = err(Some(1000 * MIB), Some(8000 * MIB));
+        for part in [
+            "stem activations of 900 images: 3000 MiB",
+            "cache/bottlenecks has 1000 MiB free",
+        ] {
+            assert!(disk.contains(part), "{disk}");
+        }
+        let memory = err(Some(5000 * MIB), Some(2000 * MIB));
+        for part in ["in memory: 2900 MiB", "but 2000 MiB are available"] {
+            assert!(memory.contains(part), "{memory}");
+        }
+        assert!(need
+            .check((dir, Some(3000 * MIB)), Some(2900 * MIB))
+            .is_ok());
+        // Unknown free space or memory is not a reason to refuse.
+        assert!(need.check((dir, None), None).is_ok());
+    }
 }
