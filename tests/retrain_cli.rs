@@ -538,17 +538,21 @@ fn bad_fine_tuning_flags_are_refused_before_any_work() {
         args.extend(extra);
         retrain(dir.path(), &args)
     };
-    let o = run(&["--fine-tune-from", "mixed11"]);
-    assert!(!o.status.success());
-    let err = stderr(&o);
-    assert!(
-        err.contains("cannot fine-tune from \"mixed11\"") && err.contains("mixed0, mixed1"),
-        "{err}"
-    );
-    assert!(
-        !err.contains("Computing"),
-        "work began before the check: {err}"
-    );
+    // A block that does not exist, and a layer inside a block.
+    for name in ["mixed11", "mixed9/branch1x1"] {
+        let o = run(&["--fine-tune-from", name]);
+        assert!(!o.status.success());
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("cannot fine-tune from \"{name}\""))
+                && err.contains("mixed0, mixed1"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("Computing"),
+            "work began before the check: {err}"
+        );
+    }
     let o = run(&["--fine-tune", "--architecture", "mobilenet_v2"]);
     assert!(!o.status.success());
     assert!(
