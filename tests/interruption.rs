@@ -220,7 +220,7 @@ fn temporary_files_left_by_killed_runs_are_removed() {
 }
 
 #[test]
-fn a_fine_tuning_run_killed_while_it_trains_leaves_its_cut_cache_and_no_model() {
+fn a_fine_tuning_run_killed_between_epochs_leaves_its_cut_cache_and_no_model() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     example_folder(dir.path(), 6);
@@ -248,15 +248,17 @@ fn a_fine_tuning_run_killed_while_it_trains_leaves_its_cut_cache_and_no_model() 
         c.stdin(Stdio::null()).stdout(Stdio::null());
         c
     };
-    // Killed once its epochs have begun: the cut's activations are all cached.
-    let mut child = fine_tune("1000").stderr(Stdio::piped()).spawn().unwrap();
-    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = log
-        .find(|l| l.as_ref().unwrap().contains("Fine-tuning from mixed9 up"))
-        .expect("the run reached fine-tuning")
-        .unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // Killed after its first epoch: the cut's activations are all cached.
+    let mut child = KilledOnDrop(fine_tune("50").stderr(Stdio::piped()).spawn().unwrap());
+    let mut log = BufReader::new(child.0.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    let line = (log.by_ref())
+        .find(|l| l.contains("Fine-tuning from mixed9 up"))
+        .expect("the run reached fine-tuning");
+    log.find(|l| l.contains("Fine-tuning epoch 1 "))
+        .expect("the run finished an epoch");
+    drop(child);
     let out = dir.path().join("retrain-output");
     assert!(
         !out.join("model.safetensors").exists(),
@@ -296,4 +298,14 @@ fn a_fine_tuning_run_killed_while_it_trains_leaves_its_cut_cache_and_no_model() 
     assert!(o.status.success(), "{log}");
     assert_eq!(computed(&log), 0, "{log}");
     Classifier::read(&out.join("model.safetensors")).unwrap();
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, even when a test fails first.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

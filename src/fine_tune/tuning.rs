@@ -20,7 +20,7 @@ impl TrainableNetwork {
         if tuning_disabled() {
             return Ok(());
         }
-        self.tune_and_check(gpu, WORSE_THAN_DEFAULTS)
+        self.tune_input_gradients(gpu, WORSE_THAN_DEFAULTS)
     }
 
     /// Measures the input gradients' conv shapes this device's tuning lacks,
@@ -28,7 +28,7 @@ impl TrainableNetwork {
     /// keeps the defaults when they ran more than `worse` times slower; the
     /// shapes measured before (the engine's, checked with its network) stay
     /// as they are.
-    pub fn tune_and_check(&mut self, gpu: &Gpu, worse: f64) -> Result<()> {
+    pub fn tune_input_gradients(&mut self, gpu: &Gpu, worse: f64) -> Result<()> {
         let convs: Vec<ConvParams> = (self.blocks.input_gradient_convs().into_iter())
             .filter(|p| !self.tuning.choices.contains_key(&shape_key(p)))
             .collect();

@@ -1,5 +1,6 @@
-//! Every image's bottleneck — and, when fine-tuning, the training and
-//! validation images' activations at the cut — read from the cache, or
+//! Every image's bottleneck — and, when fine-tuning, the validation images'
+//! activations at the cut, and the training images' unless they are
+//! distorted — read from the cache, or
 //! computed on the GPU in batches (decoding one batch ahead, one pass for
 //! both) and cached at once, so an interrupted run loses nothing. The test
 //! images' can wait for the end of the run (`TestImages::Later`), when it is
@@ -37,8 +38,8 @@ pub struct Bottlenecks {
     pub skipped: usize,
     /// Test images left for `refresh` (TestImages::Later).
     pub deferred: usize,
-    /// Each example's activations at the fine-tuning cut (training and
-    /// validation images, when asked for).
+    /// Each example's activations at the fine-tuning cut, for the images
+    /// `CutRequest::wanted` names (None for the others).
     pub cut: Vec<Option<Vec<f16>>>,
 }
 
@@ -81,7 +82,7 @@ impl Bottlenecks {
 struct Pending {
     index: usize,
     entry: PathBuf,
-    /// The cut's entry, when the image is one fine-tuning trains or validates on.
+    /// The cut's entry, when its activations there are wanted (CutRequest::wanted).
     cut_entry: Option<PathBuf>,
 }
 
@@ -323,7 +324,7 @@ fn compute(
         names.push(&c.layer);
         let images = pending.iter().filter(|p| p.cut_entry.is_some()).count() as u64;
         log::info!(
-            "Caching the {} activations of {images} training and validation images as f16 ({} MiB on disk)",
+            "Caching the {} activations of {images} images as f16 ({} MiB on disk)",
             c.layer,
             (images * c.cache.entry_bytes(c.size)) >> 20
         );

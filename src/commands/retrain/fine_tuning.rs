@@ -37,8 +37,9 @@ pub struct Prepared {
     /// Whether the training images' cut activations are cached too: not when
     /// they are distorted (the frozen part then runs on every distorted batch).
     pub cut_training: bool,
-    /// The images whose cut activations are cached, and their bytes on disk.
+    /// How many images' cut activations are cached.
     pub cut_images: u64,
+    /// Their bytes on disk.
     pub cut_cache_bytes: u64,
 }
 
@@ -145,9 +146,9 @@ impl Prepared {
         let Prepared {
             settings,
             blocks,
+            cut_training,
             cut_images,
             cut_cache_bytes,
-            ..
         } = self;
         let (from, cut) = (blocks.from.clone(), blocks.cut.clone());
         let trained_layers = blocks.layers().count();
@@ -183,7 +184,7 @@ impl Prepared {
         let distortions = args.distortions();
         let mut cached = data.clone();
         let mut distorted;
-        let source: &mut dyn CutSource = if distortions.any() {
+        let source: &mut dyn CutSource = if !cut_training {
             log::info!("Distorting training images ({distortions:?}): every step runs its images through the frozen part up to {cut}");
             let paths = b.examples.iter().map(|e| e.path.clone()).collect();
             let cache = args.image_cache_mb << 20;
