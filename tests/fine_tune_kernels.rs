@@ -434,22 +434,31 @@ fn pool_gradients_match_the_reference() {
 fn global_pool_gradient_matches_the_reference() {
     let gpu = &gpu().0;
     let mut rng = rng(300);
-    let p = GlobalPoolParams {
-        batch: 3,
-        height: rng.random_range(1..9),
-        width: rng.random_range(1..9),
-        channels: rng.random_range(1..60),
-    };
-    let grad_out = random_vec(&mut rng, (p.batch * p.channels) as usize);
-    let grad_in = random_vec(
-        &mut rng,
-        (p.batch * p.height * p.width * p.channels) as usize,
-    );
-    let mut expected = to_f64(&grad_in);
-    reference::global_avg_pool_grad(&p, &to_f64(&grad_out), &mut expected);
-    let (bgo, bgi) = (upload(gpu, &grad_out), upload(gpu, &grad_in));
-    let d = backward().global_avg_pool_grad(gpu, &p, &bgo, &bgi);
-    check(gpu, &[&d], &bgi, &to_f32(&expected), "global pool gradient");
+    // The gradient adds into what the input's gradient holds (random here).
+    for _ in 0..6 {
+        let p = GlobalPoolParams {
+            batch: rng.random_range(1..5),
+            height: rng.random_range(1..9),
+            width: rng.random_range(1..9),
+            channels: rng.random_range(1..60),
+        };
+        let grad_out = random_vec(&mut rng, (p.batch * p.channels) as usize);
+        let grad_in = random_vec(
+            &mut rng,
+            (p.batch * p.height * p.width * p.channels) as usize,
+        );
+        let mut expected = to_f64(&grad_in);
+        reference::global_avg_pool_grad(&p, &to_f64(&grad_out), &mut expected);
+        let (bgo, bgi) = (upload(gpu, &grad_out), upload(gpu, &grad_in));
+        let d = backward().global_avg_pool_grad(gpu, &p, &bgo, &bgi);
+        check(
+            gpu,
+            &[&d],
+            &bgi,
+            &to_f32(&expected),
+            &format!("global pool gradient {p:?}"),
+        );
+    }
 }
 
 #[test]
