@@ -1,7 +1,8 @@
 //! The fine-tuning loop: epochs over the training images' cut activations
-//! (cached, or from distorted images) in shuffled batches (split into micro-batches the device can
-//! hold, their gradients summed), the learning-rate schedule, validation after
-//! every epoch, the best epoch's parameters kept and early stopping. Epoch 0
+//! (cached, or from distorted images) in shuffled batches (split into
+//! micro-batches the device can hold, their gradients summed), the
+//! learning-rate schedule, validation after every epoch, the best epoch's
+//! parameters kept and early stopping. Epoch 0
 //! is the frozen head before any fine-tuning: when no epoch beats it, the
 //! base network and the head stay as they were.
 

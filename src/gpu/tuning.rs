@@ -380,11 +380,7 @@ pub fn time_convs_against_defaults(
         dispatches(&|_| default_variant(gpu)),
     ];
     let best = best_times_in_turns(rounds, runs.len(), |i| {
-        submit(gpu, &runs[i].iter().collect::<Vec<_>>());
-        gpu.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .context("device lost while timing the tuned kernels")?;
-        Ok(())
+        run_to_completion(gpu, &runs[i].iter().collect::<Vec<_>>())
     })?;
     Ok((best[0], best[1]))
 }
@@ -440,12 +436,17 @@ fn fastest_of<T: Copy>(gpu: &Gpu, choices: &[T], dispatches: &[Dispatch]) -> Res
 /// Each dispatch's seconds, timed in turns over TIMING_ROUNDS rounds.
 fn best_times(gpu: &Gpu, dispatches: &[Dispatch]) -> Result<Vec<f64>> {
     best_times_in_turns(TIMING_ROUNDS, dispatches.len(), |i| {
-        submit(gpu, &[&dispatches[i]]);
-        gpu.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .context("device lost while tuning")?;
-        Ok(())
+        run_to_completion(gpu, &[&dispatches[i]])
     })
+}
+
+/// Submits `dispatches` and waits until the device has run them.
+fn run_to_completion(gpu: &Gpu, dispatches: &[&Dispatch]) -> Result<()> {
+    submit(gpu, dispatches);
+    gpu.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .context("device lost while tuning")?;
+    Ok(())
 }
 
 /// The seconds of each of `count` candidates, `run(i)` running the i-th
