@@ -22,17 +22,18 @@
 // [kernel_h, kernel_w, in_c, out_c/4] or four f16 per vec2<u32>, bias 3,
 // output 4 and residual 5 in NHWC vec4 with channel slices).
 //
-// Grid: x over channel groups (out_c / (4·COLS)), y over row groups (m / ROWS).
+// Grid: x over channel groups (out_c / (4·COLS)), y over row groups (m / ROWS),
+// folded into z past the device's limit per dimension: row group y + z·(grid's y).
 
 const ROWS: u32 = 4u;
 const COLS: u32 = 2u;
 override GROUP: u32 = 64u;
 
 @compute @workgroup_size(GROUP, 1, 1)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let groups_n = p.out_c / 4u;
     let g0 = gid.x * COLS;
-    let r0 = gid.y * ROWS;
+    let r0 = (gid.z * groups.y + gid.y) * ROWS;
     if (g0 >= groups_n || r0 >= p.m) {
         return;
     }

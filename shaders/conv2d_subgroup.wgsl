@@ -29,7 +29,8 @@
 // in HWIO vec4 [kernel_h, kernel_w, in_c, out_c/4] or four f16 per vec2<u32>,
 // bias 3, output 4 and residual 5 in NHWC vec4 with channel slices).
 //
-// Grid: x over pixel groups (m / (ROWS·GROUP)), y over channel blocks (out_c / (4·COLS)).
+// Grid: x over pixel groups (m / (ROWS·GROUP)), y over channel blocks (out_c / (4·COLS));
+// the pixel groups fold into z past the device's limit per dimension: group x + z·(grid's x).
 
 const ROWS: u32 = 4u;
 const COLS: u32 = 4u;
@@ -40,10 +41,11 @@ fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
     @builtin(subgroup_invocation_id) sg_lane: u32,
+    @builtin(num_workgroups) groups: vec3<u32>,
 ) {
     let groups_n = p.out_c / 4u;
     let g0 = wg.y * COLS;
-    let r0 = (wg.x * GROUP + lid) * ROWS;
+    let r0 = ((wg.z * groups.x + wg.x) * GROUP + lid) * ROWS;
 
     // Each row's receptive field (rows past m: the last row's).
     var corners: array<Corner, ROWS>;

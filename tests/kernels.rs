@@ -294,6 +294,46 @@ fn conv_register_tile_edges() {
     check_conv(&p, &mut rng);
 }
 
+/// A batch so large that every register tile's pixel groups pass the
+/// device's limit of workgroups per dimension (as Inception's first convs do
+/// at lavapipe's batch of 24): the grid folds into z and the register tiles
+/// still run, rather than falling back to the workgroup-memory tiles, and
+/// agree with the reference.
+#[test]
+fn conv_register_tiles_past_the_grid_limit() {
+    let gpu = &gpu().0;
+    let max_groups = gpu.limits.max_compute_workgroups_per_dimension;
+    // The subgroup tiles cover the most pixels per workgroup: 4 rows × 8 invocations.
+    let (h, w) = (37, 29);
+    let batch = (32 * max_groups.min(1 << 16)).div_ceil(h * w) + 1;
+    let p = ConvParams {
+        kernel_h: 1,
+        kernel_w: 1,
+        pad_top: 0,
+        pad_left: 0,
+        activation: 1,
+        ..same_3x3(batch, (h, w), (4, 4))
+    };
+    let mut rng = rng(13);
+    // The device's own kernels: the fold is the same whatever the operands are read from.
+    let set = &kernel_sets()[0];
+    let register_tiles = ConvVariant::CANDIDATES
+        .into_iter()
+        .filter(|&v| v != ConvVariant::Tiled);
+    for variant in register_tiles {
+        let on_device = match variant {
+            ConvVariant::Subgroup { group, .. } => gpu.whole_subgroups_of_8(group),
+            _ => true,
+        };
+        assert_eq!(variant.fits(&p, gpu), on_device, "{variant:?}");
+        if on_device {
+            let grid = variant.grid(&p, max_groups);
+            assert!(grid[2] > 1, "{variant:?} does not fold: {grid:?}");
+            check_conv_variant(&p, variant, set, &mut rng);
+        }
+    }
+}
+
 /// Timed runs (the benches' GpuTimer) get a start and an end whether their
 /// first dispatch copies into textures or not, and with no dispatch at all.
 #[test]

@@ -78,7 +78,7 @@ impl ConvVariant {
         let aligned =
             vec4_aligned(&[p.out_c, p.out_stride, p.out_offset]) && vec4_aligned(&residual);
         let max_groups = gpu.limits.max_compute_workgroups_per_dimension;
-        let grid_fits = self.grid(p).iter().all(|&g| g <= max_groups);
+        let grid_fits = self.grid(p, max_groups).iter().all(|&g| g <= max_groups);
         match *self {
             ConvVariant::Tiled => true,
             ConvVariant::Direct { .. } => aligned && grid_fits,
@@ -88,19 +88,31 @@ impl ConvVariant {
         }
     }
 
-    /// The workgroups this variant dispatches for conv `p`.
-    pub fn grid(&self, p: &ConvParams) -> [u32; 3] {
+    /// The workgroups this variant dispatches for conv `p`. The register
+    /// tiles' pixel groups fold into z past `max_groups` workgroups (a large
+    /// batch), as the shaders expect, so that they never fall back to the
+    /// workgroup-memory tiles for want of grid.
+    pub fn grid(&self, p: &ConvParams, max_groups: u32) -> [u32; 3] {
         let quads = p.out_c / 4;
         match *self {
             ConvVariant::Tiled => [p.m.div_ceil(CONV_TILE), p.out_c.div_ceil(CONV_TILE), 1],
             ConvVariant::Direct { rows, cols, group } => {
-                [quads.div_ceil(cols).div_ceil(group), p.m.div_ceil(rows), 1]
+                let [pixels, folds] = fold(p.m.div_ceil(rows), max_groups);
+                [quads.div_ceil(cols).div_ceil(group), pixels, folds]
             }
             ConvVariant::Subgroup { rows, cols, group } => {
-                [p.m.div_ceil(rows * group), quads.div_ceil(cols), 1]
+                let [pixels, folds] = fold(p.m.div_ceil(rows * group), max_groups);
+                [pixels, quads.div_ceil(cols), folds]
             }
         }
     }
+}
+
+/// `groups` workgroups as at most `max_groups` in one dimension times as many
+/// rows of them as needed (the last one partly past the end).
+fn fold(groups: u32, max_groups: u32) -> [u32; 2] {
+    let first = groups.clamp(1, max_groups);
+    [first, groups.div_ceil(first)]
 }
 
 /// Whether a conv's input channels can be read as vec4s.

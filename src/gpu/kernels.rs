@@ -379,7 +379,7 @@ impl Kernels {
         let registers = !matches!(variant, ConvVariant::Tiled) && variant.fits(p, gpu);
         match registers {
             true => {
-                let groups = variant.grid(p);
+                let groups = variant.grid(p, self.max_groups);
                 if let Some([input, weights]) = self.texture_copies(gpu, p, input, weights) {
                     let pipeline = self.register_tile_pipeline(gpu, variant, Reads::Textures);
                     let buffers = [(3, bias), (4, output), (5, residual)];
@@ -394,7 +394,7 @@ impl Kernels {
                 Self::dispatch(gpu, &pipeline, p, &buffers, groups)
             }
             false => {
-                let groups = ConvVariant::Tiled.grid(p);
+                let groups = ConvVariant::Tiled.grid(p, self.max_groups);
                 Self::dispatch(gpu, &self.conv2d, p, &buffers, groups)
             }
         }
