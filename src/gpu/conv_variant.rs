@@ -67,7 +67,7 @@ impl ConvVariant {
 
     /// Whether this variant can run the conv `p` on `gpu` (the register
     /// tiles need the output channel count and slices aligned to 4 and their
-    /// grid within the limit; the subgroup tiles also workgroups made of
+    /// grid, pixel groups folded, within the limit; the subgroup tiles also workgroups made of
     /// whole subgroups of 8, which for their 8 invocations means subgroups
     /// exactly 8 wide).
     pub fn fits(&self, p: &ConvParams, gpu: &Gpu) -> bool {
@@ -108,11 +108,11 @@ impl ConvVariant {
     }
 }
 
-/// `groups` workgroups as at most `max_groups` in one dimension times as many
-/// rows of them as needed (the last one partly past the end).
+/// `groups` workgroups as rows of at most `max_groups`, split evenly so that
+/// fewer than one per row run past the end.
 fn fold(groups: u32, max_groups: u32) -> [u32; 2] {
-    let first = groups.clamp(1, max_groups);
-    [first, groups.div_ceil(first)]
+    let rows = groups.div_ceil(max_groups).max(1);
+    [groups.div_ceil(rows), rows]
 }
 
 /// Whether a conv's input channels can be read as vec4s.
