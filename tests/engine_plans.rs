@@ -1,6 +1,7 @@
 //! The engine keeps a plan (every activation buffer and bind group of a batch
 //! size) per batch size: a run that alternates full batches and a remainder
-//! builds each once, not at every batch.
+//! builds each once, not at every batch. Released (while fine-tuning needs
+//! the memory), they are built again and give the same bottlenecks.
 
 use image::RgbImage;
 use retrain::convert::default_weights;
@@ -26,4 +27,8 @@ fn plans_are_built_once_per_batch_size() {
     let again = engine.bottlenecks(&images).unwrap();
     assert_eq!(engine.plans_built(), 2, "both plans kept");
     assert_eq!(first, again);
+    engine.release_memory();
+    let rebuilt = engine.bottlenecks(&images).unwrap();
+    assert_eq!(engine.plans_built(), 4, "both plans built again");
+    assert_eq!(first, rebuilt);
 }

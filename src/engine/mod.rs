@@ -166,6 +166,14 @@ impl Engine {
         self.plan_capacity = plans.max(1);
     }
 
+    /// Frees what the engine keeps between runs — the plans' activations and
+    /// the scratch textures — while other work needs the memory; the next run
+    /// makes them again.
+    pub fn release_memory(&mut self) {
+        self.plans.clear();
+        self.kernels.release_scratch_textures();
+    }
+
     /// How many plans this engine has built (each allocates every activation
     /// buffer and bind group of a batch size).
     pub fn plans_built(&self) -> usize {

@@ -495,6 +495,14 @@ impl Kernels {
         Self::dispatch(gpu, pipelines.of(kind), p, &[input, output], groups)
     }
 
+    /// Lets the scratch textures go (they are made again when next needed).
+    pub fn release_scratch_textures(&self) {
+        if let Some(textures) = &self.operand_textures {
+            textures.input.release();
+            textures.weights.release();
+        }
+    }
+
     /// Bytes of scratch textures a batch's activations may take per image,
     /// when the largest activation takes `largest` bytes per image: the
     /// input texture's share (the weights' is the same for every batch).

@@ -133,6 +133,12 @@ impl ScratchTextures {
         }
     }
 
+    /// Lets the texture go once the copies that hold it are dropped; the next
+    /// copy makes a new one.
+    pub fn release(&self) {
+        *self.texture.lock().expect("scratch texture") = None;
+    }
+
     /// The copy of `buffer`'s first `texels` texels into the scratch texture;
     /// None when no texture of the device can hold them.
     pub fn copy_of(&self, gpu: &Gpu, buffer: &wgpu::Buffer, texels: u64) -> Option<TextureCopy> {

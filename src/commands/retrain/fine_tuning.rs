@@ -153,6 +153,11 @@ impl Prepared {
         let (from, cut) = (blocks.from.clone(), blocks.cut.clone());
         let trained_layers = blocks.layers().count();
         let gpu = &engine.gpu.clone();
+        if cut_training {
+            // Nothing runs the whole network until the final test: free its
+            // batch's activations for the blocks' training.
+            engine.release_memory();
+        }
         let mut net = TrainableNetwork::new(gpu, blocks, file, &head, &settings)?;
         net.tune_on_first_use(gpu)?;
         log::info!(
