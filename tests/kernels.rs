@@ -305,7 +305,7 @@ fn conv_register_tiles_past_the_grid_limit() {
     let max_groups = gpu.limits.max_compute_workgroups_per_dimension;
     // The subgroup tiles cover the most pixels per workgroup: 4 rows × 8 invocations.
     let (h, w) = (37, 29);
-    let batch = (32 * max_groups).div_ceil(h * w) + 1;
+    let batch = (32 * max_groups as u64).div_ceil((h * w) as u64) as u32 + 1;
     let p = ConvParams {
         kernel_h: 1,
         kernel_w: 1,

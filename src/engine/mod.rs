@@ -166,11 +166,12 @@ impl Engine {
         self.plan_capacity = plans.max(1);
     }
 
-    /// Frees what the engine keeps between runs — the plans' activations and
-    /// the scratch textures — while other work needs the memory; the next run
-    /// makes them again.
+    /// Frees what the engine keeps between runs — the plans' activations, the
+    /// decoded pixels' buffer and the scratch textures — while other work
+    /// needs the memory; the next run makes them again.
     pub fn release_memory(&mut self) {
         self.plans.clear();
+        self.pixels = None;
         self.kernels.release_scratch_textures();
     }
 

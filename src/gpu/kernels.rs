@@ -495,7 +495,8 @@ impl Kernels {
         Self::dispatch(gpu, pipelines.of(kind), p, &[input, output], groups)
     }
 
-    /// Lets the scratch textures go (they are made again when next needed).
+    /// Lets the scratch textures go (made again when next needed); their
+    /// memory returns once the dispatches holding copies are dropped too.
     pub fn release_scratch_textures(&self) {
         if let Some(textures) = &self.operand_textures {
             textures.input.release();

@@ -9,8 +9,9 @@
 //!
 //! A buffer of vec4s maps onto a texture row by row: vec4 `i` is texel
 //! (i % TEXELS_PER_ROW, i / TEXELS_PER_ROW). The textures are scratch space
-//! shared by every dispatch of the device, one per binding, since each
-//! dispatch refills what it reads.
+//! shared by every dispatch of one set of kernels (the engine's, fine-tuning's
+//! forward and backward kernels each have theirs), one per binding, since
+//! each dispatch refills what it reads.
 
 use super::context::Gpu;
 use std::sync::Mutex;
