@@ -67,9 +67,9 @@ impl ConvVariant {
 
     /// Whether this variant can run the conv `p` on `gpu` (the register
     /// tiles need the output channel count and slices aligned to 4 and their
-    /// grid, pixel groups folded, within the limit; the subgroup tiles also workgroups made of
-    /// whole subgroups of 8, which for their 8 invocations means subgroups
-    /// exactly 8 wide).
+    /// grid, pixel groups folded, within the limit; the subgroup tiles also
+    /// workgroups made of whole subgroups of 8, which for their 8 invocations
+    /// means subgroups exactly 8 wide).
     pub fn fits(&self, p: &ConvParams, gpu: &Gpu) -> bool {
         let residual = match p.residual {
             1 => [p.res_stride, p.res_offset],
