@@ -3,7 +3,7 @@
 //! sizes, conv2d_subgroup.wgsl's register tiles with weights shared through
 //! the subgroup, and which of them can run a given conv on a given device.
 
-use super::kernels::{vec4_aligned, CONV_TILE};
+use super::kernels::{fold, vec4_aligned, CONV_TILE};
 use super::params::ConvParams;
 use super::Gpu;
 
@@ -97,22 +97,15 @@ impl ConvVariant {
         match *self {
             ConvVariant::Tiled => [p.m.div_ceil(CONV_TILE), p.out_c.div_ceil(CONV_TILE), 1],
             ConvVariant::Direct { rows, cols, group } => {
-                let [pixels, folds] = fold(p.m.div_ceil(rows), max_groups);
+                let [pixels, folds] = fold(p.m.div_ceil(rows) as u64, max_groups);
                 [quads.div_ceil(cols).div_ceil(group), pixels, folds]
             }
             ConvVariant::Subgroup { rows, cols, group } => {
-                let [pixels, folds] = fold(p.m.div_ceil(rows * group), max_groups);
+                let [pixels, folds] = fold(p.m.div_ceil(rows * group) as u64, max_groups);
                 [pixels, quads.div_ceil(cols), folds]
             }
         }
     }
-}
-
-/// `groups` workgroups as rows of at most `max_groups`, split evenly so that
-/// fewer than one per row run past the end.
-fn fold(groups: u32, max_groups: u32) -> [u32; 2] {
-    let rows = groups.div_ceil(max_groups).max(1);
-    [groups.div_ceil(rows), rows]
 }
 
 /// Whether a conv's input channels can be read as vec4s.

@@ -287,9 +287,15 @@ pub(super) fn vec4_aligned(values: &[u32]) -> bool {
 /// A 1-D grid of `count` invocations in `group`-wide workgroups, folded into
 /// 2-D when longer than `max_groups` workgroups.
 pub(super) fn grid(count: u64, group: u32, max_groups: u32) -> [u32; 3] {
-    let groups = count.div_ceil(group as u64).max(1);
-    let x = groups.min(max_groups as u64);
-    [x as u32, groups.div_ceil(x) as u32, 1]
+    let [x, y] = fold(count.div_ceil(group as u64).max(1), max_groups);
+    [x, y, 1]
+}
+
+/// `groups` workgroups as rows of at most `max_groups`, split evenly so that
+/// fewer than one per row run past the end.
+pub(super) fn fold(groups: u64, max_groups: u32) -> [u32; 2] {
+    let rows = groups.div_ceil(max_groups as u64).max(1);
+    [groups.div_ceil(rows) as u32, rows as u32]
 }
 
 impl Kernels {
