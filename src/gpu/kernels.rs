@@ -668,3 +668,32 @@ pub fn record_all<'a>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::fold;
+
+    /// A long run of workgroups, folded: all of them covered, no dimension
+    /// past the limit, and fewer than one workgroup per row past the end.
+    #[test]
+    fn folded_grids_cover_every_workgroup_within_the_limit() {
+        let max = 65_535u32;
+        let counts = (0..=3 * max as u64).step_by(997).chain([
+            1,
+            max as u64,
+            max as u64 + 1,
+            64 * max as u64,
+            64 * max as u64 + 1,
+        ]);
+        for groups in counts {
+            let [first, rows] = fold(groups, max);
+            let covered = first as u64 * rows as u64;
+            assert!(first <= max && rows <= max, "{groups}: {first} x {rows}");
+            assert!(covered >= groups, "{groups}: {first} x {rows}");
+            assert!(
+                covered - groups < rows.max(1) as u64,
+                "{groups}: {first} x {rows}"
+            );
+        }
+    }
+}
