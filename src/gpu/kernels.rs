@@ -285,8 +285,9 @@ pub(super) fn vec4_aligned(values: &[u32]) -> bool {
 }
 
 /// A 1-D grid of `count` invocations in `group`-wide workgroups, folded into
-/// 2-D when longer than `max_groups` workgroups.
-pub(super) fn grid(count: u64, group: u32, max_groups: u32) -> [u32; 3] {
+/// 2-D when longer than `max_groups` workgroups (the shader flattens its
+/// index with `num_workgroups`).
+pub fn grid(count: u64, group: u32, max_groups: u32) -> [u32; 3] {
     let [x, y] = fold(count.div_ceil(group as u64).max(1), max_groups);
     [x, y, 1]
 }

@@ -5,6 +5,7 @@
 //! comes back.
 
 use super::optimizer::{HeadSettings, Optimizer, TrainingRule};
+use crate::gpu::kernels;
 use crate::gpu::params::HeadParams;
 use crate::gpu::shader::{self, set_const};
 use crate::gpu::Gpu;
@@ -74,11 +75,9 @@ fn class_tile(classes: u32) -> u64 {
     }
 }
 
-/// A 2-D grid of 64-wide workgroups covering `n` invocations (head.wgsl's `flat_index`).
+/// A grid of 64-wide workgroups covering `n` invocations (head.wgsl's `flat_index`).
 fn grid(gpu: &Gpu, n: u64) -> [u32; 3] {
-    let groups = n.div_ceil(GROUP as u64);
-    let x = groups.min(gpu.limits.max_compute_workgroups_per_dimension as u64);
-    [x as u32, groups.div_ceil(x.max(1)) as u32, 1]
+    kernels::grid(n, GROUP, gpu.limits.max_compute_workgroups_per_dimension)
 }
 
 impl GpuHeads {

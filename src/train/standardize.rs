@@ -4,8 +4,8 @@
 //! head, so that `classify` works on raw bottlenecks.
 
 use crate::gpu::params::StandardizeParams;
-use crate::gpu::shader;
 use crate::gpu::Gpu;
+use crate::gpu::{kernels, shader};
 use crate::head::GpuHeads;
 use anyhow::Result;
 use bytemuck::Zeroable;
@@ -138,9 +138,8 @@ impl Standardizer {
 
     /// Standardises feature rows [first_row, first_row + rows) (written after `fit`).
     pub fn apply(&self, gpu: &Gpu, first_row: u32, rows: u32) {
-        let groups = (rows as u64 * self.dim as u64).div_ceil(64);
-        let x = groups.min(gpu.limits.max_compute_workgroups_per_dimension as u64);
-        let grid = [x as u32, groups.div_ceil(x.max(1)) as u32, 1];
+        let max_groups = gpu.limits.max_compute_workgroups_per_dimension;
+        let grid = kernels::grid(rows as u64 * self.dim as u64, 64, max_groups);
         self.dispatch(gpu, &self.apply, first_row, rows, grid);
     }
 
