@@ -325,7 +325,6 @@ fn conv_gradients_at_the_tile_edges() {
 
 #[test]
 fn activation_gradients_match_the_reference() {
-    let gpu = &gpu().0;
     for seed in 0..6 {
         let mut rng = rng(100 + seed);
         let channels = rng.random_range(1..40);
@@ -338,22 +337,47 @@ fn activation_gradients_match_the_reference() {
             activation: (seed % 3) as u32,
             ..Default::default()
         };
-        // Outputs in [-2, 8): ReLU6's zero, linear and saturated parts all occur.
-        let mut output = sliced(&mut rng, p.rows, p.stride, p.offset, p.channels);
-        output.iter_mut().for_each(|v| *v = *v * 5.0 + 3.0);
-        let grad = sliced(&mut rng, p.rows, p.stride, p.offset, p.channels);
-        let mut expected = to_f64(&grad);
-        reference::activation_grad(&p, &to_f64(&output), &mut expected);
-        let (bo, bg) = (upload(gpu, &output), upload(gpu, &grad));
-        let d = backward().activation_grad(gpu, &p, &bo, &bg);
-        check(
-            gpu,
-            &[&d],
-            &bg,
-            &keep_poison(&grad, &expected),
-            &format!("{p:?}"),
-        );
+        check_activation(&p, &mut rng);
     }
+}
+
+/// A gradient longer than one row of the grid (256-wide workgroups, at most
+/// the device's limit per dimension): the linear kernels' grids fold into
+/// two dimensions, and every element must still be reached once.
+#[test]
+fn activation_gradient_past_the_grid_limit() {
+    let max_groups = gpu().0.limits.max_compute_workgroups_per_dimension as u64;
+    let channels = 64;
+    let rows = (256 * max_groups).div_ceil(channels as u64) as u32 + 7;
+    let p = ActivationGradParams {
+        rows,
+        channels,
+        stride: channels,
+        offset: 0,
+        activation: 1,
+        ..Default::default()
+    };
+    check_activation(&p, &mut rng(106));
+}
+
+/// Runs activation_backward.wgsl over random outputs and gradients.
+fn check_activation(p: &ActivationGradParams, rng: &mut StdRng) {
+    let gpu = &gpu().0;
+    // Outputs in [-2, 8): ReLU6's zero, linear and saturated parts all occur.
+    let mut output = sliced(rng, p.rows, p.stride, p.offset, p.channels);
+    output.iter_mut().for_each(|v| *v = *v * 5.0 + 3.0);
+    let grad = sliced(rng, p.rows, p.stride, p.offset, p.channels);
+    let mut expected = to_f64(&grad);
+    reference::activation_grad(p, &to_f64(&output), &mut expected);
+    let (bo, bg) = (upload(gpu, &output), upload(gpu, &grad));
+    let d = backward().activation_grad(gpu, p, &bo, &bg);
+    check(
+        gpu,
+        &[&d],
+        &bg,
+        &keep_poison(&grad, &expected),
+        &format!("{p:?}"),
+    );
 }
 
 fn check_pool(seed: u64, kind: PoolKind, window: u32, stride: u32, padded: bool) {
