@@ -116,8 +116,8 @@ def main():
     p.add_argument('--cache', required=True, help="retrain's --bottleneck-dir after a --fine-tune run")
     p.add_argument('--weights', default=DEFAULT_WEIGHTS)
     p.add_argument('--opt', default='adam', choices=['adam', 'sgd'])
-    p.add_argument('--lr', type=float, default=1e-4)
-    p.add_argument('--epochs', type=int, default=4)
+    p.add_argument('--lr', type=float, default=2e-4)
+    p.add_argument('--epochs', type=int, default=3)
     p.add_argument('--dropout', type=float, default=0.5)
     p.add_argument('--wd', type=float, default=1e-4)
     p.add_argument('--batch', type=int, default=16)
@@ -128,6 +128,10 @@ def main():
                    help='share of training images whose cut activations are mirrored left-right')
     p.add_argument('--head-lr', type=float, default=1.0, help="the head's learning rate over the blocks'")
     p.add_argument('--smooth', type=float, default=0.0, help='label smoothing')
+    p.add_argument('--dropout-centred', action='store_true',
+                   help="drop features to their mean (dropout on the standardised features), not to 0")
+    p.add_argument('--seed', type=int, default=0,
+                   help="seed of the training images' order and of dropout (the folds stay)")
     p.add_argument('--train-share', type=float, default=1.0,
                    help="share of each fold's training images used (a learning curve)")
     a = p.parse_args()
@@ -178,7 +182,8 @@ def main():
                else torch.optim.SGD(groups, lr=a.lr, momentum=0.9))
         steps = len(tr) // a.batch
         total, warm, step = steps * a.epochs, max(steps * a.epochs // 10, 1), 0
-        g = torch.Generator().manual_seed(k)
+        g = torch.Generator().manual_seed(k + 1000 * a.seed)
+        torch.manual_seed(k + 1000 * a.seed)
         curve = []
         for _ in range(a.epochs):
             perm = tr[torch.randperm(len(tr), generator=g).numpy()]
@@ -194,7 +199,9 @@ def main():
                     v = x.view(-1, side, side, 1280)
                     mirrored = torch.rand(len(rows), generator=g) < a.flip
                     x = torch.where(mirrored[:, None, None, None], v.flip(2), v).reshape(len(rows), -1)
-                f = F.dropout(net(x), a.dropout, True)
+                f = net(x)
+                f = (mu + F.dropout(f - mu, a.dropout, True) if a.dropout_centred
+                     else F.dropout(f, a.dropout, True))
                 loss = F.cross_entropy(head(f), Y[rows], label_smoothing=a.smooth)
                 opt.zero_grad()
                 loss.backward()
