@@ -255,7 +255,7 @@ pub struct TrainArgs {
     #[arg(
         long,
         value_name = "N",
-        default_value_t = 4,
+        default_value_t = 3,
         help_heading = "Fine-tuning"
     )]
     pub fine_tune_epochs: u32,
@@ -264,7 +264,7 @@ pub struct TrainArgs {
     #[arg(
         long,
         value_name = "RATE",
-        default_value_t = 1e-4,
+        default_value_t = 2e-4,
         help_heading = "Fine-tuning"
     )]
     pub fine_tune_learning_rate: f32,
