@@ -184,9 +184,25 @@ fn a_stopped_head_keeps_its_parameters() {
 
 #[test]
 fn standardisation_matches_the_cpu_and_folds_into_the_exported_head() {
+    check_standardisation(5, 50, 40, 3);
+}
+
+/// More feature values than one row of the grid covers (64-wide workgroups,
+/// at most the device's limit per dimension): standardize.wgsl's grid folds
+/// into two dimensions and must still reach every row.
+#[test]
+fn standardisation_past_the_grid_limit() {
+    let max_groups = gpu().0.limits.max_compute_workgroups_per_dimension as usize;
+    let dim = 2048;
+    check_standardisation(6, (64 * max_groups).div_ceil(dim) + 3, dim as u32, 2);
+}
+
+/// Standardises `n` random, badly scaled feature rows of `dim` values on
+/// the GPU: the statistics against the CPU's, and the head's logits on
+/// them against the folded head's on the raw features.
+fn check_standardisation(seed: u64, n: usize, dim: u32, classes: u32) {
     let (gpu, _) = gpu();
-    let mut rng = rng(5);
-    let (n, dim, classes) = (50usize, 40u32, 3u32);
+    let mut rng = rng(seed);
     let mut features = features(&mut rng, n, dim as usize);
     for (i, v) in features.iter_mut().enumerate() {
         let k = i % dim as usize;
