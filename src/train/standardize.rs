@@ -4,8 +4,7 @@
 //! head, so that `classify` works on raw bottlenecks.
 
 use crate::gpu::params::StandardizeParams;
-use crate::gpu::Gpu;
-use crate::gpu::{kernels, shader};
+use crate::gpu::{kernels, shader, Gpu};
 use crate::head::GpuHeads;
 use anyhow::Result;
 use bytemuck::Zeroable;
