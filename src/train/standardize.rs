@@ -20,6 +20,9 @@ pub struct Standardization {
 /// up to rounding.
 const CONSTANT: f64 = 1e-6;
 
+/// standardize.wgsl's workgroup size (both entry points).
+const GROUP: u32 = 64;
+
 impl Standardization {
     /// From per-dimension means and variances. A dimension that is constant on
     /// the training rows carries no information there; it is ignored
@@ -121,7 +124,7 @@ impl Standardizer {
             selected: rows.len() as u32,
             dim,
         };
-        s.dispatch(gpu, &moments, 0, 0, [dim.div_ceil(64), 1, 1]);
+        s.dispatch(gpu, &moments, 0, 0, [dim.div_ceil(GROUP), 1, 1]);
         let m: Vec<f32> =
             bytemuck::pod_collect_to_vec(&gpu.read_buffer(&stats, 2 * dim as u64 * 4)?);
         s.standardization =
@@ -138,7 +141,7 @@ impl Standardizer {
     /// Standardises feature rows [first_row, first_row + rows) (written after `fit`).
     pub fn apply(&self, gpu: &Gpu, first_row: u32, rows: u32) {
         let max_groups = gpu.limits.max_compute_workgroups_per_dimension;
-        let grid = kernels::grid(rows as u64 * self.dim as u64, 64, max_groups);
+        let grid = kernels::grid(rows as u64 * self.dim as u64, GROUP, max_groups);
         self.dispatch(gpu, &self.apply, first_row, rows, grid);
     }
 
