@@ -1,7 +1,7 @@
 """Cross-validated fine-tuning of Inception V3's mixed9 + mixed10 in PyTorch on
 the cut activations a retrain run cached: a fast replica of `retrain
 --fine-tune` for comparing recipes (see README.md)."""
-import argparse, glob, json, math, os, struct, sys, time
+import argparse, base64, glob, json, math, os, re, struct, sys, time
 import numpy as np
 import torch
 import torch.nn as nn
@@ -50,21 +50,29 @@ def top_weights(path):
 
 
 class Conv(nn.Module):
-    """A conv with its batch norm folded in, then ReLU (HWIO weights from the file)."""
-    def __init__(self, w, b):
+    """A conv with its batch norm folded in, then ReLU (HWIO weights from the file).
+    With a `scale` (1/σ of the batch norm), the trained weight is the kernel
+    before its frozen batch norm, as Keras trains it: conv(x, weight·scale)."""
+    def __init__(self, w, b, scale=None):
         super().__init__()
-        self.weight = nn.Parameter(torch.tensor(w).permute(3, 2, 0, 1).contiguous())
+        w = torch.tensor(w).permute(3, 2, 0, 1).contiguous()
+        if scale is None:
+            self.weight, self.scale = nn.Parameter(w), None
+        else:
+            self.scale = torch.tensor(scale)[:, None, None, None]
+            self.weight = nn.Parameter(w / self.scale)
         self.bias = nn.Parameter(torch.tensor(b))
 
     def forward(self, x):
-        return F.relu(F.conv2d(x, self.weight, self.bias, padding='same'))
+        w = self.weight if self.scale is None else self.weight * self.scale
+        return F.relu(F.conv2d(x, w, self.bias, padding='same'))
 
 
 class InceptionE(nn.Module):
     """mixed9 / mixed10, branches concatenated in Keras's order."""
-    def __init__(self, W, name):
+    def __init__(self, W, name, scales):
         super().__init__()
-        c = lambda n: Conv(W[f'{name}/{n}.weight'], W[f'{name}/{n}.bias'])
+        c = lambda n: Conv(W[f'{name}/{n}.weight'], W[f'{name}/{n}.bias'], scales.get(f'{name}/{n}'))
         self.b1 = c('branch1x1')
         self.b3_1, self.b3_2a, self.b3_2b = c('branch3x3_1'), c('branch3x3_2a'), c('branch3x3_2b')
         self.bd_1, self.bd_2 = c('branch3x3dbl_1'), c('branch3x3dbl_2')
@@ -80,9 +88,9 @@ class InceptionE(nn.Module):
 
 class Top(nn.Module):
     """mixed8's output (NHWC, flattened) -> mixed10 -> global average pool."""
-    def __init__(self, W):
+    def __init__(self, W, scales={}):
         super().__init__()
-        self.mixed9, self.mixed10 = InceptionE(W, 'mixed9'), InceptionE(W, 'mixed10')
+        self.mixed9, self.mixed10 = InceptionE(W, 'mixed9', scales), InceptionE(W, 'mixed10', scales)
 
     def forward(self, cut):
         side = int(round(math.sqrt(cut.shape[1] / 1280)))
@@ -90,9 +98,10 @@ class Top(nn.Module):
         return self.mixed10(self.mixed9(x)).mean((2, 3))
 
 
-def frozen_head(f, y, l2):
-    """Standardised logistic regression with penalty l2·‖W‖² (LBFGS)."""
-    mu, sd = f.mean(0), f.std(0) + 1e-6
+def frozen_head(f, y, l2, standardised=True):
+    """Logistic regression with penalty l2·‖W‖² (LBFGS), on standardised
+    features (or on raw ones: mean 0, deviation 1)."""
+    mu, sd = (f.mean(0), f.std(0) + 1e-6) if standardised else (torch.zeros(f.shape[1]), torch.ones(f.shape[1]))
     z = (f - mu) / sd
     w = torch.zeros(f.shape[1], int(y.max()) + 1, requires_grad=True)
     b = torch.zeros(w.shape[1], requires_grad=True)
@@ -105,6 +114,36 @@ def frozen_head(f, y, l2):
         return loss
     opt.step(closure)
     return mu, sd, w.detach(), b.detach()
+
+
+TOP_CONVS = ['branch1x1', 'branch3x3_1', 'branch3x3_2a', 'branch3x3_2b', 'branch3x3dbl_1',
+             'branch3x3dbl_2', 'branch3x3dbl_3a', 'branch3x3dbl_3b', 'branch_pool']
+
+
+def keras_scales(folder, epsilon=1e-3):
+    """mixed9's and mixed10's 1/σ per output channel (σ² their frozen batch
+    norms' moving variance; Keras's Inception V3 has no γ) from nsfwjs's TF.js
+    model folder: convs 77-94 in Keras's creation order."""
+    bundle = open(os.path.join(folder, 'model.min.js')).read()
+    entry = re.compile(r'\{name:"([^"]+)",shape:\[([\d,]*)\],dtype:"float32"'
+                       r'(?:,quantization:\{min:([^,]+),scale:([^,]+),dtype:"(uint8|uint16)"\})?\}')
+    paths = re.search(r'paths:\[([^\]]*)\]', bundle).group(1).replace('"', '').split(',')
+    data = b''.join(base64.b64decode(open(os.path.join(folder, f + '.min.js')).read()
+                                     .split('exports="', 1)[1].split('"', 1)[0]) for f in paths)
+    names = {f'batch_normalization_{77 + i}/moving_variance': f'{block}/{conv}'
+             for i, (block, conv) in enumerate((b, c) for b in ['mixed9', 'mixed10'] for c in TOP_CONVS)}
+    scales, at = {}, 0
+    for name, shape, low, step, dtype in entry.findall(bundle):
+        count = int(np.prod([int(d) for d in shape.split(',') if d]))
+        width = {'': 4, 'uint8': 1, 'uint16': 2}[dtype]
+        raw = data[at:at + count * width]
+        at += count * width
+        if name in names:
+            values = (np.frombuffer(raw, '<f4') if not dtype else
+                      np.frombuffer(raw, '<u1' if dtype == 'uint8' else '<u2') * float(step) + float(low))
+            scales[names[name]] = (1 / np.sqrt(values.astype(np.float64) + epsilon)).astype(np.float32)
+    assert len(scales) == len(names), f'{folder}: not all of mixed9/mixed10 batch norms found'
+    return scales
 
 
 def accuracy(logits, y):
@@ -121,7 +160,14 @@ def main():
     p.add_argument('--dropout', type=float, default=0.5)
     p.add_argument('--wd', type=float, default=1e-4)
     p.add_argument('--batch', type=int, default=16)
-    p.add_argument('--head', default='standardised', choices=['standardised', 'folded', 'fresh'])
+    p.add_argument('--head', default='standardised', choices=['standardised', 'folded', 'fresh', 'raw'],
+                   help='raw: a logistic head fitted on the raw features (as a Keras Dense layer is)')
+    p.add_argument('--schedule', default='cosine', choices=['cosine', 'constant'],
+                   help='cosine: warm-up over the first tenth, then cosine decay (retrain); constant (Keras)')
+    p.add_argument('--keras', metavar='TFJS_FOLDER',
+                   help="train the kernels before their frozen batch norm, biases frozen, as Keras does "
+                        "(the norms' variances read from nsfwjs@4.4.0's dist/models/inception_v3)")
+    p.add_argument('--only-folds', type=int, nargs='+', metavar='K', help='run only these folds (0-based)')
     p.add_argument('--folds', type=int, default=5)
     p.add_argument('--frozen-only', action='store_true')
     p.add_argument('--flip', type=float, default=0.0,
@@ -138,6 +184,7 @@ def main():
     torch.set_num_threads(os.cpu_count())
     cuts, bottlenecks, labels = dataset(a.cache)
     W = top_weights(a.weights)
+    scales = keras_scales(a.keras) if a.keras else {}
     X, Y = torch.tensor(cuts), torch.tensor(labels)
     with torch.no_grad():
         check = Top(W)(X[:16]).numpy()
@@ -149,20 +196,23 @@ def main():
     fold_of = np.empty(len(labels), int)
     fold_of[order] = np.arange(len(labels)) % a.folds
     frozen, curves, started = [], [], time.time()
-    for k in range(a.folds):
+    for k in a.only_folds or range(a.folds):
         tr, va = np.where(fold_of != k)[0], np.where(fold_of == k)[0]
         if a.train_share < 1.0:
             keep = np.random.default_rng(100 + k).permutation(len(tr))[:round(a.train_share * len(tr))]
             tr = np.sort(tr[keep])
-        net = Top(W)
+        net = Top(W, scales)
+        if scales:
+            for n, q in net.named_parameters():
+                q.requires_grad_(n.endswith('weight'))
         with torch.no_grad():
             ftr, fva = net(X[tr]), net(X[va])
         inner = np.arange(len(tr)) % 4 == 0
-        scores = []
+        scores, std = [], a.head != 'raw'
         for l2 in [1e-4, 1e-3, 1e-2, 3e-2, 1e-1]:
-            mu, sd, w, b = frozen_head(ftr[~inner], Y[tr][~inner], l2)
+            mu, sd, w, b = frozen_head(ftr[~inner], Y[tr][~inner], l2, std)
             scores.append((accuracy(((ftr[inner] - mu) / sd) @ w + b, Y[tr][inner]), l2))
-        mu, sd, w, b = frozen_head(ftr, Y[tr], max(scores)[1])
+        mu, sd, w, b = frozen_head(ftr, Y[tr], max(scores)[1], std)
         frozen.append(accuracy(((fva - mu) / sd) @ w + b, Y[va]))
         if a.frozen_only:
             continue
@@ -170,12 +220,13 @@ def main():
             hw, hb = nn.Parameter(w / sd[:, None]), nn.Parameter(b - (mu / sd) @ w)
             head = lambda f: f @ hw + hb
         else:
-            start = (w, b) if a.head == 'standardised' else (torch.zeros_like(w), torch.zeros_like(b))
+            start = (w, b) if a.head in ('standardised', 'raw') else (torch.zeros_like(w), torch.zeros_like(b))
             hw, hb = nn.Parameter(start[0].clone()), nn.Parameter(start[1].clone())
             head = lambda f: ((f - mu) / sd) @ hw + hb
         named = list(net.named_parameters())
         groups = [{'params': [q for n, q in named if n.endswith('weight')], 'weight_decay': a.wd, 'scale': 1.0},
-                  {'params': [q for n, q in named if n.endswith('bias')], 'weight_decay': 0.0, 'scale': 1.0},
+                  {'params': [q for n, q in named if n.endswith('bias') and q.requires_grad],
+                   'weight_decay': 0.0, 'scale': 1.0},
                   {'params': [hw], 'weight_decay': a.wd, 'scale': a.head_lr},
                   {'params': [hb], 'weight_decay': 0.0, 'scale': a.head_lr}]
         opt = (torch.optim.AdamW(groups, lr=a.lr) if a.opt == 'adam'
@@ -189,7 +240,7 @@ def main():
             perm = tr[torch.randperm(len(tr), generator=g).numpy()]
             for s in range(steps):
                 rows = perm[s * a.batch:(s + 1) * a.batch]
-                lr = (a.lr * (step + 1) / warm if step < warm else
+                lr = (a.lr if a.schedule == 'constant' else a.lr * (step + 1) / warm if step < warm else
                       a.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1))))
                 for group in opt.param_groups:
                     group['lr'] = lr * group['scale']
