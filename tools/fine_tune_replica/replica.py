@@ -1,7 +1,7 @@
 """Cross-validated fine-tuning of Inception V3's mixed9 + mixed10 in PyTorch on
 the cut activations a retrain run cached: a fast replica of `retrain
 --fine-tune` for comparing recipes (see README.md)."""
-import argparse, base64, glob, json, math, os, re, struct, sys, time
+import argparse, base64, glob, hashlib, json, math, os, re, struct, sys, time
 import numpy as np
 import torch
 import torch.nn as nn
@@ -21,8 +21,8 @@ def read_entry(path):
 
 
 def dataset(cache):
-    """Every image with a cached mixed8 entry: (cuts, bottlenecks, labels)."""
-    cuts, bottlenecks, labels = [], [], []
+    """Every image with a cached mixed8 entry: (cuts, bottlenecks, labels, (class, file name)s)."""
+    cuts, bottlenecks, labels, names = [], [], [], []
     classes = sorted(d for d in os.listdir(cache) if os.path.isdir(os.path.join(cache, d)))
     for label, cls in enumerate(classes):
         for f in sorted(glob.glob(os.path.join(cache, cls, '*.mixed8.f16'))):
@@ -31,22 +31,35 @@ def dataset(cache):
             cuts.append(read_entry(f))
             bottlenecks.append(read_entry(bottleneck[0]))
             labels.append(label)
-    return np.stack(cuts), np.stack(bottlenecks), np.array(labels)
+            names.append((cls, image))
+    return np.stack(cuts), np.stack(bottlenecks), np.array(labels), names
 
 
-def top_weights(path):
-    """mixed9's and mixed10's tensors from a converted (safetensors) weight file."""
+def in_retrain_validation(image_dir, cls, image, percentage=10.0):
+    """Whether retrain (retrain.py's hash rule) puts IMAGE_DIR/cls/image in validation."""
+    path = os.path.join(image_dir, cls, image)
+    digest = hashlib.sha1(path.split('_nohash_')[0].encode()).digest()
+    return int.from_bytes(digest[16:20], 'big') % (1 << 27) * (100 / ((1 << 27) - 1)) < percentage
+
+
+def safetensors(path, prefixes):
+    """The f32 tensors of a safetensors file whose names start with one of `prefixes`."""
     f = open(path, 'rb')
     n = struct.unpack('<Q', f.read(8))[0]
     header = json.loads(f.read(n))
     header.pop('__metadata__', None)
     out = {}
     for name, t in header.items():
-        if name.startswith(('mixed9/', 'mixed10/')):
+        if name.startswith(prefixes):
             start, end = t['data_offsets']
             f.seek(8 + n + start)
             out[name] = np.frombuffer(f.read(end - start), dtype='<f4').reshape(t['shape']).copy()
     return out
+
+
+def top_weights(path):
+    """mixed9's and mixed10's tensors from a converted (safetensors) weight file."""
+    return safetensors(path, ('mixed9/', 'mixed10/'))
 
 
 class Conv(nn.Module):
@@ -162,6 +175,9 @@ def main():
     p.add_argument('--batch', type=int, default=16)
     p.add_argument('--head', default='standardised', choices=['standardised', 'folded', 'fresh', 'raw'],
                    help='raw: a logistic head fitted on the raw features (as a Keras Dense layer is)')
+    p.add_argument('--head-from', metavar='MODEL',
+                   help="start from the head of a classifier retrain wrote (its frozen head: a run "
+                        "that kept epoch 0), standardised as retrain trains it")
     p.add_argument('--schedule', default='cosine', choices=['cosine', 'constant'],
                    help='cosine: warm-up over the first tenth, then cosine decay (retrain); constant (Keras)')
     p.add_argument('--keras', metavar='TFJS_FOLDER',
@@ -169,6 +185,9 @@ def main():
                         "(the norms' variances read from nsfwjs@4.4.0's dist/models/inception_v3)")
     p.add_argument('--only-folds', type=int, nargs='+', metavar='K', help='run only these folds (0-based)')
     p.add_argument('--folds', type=int, default=5)
+    p.add_argument('--retrain-split', metavar='IMAGE_DIR',
+                   help="instead of folds, retrain's one split of the images under IMAGE_DIR "
+                        "(the --image-dir of the run that filled the cache; 10%% validation)")
     p.add_argument('--frozen-only', action='store_true')
     p.add_argument('--flip', type=float, default=0.0,
                    help='share of training images whose cut activations are mirrored left-right')
@@ -182,7 +201,7 @@ def main():
                    help="share of each fold's training images used (a learning curve)")
     a = p.parse_args()
     torch.set_num_threads(os.cpu_count())
-    cuts, bottlenecks, labels = dataset(a.cache)
+    cuts, bottlenecks, labels, names = dataset(a.cache)
     W = top_weights(a.weights)
     scales = keras_scales(a.keras) if a.keras else {}
     X, Y = torch.tensor(cuts), torch.tensor(labels)
@@ -195,6 +214,9 @@ def main():
     order = np.concatenate([rng.permutation(np.where(labels == c)[0]) for c in np.unique(labels)])
     fold_of = np.empty(len(labels), int)
     fold_of[order] = np.arange(len(labels)) % a.folds
+    if a.retrain_split:
+        fold_of = np.array([0 if in_retrain_validation(a.retrain_split, *n) else 1 for n in names])
+        a.only_folds = [0]
     frozen, curves, started = [], [], time.time()
     for k in a.only_folds or range(a.folds):
         tr, va = np.where(fold_of != k)[0], np.where(fold_of == k)[0]
@@ -213,6 +235,10 @@ def main():
             mu, sd, w, b = frozen_head(ftr[~inner], Y[tr][~inner], l2, std)
             scores.append((accuracy(((ftr[inner] - mu) / sd) @ w + b, Y[tr][inner]), l2))
         mu, sd, w, b = frozen_head(ftr, Y[tr], max(scores)[1], std)
+        if a.head_from:
+            saved = safetensors(a.head_from, ('final_',))
+            raw_w, raw_b = torch.tensor(saved['final_weights']), torch.tensor(saved['final_biases'])
+            w, b = raw_w * sd[:, None], raw_b + mu @ raw_w
         frozen.append(accuracy(((fva - mu) / sd) @ w + b, Y[va]))
         if a.frozen_only:
             continue
