@@ -2,9 +2,9 @@
 //! (cached, or from distorted images) in shuffled batches (split into
 //! micro-batches the device can hold, their gradients summed), the
 //! learning-rate schedule, validation after every epoch, the best epoch's
-//! parameters kept and early stopping. Epoch 0
-//! is the frozen head before any fine-tuning: when no epoch beats it, the
-//! base network and the head stay as they were.
+//! parameters kept and early stopping. Epoch 0 is the frozen head before
+//! any fine-tuning, recorded for comparison; the kept epoch is one of the
+//! fine-tuned ones.
 
 use super::network::{TrainableNetwork, HEAD_BIASES, HEAD_WEIGHTS};
 use super::settings::FineTuneSettings;
@@ -91,7 +91,7 @@ impl EpochRecord {
 }
 
 pub struct FineTuned {
-    /// The kept epoch's block tensors (empty when epoch 0 was kept).
+    /// The kept epoch's block tensors.
     pub tensors: Vec<Tensor>,
     /// The kept epoch's classifier: weights [dim, classes] and biases.
     pub head: (Vec<f32>, Vec<f32>),
@@ -218,6 +218,7 @@ pub fn fine_tune(
     rng: &mut StdRng,
     on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<FineTuned> {
+    anyhow::ensure!(settings.epochs > 0, "fine-tuning needs at least one epoch");
     let batch = settings.batch_size.min(data.train.len() as u32).max(1);
     let micro = micro_batch(gpu, net, batch);
     let steps_per_epoch = data.train.len() as u32 / batch;
@@ -232,7 +233,9 @@ pub fn fine_tune(
     record.seconds = started.elapsed().as_secs_f64();
     on_epoch(&record);
     let mut epochs = vec![record];
-    let (mut best_epoch, mut best) = (0, net.download(gpu)?);
+    // Epoch 0 is recorded but does not compete: the head sweep chose it on
+    // these same validation images, so its accuracy there reads high.
+    let (mut best_epoch, mut best) = (0, Vec::new());
     let mut train = data.train.clone();
     let mut step = 0;
     for epoch in 1..=settings.epochs {
@@ -266,7 +269,7 @@ pub fn fine_tune(
         (record.epoch, record.learning_rate) = (epoch, lr);
         record.seconds = started.elapsed().as_secs_f64();
         on_epoch(&record);
-        let improved = record.better_than(&epochs[best_epoch as usize]);
+        let improved = best_epoch == 0 || record.better_than(&epochs[best_epoch as usize]);
         epochs.push(record);
         if improved {
             best_epoch = epoch;
@@ -287,13 +290,10 @@ pub fn fine_tune(
             .clone()
     };
     let head = (head(HEAD_WEIGHTS), head(HEAD_BIASES));
-    let tensors = match best_epoch {
-        0 => Vec::new(),
-        _ => best
-            .into_iter()
-            .filter(|t| t.name != HEAD_WEIGHTS && t.name != HEAD_BIASES)
-            .collect(),
-    };
+    let tensors = best
+        .into_iter()
+        .filter(|t| t.name != HEAD_WEIGHTS && t.name != HEAD_BIASES)
+        .collect();
     Ok(FineTuned {
         tensors,
         head,

@@ -66,7 +66,7 @@ pub struct FineTuningMetrics {
     /// The cut's cached activations: bytes on disk and how they are stored.
     pub cut_cache_bytes: u64,
     pub cut_storage: String,
-    /// The epoch whose parameters were kept (0: fine-tuning never beat the frozen head).
+    /// The fine-tuned epoch whose parameters were kept (1 or later).
     pub best_epoch: u32,
     pub epochs: Vec<EpochRecord>,
 }

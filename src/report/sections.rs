@@ -230,7 +230,7 @@ pub fn fine_tuning(m: &RunMetrics) -> String {
         return String::new();
     };
     let mut html = format!(
-        "<section id=\"fine-tuning\">\n<h2>Fine-tuning</h2>\n<p class=\"note\">From {} up ({} conv layers and the head, {} parameters) with the {} activations cached ({:.1} MiB, {}); {}, peak learning rate {}, weight decay {}, dropout {}, {} images per step ({} per pass); epoch 0 is the frozen head. Kept: epoch {}.</p>\n",
+        "<section id=\"fine-tuning\">\n<h2>Fine-tuning</h2>\n<p class=\"note\">From {} up ({} conv layers and the head, {} parameters) with the {} activations cached ({:.1} MiB, {}); {}, peak learning rate {}, weight decay {}, dropout {}, {} images per step ({} per pass); epoch 0 is the frozen head, shown for comparison (the head sweep chose it on the same validation images, so its figure there reads high). Kept: epoch {}, the best fine-tuned one.</p>\n",
         escape(&f.from),
         f.trained_layers,
         f.parameters,

@@ -16,7 +16,7 @@ use crate::fine_tune::distorted::DistortedCuts;
 use crate::fine_tune::network::TrainableNetwork;
 use crate::fine_tune::settings::{FineTuneSettings, Rule};
 use crate::fine_tune::training::{
-    cross_entropy_and_accuracy, fine_tune, CutData, CutSource, EpochRecord,
+    cross_entropy_and_accuracy, fine_tune, CutData, CutSource, EpochRecord, FineTuned,
 };
 use crate::gpu::Gpu;
 use crate::head::classifier::Classifier;
@@ -132,8 +132,7 @@ impl Prepared {
 
     /// Trains the blocks and the head (the classifier's, as the sweep trained
     /// it on standardised features) together and puts the result in the
-    /// classifier (its head, and its fine-tuned tensors unless no epoch beat
-    /// the frozen head).
+    /// classifier (the kept epoch's head and fine-tuned tensors).
     pub fn run(
         self,
         (engine, file): (&mut Engine, &WeightFile),
@@ -208,10 +207,11 @@ impl Prepared {
             rng,
             &mut on_epoch,
         )?;
-        match tuned.best_epoch {
-            0 => log::warn!("fine-tuning never beat the frozen head on the validation images: keeping the base network and the head as they were"),
-            e => log::info!("Keeping epoch {e}'s parameters (the best on the validation images)"),
-        }
+        log::info!(
+            "Keeping epoch {}'s parameters (the best fine-tuned epoch on the validation images)",
+            tuned.best_epoch
+        );
+        below_the_frozen_head(&tuned);
         (classifier.weights, classifier.biases) = tuned.head;
         classifier.fine_tuned = tuned.tensors;
         classifier
@@ -241,6 +241,22 @@ impl Prepared {
             best_epoch: tuned.best_epoch,
             epochs: tuned.epochs,
         })
+    }
+}
+
+/// Says so when the kept epoch validates below the frozen head, whose
+/// figure the head sweep chose on the same images (so it reads high).
+fn below_the_frozen_head(tuned: &FineTuned) {
+    let accuracy = |e: usize| tuned.epochs[e].validation_accuracy;
+    if let (Some(kept), Some(frozen)) = (accuracy(tuned.best_epoch as usize), accuracy(0)) {
+        if kept < frozen {
+            log::info!(
+                "Epoch {} validates at {:.1}%, below the frozen head's {:.1}% (which the head sweep chose on these same validation images, so it reads high); if the final test disappoints, try a lower --fine-tune-learning-rate, or leave out --fine-tune",
+                tuned.best_epoch,
+                100.0 * kept,
+                100.0 * frozen
+            );
+        }
     }
 }
 

@@ -77,7 +77,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     );
     if b.deferred > 0 {
         log::info!(
-            "{} test images run at the end, through the fine-tuned network if it beats the frozen head",
+            "{} test images run at the end, through the fine-tuned network",
             b.deferred
         );
     }
