@@ -485,8 +485,16 @@ fn fine_tuning_trains_exports_and_classifies_as_tested() {
     // The classifier carries the blocks of the kept epoch.
     let model = out.join("model.safetensors");
     let c = Classifier::read(&model).unwrap();
-    let best = f["best_epoch"].as_u64().unwrap();
-    assert!(best > 0, "{f}");
+    // The kept epoch is the fine-tuned one that validates best (epoch 0 does
+    // not compete).
+    let best = f["best_epoch"].as_u64().unwrap() as usize;
+    let top = (1..epochs.len())
+        .map(|e| number(&epochs[e], "validation_accuracy"))
+        .fold(f64::MIN, f64::max);
+    assert!(
+        best >= 1 && number(&epochs[best], "validation_accuracy") == top,
+        "{f}"
+    );
     assert_eq!(
         c.fine_tuned.len(),
         2 * f["trained_layers"].as_u64().unwrap() as usize
@@ -600,7 +608,10 @@ fn a_fine_tuned_epoch_is_kept_even_below_the_frozen_heads_validation() {
     let out = dir.path().join("retrain-output");
     let metrics: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
-    assert_eq!(metrics["fine_tuning"]["best_epoch"], 1);
+    let f = &metrics["fine_tuning"];
+    assert_eq!(f["best_epoch"], 1);
+    let loss = f["epochs"][1]["validation_cross_entropy"].as_f64();
+    assert!(loss.is_some_and(f64::is_finite), "{f}");
     let c = Classifier::read(&out.join("model.safetensors")).unwrap();
     assert!(!c.fine_tuned.is_empty());
 }

@@ -3,8 +3,8 @@
 //! micro-batches the device can hold, their gradients summed), the
 //! learning-rate schedule, validation after every epoch, the best epoch's
 //! parameters kept and early stopping. Epoch 0 is the frozen head before
-//! any fine-tuning, recorded for comparison; the kept epoch is one of the
-//! fine-tuned ones.
+//! any fine-tuning, recorded for comparison; the kept epoch is the best
+//! fine-tuned one whose loss is finite (the frozen head only when none is).
 
 use super::network::{TrainableNetwork, HEAD_BIASES, HEAD_WEIGHTS};
 use super::settings::FineTuneSettings;
@@ -83,6 +83,12 @@ impl EpochRecord {
         }
     }
 
+    /// Whether its numbers can be compared at all (a diverged epoch's loss is not finite).
+    fn finite(&self) -> bool {
+        let (a, c) = self.selection();
+        a.is_finite() && c.is_finite()
+    }
+
     /// Higher accuracy, then lower cross-entropy.
     fn better_than(&self, other: &EpochRecord) -> bool {
         let ((a, c), (b, d)) = (self.selection(), other.selection());
@@ -91,7 +97,7 @@ impl EpochRecord {
 }
 
 pub struct FineTuned {
-    /// The kept epoch's block tensors.
+    /// The kept epoch's block tensors (empty when no epoch had a finite loss).
     pub tensors: Vec<Tensor>,
     /// The kept epoch's classifier: weights [dim, classes] and biases.
     pub head: (Vec<f32>, Vec<f32>),
@@ -218,7 +224,6 @@ pub fn fine_tune(
     rng: &mut StdRng,
     on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<FineTuned> {
-    anyhow::ensure!(settings.epochs > 0, "fine-tuning needs at least one epoch");
     let batch = settings.batch_size.min(data.train.len() as u32).max(1);
     let micro = micro_batch(gpu, net, batch);
     let steps_per_epoch = data.train.len() as u32 / batch;
@@ -234,8 +239,9 @@ pub fn fine_tune(
     on_epoch(&record);
     let mut epochs = vec![record];
     // Epoch 0 is recorded but does not compete: the head sweep chose it on
-    // these same validation images, so its accuracy there reads high.
-    let (mut best_epoch, mut best) = (0, Vec::new());
+    // these same validation images, so its accuracy there reads high. It is
+    // kept only when every fine-tuned epoch diverges.
+    let (mut best_epoch, mut best) = (0, net.download(gpu)?);
     let mut train = data.train.clone();
     let mut step = 0;
     for epoch in 1..=settings.epochs {
@@ -269,7 +275,8 @@ pub fn fine_tune(
         (record.epoch, record.learning_rate) = (epoch, lr);
         record.seconds = started.elapsed().as_secs_f64();
         on_epoch(&record);
-        let improved = best_epoch == 0 || record.better_than(&epochs[best_epoch as usize]);
+        let improved = record.finite()
+            && (best_epoch == 0 || record.better_than(&epochs[best_epoch as usize]));
         epochs.push(record);
         if improved {
             best_epoch = epoch;
@@ -290,10 +297,13 @@ pub fn fine_tune(
             .clone()
     };
     let head = (head(HEAD_WEIGHTS), head(HEAD_BIASES));
-    let tensors = best
-        .into_iter()
-        .filter(|t| t.name != HEAD_WEIGHTS && t.name != HEAD_BIASES)
-        .collect();
+    let tensors = match best_epoch {
+        0 => Vec::new(),
+        _ => best
+            .into_iter()
+            .filter(|t| t.name != HEAD_WEIGHTS && t.name != HEAD_BIASES)
+            .collect(),
+    };
     Ok(FineTuned {
         tensors,
         head,

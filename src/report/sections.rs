@@ -230,7 +230,7 @@ pub fn fine_tuning(m: &RunMetrics) -> String {
         return String::new();
     };
     let mut html = format!(
-        "<section id=\"fine-tuning\">\n<h2>Fine-tuning</h2>\n<p class=\"note\">From {} up ({} conv layers and the head, {} parameters) with the {} activations cached ({:.1} MiB, {}); {}, peak learning rate {}, weight decay {}, dropout {}, {} images per step ({} per pass); epoch 0 is the frozen head, shown for comparison (the head sweep chose it on the same validation images, so its figure there reads high). Kept: epoch {}, the best fine-tuned one.</p>\n",
+        "<section id=\"fine-tuning\">\n<h2>Fine-tuning</h2>\n<p class=\"note\">From {} up ({} conv layers and the head, {} parameters) with the {} activations cached ({:.1} MiB, {}); {}, peak learning rate {}, weight decay {}, dropout {}, {} images per step ({} per pass); epoch 0 is the frozen head, shown for comparison{}. Kept: {}.</p>\n",
         escape(&f.from),
         f.trained_layers,
         f.parameters,
@@ -243,7 +243,14 @@ pub fn fine_tuning(m: &RunMetrics) -> String {
         f.dropout,
         f.batch_size,
         f.micro_batch,
-        f.best_epoch
+        match m.head_training.as_str() {
+            "sweep" => " (the head sweep chose it on the same validation images, so its figure there reads high)",
+            _ => "",
+        },
+        match f.best_epoch {
+            0 => "the frozen head (epoch 0)".to_string(),
+            e => format!("epoch {e}, the best fine-tuned one"),
+        }
     );
     html += "<table id=\"fine-tuning-epochs\"><tr><th>epoch</th><th>learning rate</th><th>train accuracy</th><th>train cross-entropy</th><th>validation accuracy</th><th>validation cross-entropy</th><th>seconds</th></tr>\n";
     for e in &f.epochs {

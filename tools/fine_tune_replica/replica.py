@@ -35,11 +35,13 @@ def dataset(cache):
     return np.stack(cuts), np.stack(bottlenecks), np.array(labels), names
 
 
-def in_retrain_validation(image_dir, cls, image, percentage=10.0):
-    """Whether retrain (retrain.py's hash rule) puts IMAGE_DIR/cls/image in validation."""
+def retrain_set(image_dir, cls, image, validation=10.0, testing=10.0):
+    """The set retrain (retrain.py's hash rule) puts IMAGE_DIR/cls/image in:
+    0 validation, 1 training, 2 testing. IMAGE_DIR as passed to retrain."""
     path = os.path.join(image_dir, cls, image)
     digest = hashlib.sha1(path.split('_nohash_')[0].encode()).digest()
-    return int.from_bytes(digest[16:20], 'big') % (1 << 27) * (100 / ((1 << 27) - 1)) < percentage
+    share = int.from_bytes(digest[16:20], 'big') % (1 << 27) * (100 / ((1 << 27) - 1))
+    return 0 if share < validation else 2 if share < validation + testing else 1
 
 
 def safetensors(path, prefixes):
@@ -138,6 +140,7 @@ def keras_scales(folder, epsilon=1e-3):
     norms' moving variance; Keras's Inception V3 has no γ) from nsfwjs's TF.js
     model folder: convs 77-94 in Keras's creation order."""
     bundle = open(os.path.join(folder, 'model.min.js')).read()
+    assert bundle.count('paths:[') == 1, f'{folder}: expected one weight group'
     entry = re.compile(r'\{name:"([^"]+)",shape:\[([\d,]*)\],dtype:"float32"'
                        r'(?:,quantization:\{min:([^,]+),scale:([^,]+),dtype:"(uint8|uint16)"\})?\}')
     paths = re.search(r'paths:\[([^\]]*)\]', bundle).group(1).replace('"', '').split(',')
@@ -155,6 +158,9 @@ def keras_scales(folder, epsilon=1e-3):
             values = (np.frombuffer(raw, '<f4') if not dtype else
                       np.frombuffer(raw, '<u1' if dtype == 'uint8' else '<u2') * float(step) + float(low))
             scales[names[name]] = (1 / np.sqrt(values.astype(np.float64) + epsilon)).astype(np.float32)
+    manifest = bundle[bundle.index('weightsManifest'):]
+    assert len(entry.findall(bundle)) == manifest.count('{name:"') and at == len(data), \
+        f'{folder}: the weight manifest was not read whole'
     assert len(scales) == len(names), f'{folder}: not all of mixed9/mixed10 batch norms found'
     return scales
 
@@ -176,8 +182,8 @@ def main():
     p.add_argument('--head', default='standardised', choices=['standardised', 'folded', 'fresh', 'raw'],
                    help='raw: a logistic head fitted on the raw features (as a Keras Dense layer is)')
     p.add_argument('--head-from', metavar='MODEL',
-                   help="start from the head of a classifier retrain wrote (its frozen head: a run "
-                        "that kept epoch 0), standardised as retrain trains it")
+                   help="start from the head of a classifier file retrain wrote without fine-tuned "
+                        "tensors (the sweep's head), standardised as retrain trains it")
     p.add_argument('--schedule', default='cosine', choices=['cosine', 'constant'],
                    help='cosine: warm-up over the first tenth, then cosine decay (retrain); constant (Keras)')
     p.add_argument('--keras', metavar='TFJS_FOLDER',
@@ -187,7 +193,8 @@ def main():
     p.add_argument('--folds', type=int, default=5)
     p.add_argument('--retrain-split', metavar='IMAGE_DIR',
                    help="instead of folds, retrain's one split of the images under IMAGE_DIR "
-                        "(the --image-dir of the run that filled the cache; 10%% validation)")
+                        "(the --image-dir of the run that filled the cache, spelled as passed to it; "
+                        "10%% validation, the 10%% test images left out)")
     p.add_argument('--frozen-only', action='store_true')
     p.add_argument('--flip', type=float, default=0.0,
                    help='share of training images whose cut activations are mirrored left-right')
@@ -215,11 +222,14 @@ def main():
     fold_of = np.empty(len(labels), int)
     fold_of[order] = np.arange(len(labels)) % a.folds
     if a.retrain_split:
-        fold_of = np.array([0 if in_retrain_validation(a.retrain_split, *n) else 1 for n in names])
+        fold_of = np.array([retrain_set(a.retrain_split, *n) for n in names])
+        print(f'retrain\'s split: {np.sum(fold_of == 1)} training, {np.sum(fold_of == 0)} validation '
+              f'({np.sum(fold_of == 2)} test images left out)')
         a.only_folds = [0]
     frozen, curves, started = [], [], time.time()
     for k in a.only_folds or range(a.folds):
-        tr, va = np.where(fold_of != k)[0], np.where(fold_of == k)[0]
+        tr = np.where(fold_of == 1 if a.retrain_split else fold_of != k)[0]
+        va = np.where(fold_of == k)[0]
         if a.train_share < 1.0:
             keep = np.random.default_rng(100 + k).permutation(len(tr))[:round(a.train_share * len(tr))]
             tr = np.sort(tr[keep])
@@ -236,6 +246,8 @@ def main():
             scores.append((accuracy(((ftr[inner] - mu) / sd) @ w + b, Y[tr][inner]), l2))
         mu, sd, w, b = frozen_head(ftr, Y[tr], max(scores)[1], std)
         if a.head_from:
+            assert not safetensors(a.head_from, ('base/',)), \
+                f'{a.head_from}: a fine-tuned classifier; its head belongs to its own blocks'
             saved = safetensors(a.head_from, ('final_',))
             raw_w, raw_b = torch.tensor(saved['final_weights']), torch.tensor(saved['final_biases'])
             w, b = raw_w * sd[:, None], raw_b + mu @ raw_w

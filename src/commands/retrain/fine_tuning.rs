@@ -207,11 +207,7 @@ impl Prepared {
             rng,
             &mut on_epoch,
         )?;
-        log::info!(
-            "Keeping epoch {}'s parameters (the best fine-tuned epoch on the validation images)",
-            tuned.best_epoch
-        );
-        below_the_frozen_head(&tuned);
+        say_what_is_kept(&tuned, !args.retrain_py_head);
         (classifier.weights, classifier.biases) = tuned.head;
         classifier.fine_tuned = tuned.tensors;
         classifier
@@ -244,16 +240,30 @@ impl Prepared {
     }
 }
 
-/// Says so when the kept epoch validates below the frozen head, whose
-/// figure the head sweep chose on the same images (so it reads high).
-fn below_the_frozen_head(tuned: &FineTuned) {
+/// Logs which epoch the run keeps, and when it validates below the frozen
+/// head, says so (and, after a head sweep, that the sweep chose that head
+/// on the same validation images, so its figure reads high).
+fn say_what_is_kept(tuned: &FineTuned, swept: bool) {
+    let kept = tuned.best_epoch as usize;
+    if kept == 0 {
+        log::warn!("every fine-tuned epoch diverged (its loss is not a finite number): keeping the base network and the head as they were; try a lower --fine-tune-learning-rate");
+        return;
+    }
     let accuracy = |e: usize| tuned.epochs[e].validation_accuracy;
-    if let (Some(kept), Some(frozen)) = (accuracy(tuned.best_epoch as usize), accuracy(0)) {
-        if kept < frozen {
+    let on = match accuracy(0) {
+        Some(_) => "validation",
+        None => "training",
+    };
+    log::info!("Keeping epoch {kept}'s parameters (the best fine-tuned epoch on the {on} images)");
+    if let (Some(kept_accuracy), Some(frozen)) = (accuracy(kept), accuracy(0)) {
+        if kept_accuracy < frozen {
+            let why = match swept {
+                true => " (which the head sweep chose on these same validation images, so it reads high)",
+                false => "",
+            };
             log::info!(
-                "Epoch {} validates at {:.1}%, below the frozen head's {:.1}% (which the head sweep chose on these same validation images, so it reads high); if the final test disappoints, try a lower --fine-tune-learning-rate, or leave out --fine-tune",
-                tuned.best_epoch,
-                100.0 * kept,
+                "Epoch {kept} validates at {:.1}%, below the frozen head's {:.1}%{why}; if the final test disappoints, try a lower --fine-tune-learning-rate, or leave out --fine-tune",
+                100.0 * kept_accuracy,
                 100.0 * frozen
             );
         }
