@@ -238,7 +238,7 @@ pub fn fine_tune(
     record.seconds = started.elapsed().as_secs_f64();
     on_epoch(&record);
     let mut epochs = vec![record];
-    // Epoch 0 is recorded but does not compete: the head sweep chose it on
+    // Epoch 0 is recorded but does not compete: a head sweep chose it on
     // these same validation images, so its accuracy there reads high. It is
     // kept only when every fine-tuned epoch diverges.
     let (mut best_epoch, mut best) = (0, net.download(gpu)?);

@@ -66,7 +66,8 @@ pub struct FineTuningMetrics {
     /// The cut's cached activations: bytes on disk and how they are stored.
     pub cut_cache_bytes: u64,
     pub cut_storage: String,
-    /// The fine-tuned epoch whose parameters were kept (1 or later).
+    /// The epoch whose parameters were kept: the best fine-tuned one (0, the
+    /// frozen head, only when every fine-tuned epoch diverged).
     pub best_epoch: u32,
     pub epochs: Vec<EpochRecord>,
 }
