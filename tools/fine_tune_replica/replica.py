@@ -113,10 +113,15 @@ class Top(nn.Module):
         return self.mixed10(self.mixed9(x)).mean((2, 3))
 
 
+def standardisation(f):
+    """Per-feature mean and deviation, as retrain standardises the head's input."""
+    return f.mean(0), f.std(0) + 1e-6
+
+
 def frozen_head(f, y, l2, standardised=True):
     """Logistic regression with penalty l2·‖W‖² (LBFGS), on standardised
     features (or on raw ones: mean 0, deviation 1)."""
-    mu, sd = (f.mean(0), f.std(0) + 1e-6) if standardised else (torch.zeros(f.shape[1]), torch.ones(f.shape[1]))
+    mu, sd = standardisation(f) if standardised else (torch.zeros(f.shape[1]), torch.ones(f.shape[1]))
     z = (f - mu) / sd
     w = torch.zeros(f.shape[1], int(y.max()) + 1, requires_grad=True)
     b = torch.zeros(w.shape[1], requires_grad=True)
@@ -239,18 +244,20 @@ def main():
                 q.requires_grad_(n.endswith('weight'))
         with torch.no_grad():
             ftr, fva = net(X[tr]), net(X[va])
-        inner = np.arange(len(tr)) % 4 == 0
-        scores, std = [], a.head != 'raw'
-        for l2 in [1e-4, 1e-3, 1e-2, 3e-2, 1e-1]:
-            mu, sd, w, b = frozen_head(ftr[~inner], Y[tr][~inner], l2, std)
-            scores.append((accuracy(((ftr[inner] - mu) / sd) @ w + b, Y[tr][inner]), l2))
-        mu, sd, w, b = frozen_head(ftr, Y[tr], max(scores)[1], std)
         if a.head_from:
             assert not safetensors(a.head_from, ('base/',)), \
                 f'{a.head_from}: a fine-tuned classifier; its head belongs to its own blocks'
             saved = safetensors(a.head_from, ('final_',))
             raw_w, raw_b = torch.tensor(saved['final_weights']), torch.tensor(saved['final_biases'])
+            mu, sd = standardisation(ftr)
             w, b = raw_w * sd[:, None], raw_b + mu @ raw_w
+        else:
+            inner = np.arange(len(tr)) % 4 == 0
+            scores, std = [], a.head != 'raw'
+            for l2 in [1e-4, 1e-3, 1e-2, 3e-2, 1e-1]:
+                mu, sd, w, b = frozen_head(ftr[~inner], Y[tr][~inner], l2, std)
+                scores.append((accuracy(((ftr[inner] - mu) / sd) @ w + b, Y[tr][inner]), l2))
+            mu, sd, w, b = frozen_head(ftr, Y[tr], max(scores)[1], std)
         frozen.append(accuracy(((fva - mu) / sd) @ w + b, Y[va]))
         if a.frozen_only:
             continue
